@@ -1,0 +1,185 @@
+"""``python -m cluster_risk.benchmark``: throughput and latency of the in-process engine.
+
+The seed's workload: 300k orders over 1,000 accounts plus one trade per four orders, the
+seed's two rules (rate limit 500/s per account, daily volume cap 10,000 per account).  Each
+measurement runs on a fresh engine; the best of ``--repeat`` runs is reported with the
+median.  A plain-loop baseline runs in the same process so results can be read as a ratio,
+which is steadier than absolute figures on a noisy machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from cluster_risk.config import build_config
+from cluster_risk.engine import RiskEngine
+from cluster_risk.events import Direction, Order, Trade
+
+__all__ = ["main", "make_workload", "SEED_CONFIG"]
+
+SEED_CONFIG: dict[str, Any] = {
+    "contract_to_product": {"T2303": "T10Y", "T2306": "T10Y", "TF2303": "TF5Y", "TF2306": "TF5Y"},
+    "rules": [
+        {"type": "OrderRateLimitRule", "threshold": 500, "window_ns": 1_000_000_000},
+        {"type": "AccountVolumeLimitRule", "daily_cap": 10_000, "dimensions": ["account"]},
+    ],
+}
+_CONTRACTS = ("T2303", "T2306", "TF2303", "TF2306", "IF2312")
+_START_NS = 1_795_000_000_000_000_000
+
+
+def make_workload(orders: int, trades: int, accounts: int) -> tuple[list[Order], list[Order | Trade]]:
+    """Orders only, and orders with trades interleaved (each trade after its order)."""
+    names = [f"ACC{i:04d}" for i in range(accounts)]
+    order_list = [
+        Order(
+            oid=i + 1,
+            account_id=names[i % accounts],
+            contract_id=_CONTRACTS[(i // accounts) % len(_CONTRACTS)],
+            direction=Direction.BID if i % 2 else Direction.ASK,
+            price=100.0 + (i % 7) * 0.5,
+            volume=1 + i % 5,
+            timestamp=_START_NS + i * 1_000,
+        )
+        for i in range(orders)
+    ]
+    every = max(1, orders // trades) if trades else 0
+    mixed: list[Order | Trade] = []
+    tid = 0
+    for i, order in enumerate(order_list):
+        mixed.append(order)
+        if every and i % every == every - 1 and tid < trades:
+            tid += 1
+            mixed.append(Trade(tid, order.oid, order.price, 1, order.timestamp + 500))
+    return order_list, mixed
+
+
+def _engine() -> RiskEngine:
+    return RiskEngine.from_config(build_config(SEED_CONFIG))
+
+
+def _throughput(events: Sequence[Order | Trade]) -> tuple[float, int]:
+    engine = _engine()
+    process = engine.process
+    gc.collect()
+    start = time.perf_counter()
+    actions = 0
+    for event in events:
+        actions += len(process(event))
+    return len(events) / (time.perf_counter() - start), actions
+
+
+def _order_throughput(orders: Sequence[Order]) -> float:
+    engine = _engine()
+    process_order = engine.process_order
+    gc.collect()
+    start = time.perf_counter()
+    for order in orders:
+        process_order(order)
+    return len(orders) / (time.perf_counter() - start)
+
+
+def _baseline(orders: Sequence[Order]) -> float:
+    """A plain loop doing a little of the same work: validate volume, count per account."""
+    counts: dict[str, int] = {}
+    seen: set[int] = set()
+    start = time.perf_counter()
+    for order in orders:
+        if order.volume <= 0 or order.oid in seen:
+            continue
+        seen.add(order.oid)
+        counts[order.account_id] = counts.get(order.account_id, 0) + 1
+    return len(orders) / (time.perf_counter() - start)
+
+
+def _latencies(events: Sequence[Order | Trade]) -> dict[str, float]:
+    engine = _engine()
+    process = engine.process
+    clock = time.perf_counter_ns
+    samples = []
+    gc.collect()
+    for event in events:
+        start = clock()
+        process(event)
+        samples.append(clock() - start)
+    overhead = min(clock() - clock() for _ in range(1000))
+    samples.sort()
+    n = len(samples)
+    return {
+        f"p{label}_us": max(0, samples[min(n - 1, int(n * q))] - overhead) / 1000
+        for label, q in (("50", 0.50), ("99", 0.99), ("99.9", 0.999))
+    } | {"max_us": samples[-1] / 1000}
+
+
+def _best(run: Callable[[], float], repeat: int) -> tuple[float, float]:
+    values = [run() for _ in range(repeat)]
+    return max(values), statistics.median(values)
+
+
+def run(orders: int, trades: int, accounts: int, repeat: int) -> dict[str, Any]:
+    order_list, mixed = make_workload(orders, trades, accounts)
+    gc.collect()
+    gc.freeze()  # the workload is long-lived: keep it out of the collector's walks
+    baseline_best, _ = _best(lambda: _baseline(order_list), repeat)
+    order_best, order_median = _best(lambda: _order_throughput(order_list), repeat)
+    mixed_runs = [_throughput(mixed) for _ in range(repeat)]
+    latency = _latencies(mixed)
+    gc.unfreeze()
+    return {
+        "workload": {"orders": orders, "trades": len(mixed) - orders, "accounts": accounts, "repeat": repeat},
+        "python": sys.version.split()[0],
+        "order_path_events_per_s": {"best": round(order_best), "median": round(order_median)},
+        "mixed_events_per_s": {
+            "best": round(max(r for r, _ in mixed_runs)),
+            "median": round(statistics.median(r for r, _ in mixed_runs)),
+        },
+        "actions": mixed_runs[0][1],
+        "latency_us": {k: round(v, 2) for k, v in latency.items()},
+        "baseline_plain_loop_events_per_s": round(baseline_best),
+        "order_path_vs_plain_loop": round(order_best / baseline_best, 3),
+    }
+
+
+def _print_table(result: dict[str, Any]) -> None:
+    w = result["workload"]
+    print(
+        f"workload: {w['orders']:,} orders + {w['trades']:,} trades, {w['accounts']:,} accounts, best of {w['repeat']}"
+    )
+    o, m, lat = result["order_path_events_per_s"], result["mixed_events_per_s"], result["latency_us"]
+    print(f"order path        {o['best']:>12,} events/s   (median {o['median']:,})")
+    print(f"orders + trades   {m['best']:>12,} events/s   (median {m['median']:,})  actions={result['actions']}")
+    print(
+        f"latency per event p50 {lat['p50_us']} us  p99 {lat['p99_us']} us  "
+        f"p99.9 {lat['p99.9_us']} us  max {lat['max_us']} us"
+    )
+    print(
+        f"plain-loop baseline {result['baseline_plain_loop_events_per_s']:,} events/s; "
+        f"order path / baseline = {result['order_path_vs_plain_loop']}"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cluster_risk.benchmark", description=__doc__.splitlines()[0])
+    parser.add_argument("--orders", type=int, default=300_000)
+    parser.add_argument("--trades", type=int, default=75_000)
+    parser.add_argument("--accounts", type=int, default=1_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    result = run(args.orders, args.trades, args.accounts, args.repeat)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        _print_table(result)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,106 @@
+"""``cluster-risk``: the command line.
+
+``replay`` feeds a JSON Lines event file (or ``-`` for stdin) through the in-process engine
+and prints actions and errors as JSON Lines.  Exit 0 when the input could be read; 2 with one
+clear line on stderr for an unusable config or file.  ``bench`` runs the benchmark.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from typing import IO
+
+from cluster_risk.config import load_config
+from cluster_risk.engine import RiskEngine
+from cluster_risk.errors import ConfigError
+from cluster_risk.replay import replay_lines
+
+__all__ = ["main"]
+
+EXIT_USAGE = 2
+
+
+def _fail(message: str) -> int:
+    print(f"cluster-risk: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _with_progress(lines: IO[str], total_bytes: int | None) -> Iterator[str]:
+    """Yield lines, drawing a progress bar on stderr (only called when stderr is a terminal)."""
+    done = 0
+    for count, line in enumerate(lines, 1):
+        done += len(line)
+        if count % 20_000 == 0:
+            if total_bytes:
+                pct = min(100.0, 100.0 * done / total_bytes)
+                bar = "#" * int(pct // 4)
+                sys.stderr.write(f"\r[{bar:<25}] {pct:5.1f}% {count:,} events")
+            else:
+                sys.stderr.write(f"\r{count:,} events")
+            sys.stderr.flush()
+        yield line
+    sys.stderr.write("\r\x1b[K")
+
+
+def _replay(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    engine = RiskEngine.from_config(config)
+    try:
+        stream = sys.stdin if args.events == "-" else open(args.events, encoding="utf-8")  # noqa: SIM115
+    except OSError as exc:
+        return _fail(f"{args.events}: cannot read ({exc.strerror})")
+    with stream:
+        lines: Iterator[str] = iter(stream)
+        if sys.stderr.isatty() and not args.quiet:
+            size = os.fstat(stream.fileno()).st_size if stream is not sys.stdin else None
+            lines = _with_progress(stream, size)
+        write = sys.stdout.write
+        dumps = json.JSONEncoder(separators=(",", ":")).encode
+        try:
+            for record in replay_lines(engine, lines):
+                write(dumps(record) + "\n")
+        except UnicodeDecodeError as exc:
+            return _fail(f"{args.events}: not UTF-8 text ({exc.reason})")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from cluster_risk import benchmark
+
+    return benchmark.main(args.bench_args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cluster-risk", description=__doc__.splitlines()[0] if __doc__ else None)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    replay = commands.add_parser("replay", help="replay JSON Lines events through the in-process engine")
+    replay.add_argument("--config", required=True, help="engine config (.json, .yaml or .toml)")
+    replay.add_argument("events", help="events file (JSON Lines), or - for stdin")
+    replay.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    replay.set_defaults(handler=_replay)
+
+    bench = commands.add_parser("bench", help="run the benchmark (same as python -m cluster_risk.benchmark)")
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments for the benchmark")
+    bench.set_defaults(handler=_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except BrokenPipeError:  # e.g. `cluster-risk replay ... | head`
+        sys.stderr.close()
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,473 @@
+"""RiskEngine: validate -> dedupe -> enrich -> trading day -> rules -> actions.
+
+The in-process engine executes the state primitives directly: per (account, contract) it
+keeps one :class:`_Context` holding, for each rule, the group that the pair falls in, so the
+hot path does two dict look-ups and no tuple building per event.  The oid index points at
+these contexts, which is also how a trade is enriched.
+
+Trading days are per account (SEMANTICS.md): ``D_a`` is the latest day among the account's
+own events and all ticks and resets.  Each account caches the ``[lo, hi)`` instant range of
+its current day, so the calendar is consulted only when a timestamp leaves it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import date
+from typing import TYPE_CHECKING, Any
+
+from cluster_risk.calendar import TradingCalendar
+from cluster_risk.errors import UNKNOWN_ORDER, ConfigError, EventError
+from cluster_risk.events import (
+    Action,
+    ActionType,
+    Event,
+    Order,
+    ResetDaily,
+    Tick,
+    Trade,
+    check_order,
+    check_timestamp,
+    check_trade,
+)
+from cluster_risk.rules.base import BaseRule, DailyCapRule, Scope, StatelessRule, WindowRule
+from cluster_risk.state.memory import PAUSED, RESUMED, DailySum, IdRetention, SlidingWindow
+
+if TYPE_CHECKING:
+    from cluster_risk.config import TradingDay
+
+__all__ = ["RiskEngine"]
+
+_WINDOW, _DAILY, _STATELESS = 0, 1, 2
+_NO_DAY = -1
+
+
+class _RuleSlot:
+    """A rule plus the engine's bookkeeping for it: its groups and which are paused."""
+
+    __slots__ = ("counts_every_order", "groups", "has_order_amount", "index", "kind", "paused", "rule")
+
+    def __init__(self, index: int, rule: BaseRule) -> None:
+        self.index = index
+        self.rule = rule
+        self.groups: dict[tuple[str, ...], Any] = {}
+        self.paused: set[Any] = set()
+        if isinstance(rule, WindowRule):
+            self.kind = _WINDOW
+        elif isinstance(rule, DailyCapRule):
+            self.kind = _DAILY
+        elif isinstance(rule, StatelessRule):
+            self.kind = _STATELESS
+        else:
+            raise ConfigError(f"rule {rule.name!r}: subclass StatelessRule, WindowRule or DailyCapRule")
+        # Built-in behaviour needs no call per event; an override does.
+        cls = type(rule)
+        self.counts_every_order = getattr(cls, "counts_order", None) is WindowRule.counts_order
+        self.has_order_amount = getattr(cls, "order_amount", DailyCapRule.order_amount) is not DailyCapRule.order_amount
+
+    def scope_of(self, key: tuple[str, ...]) -> dict[str, str]:
+        return dict(zip(self.rule.dimensions, key, strict=True))
+
+
+class _Account:
+    __slots__ = ("account_id", "contexts", "daily_paused", "day", "day_hi", "day_lo")
+
+    def __init__(self, account_id: str) -> None:
+        self.account_id = account_id
+        self.day = _NO_DAY
+        self.day_lo = 0  # [day_lo, day_hi): the instants of trading day `day`
+        self.day_hi = 0
+        self.contexts: dict[str, _Context] = {}
+        self.daily_paused: list[tuple[_RuleSlot, DailySum]] = []
+
+
+class _Context:
+    """Per (account, contract): the groups each rule keeps for this pair."""
+
+    __slots__ = ("account", "order_steps", "scope", "trade_steps")
+
+    def __init__(self, account: _Account, scope: Scope) -> None:
+        self.account = account
+        self.scope = scope
+        self.order_steps: tuple[tuple[_RuleSlot, Any], ...] = ()
+        self.trade_steps: tuple[tuple[_RuleSlot, Any], ...] = ()
+
+
+class RiskEngine:
+    """The in-process risk engine (the embedded default; no server).
+
+    ``rules`` run in the given order; actions for one event come in that order.
+    """
+
+    def __init__(
+        self,
+        rules: Sequence[BaseRule],
+        contract_to_product: Mapping[str, str] | None = None,
+        trading_day: TradingDay | TradingCalendar | None = None,
+        *,
+        id_retention_days: int = 7,
+    ) -> None:
+        if id_retention_days < 1:
+            raise ConfigError("id_retention_days: must be at least 1 (the contract keeps the previous day)")
+        names = [rule.name for rule in rules]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ConfigError(f"rule names must be unique; repeated: {', '.join(duplicates)}")
+        self.rules: tuple[BaseRule, ...] = tuple(rules)
+        self.contract_to_product: dict[str, str] = dict(contract_to_product or {})
+        self.calendar = _calendar(trading_day)
+        self._slots = [_RuleSlot(i, rule) for i, rule in enumerate(self.rules)]
+        self._accounts: dict[str, _Account] = {}
+        # oid -> context (dedup and trade enrichment) and seen tids, forgotten after
+        # id_retention_days trading days so memory stays bounded over days.
+        self._orders: dict[int, _Context] = {}
+        self._trades: set[int] = set()
+        self._order_ids = IdRetention(id_retention_days)
+        self._trade_ids = IdRetention(id_retention_days)
+        self._latest_day = _NO_DAY  # latest trading day of any event (dedup generations, accountless scopes)
+        self._clock_day = _NO_DAY  # latest trading day of any tick or reset
+        self._floating_paused: list[tuple[_RuleSlot, DailySum]] = []  # daily pauses of scopes without account
+
+    @classmethod
+    def from_config(cls, config: Any) -> RiskEngine:
+        """Build from :func:`cluster_risk.config.build_config`'s result."""
+        return cls(
+            config.rules,
+            config.contract_to_product,
+            config.trading_day,
+            id_retention_days=config.id_retention_days,
+        )
+
+    # ------------------------------------------------------------------ events
+
+    def process(self, event: Event) -> list[Action]:
+        """Any event: order, trade, tick or reset."""
+        if isinstance(event, Order):
+            return self.process_order(event)
+        if isinstance(event, Trade):
+            return self.process_trade(event)
+        if isinstance(event, Tick):
+            return self.tick(event.timestamp)
+        if isinstance(event, ResetDaily):
+            return self.reset_daily(event.timestamp)
+        raise EventError("unknown_type", "type", f"not an event: {type(event).__name__}")
+
+    def process_order(self, order: Order) -> list[Action]:
+        check_order(order)
+        oid = order.oid
+        if oid in self._orders:
+            return []  # a duplicate changes nothing
+        account = self._accounts.get(order.account_id)
+        if account is None:
+            account = self._new_account(order.account_id)
+        ctx = account.contexts.get(order.contract_id)
+        if ctx is None:
+            ctx = self._new_context(account, order.contract_id)
+        t = order.timestamp
+        if account.day_lo <= t < account.day_hi:
+            actions: list[Action] = []
+            day = account.day
+        else:
+            day, actions = self._advance(account, t)
+        self._orders[oid] = ctx
+        self._order_ids.current.append(oid)
+        for slot, group in ctx.order_steps:
+            kind = slot.kind
+            if kind == _WINDOW:
+                if slot.counts_every_order or slot.rule.counts_order(order):  # type: ignore[attr-defined]
+                    code = group.hit(t)
+                    if code:
+                        actions.append(self._window_action(slot, group, code, t))
+            elif kind == _DAILY:
+                amount = slot.rule.order_amount(order)  # type: ignore[attr-defined]
+                if amount is not None:
+                    self._add_daily(slot, group, account, day, amount, t, actions)
+            else:
+                verdict = slot.rule.evaluate_order(order, ctx.scope)  # type: ignore[attr-defined]
+                if verdict is not None:
+                    actions.append(self._verdict_action(slot, ctx.scope, verdict, t))
+        return actions
+
+    def process_trade(self, trade: Trade) -> list[Action]:
+        check_trade(trade)
+        tid = trade.tid
+        if tid in self._trades:
+            return []
+        ctx = self._enrich(trade)
+        account = ctx.account
+        t = trade.timestamp
+        if account.day_lo <= t < account.day_hi:
+            actions: list[Action] = []
+            day = account.day
+        else:
+            day, actions = self._advance(account, t)
+        self._trades.add(tid)
+        self._trade_ids.current.append(tid)
+        contract = ctx.scope.contract
+        for slot, group in ctx.trade_steps:
+            if slot.kind == _DAILY:
+                amount = slot.rule.trade_amount(trade, contract)  # type: ignore[attr-defined]
+                if amount is not None:
+                    self._add_daily(slot, group, account, day, amount, t, actions)
+            else:
+                verdict = slot.rule.evaluate_trade(trade, ctx.scope)  # type: ignore[attr-defined]
+                if verdict is not None:
+                    actions.append(self._verdict_action(slot, ctx.scope, verdict, t))
+        return actions
+
+    def tick(self, now_ns: int | None = None) -> list[Action]:
+        """Time-driven checks at ``now_ns`` (default: the wall clock): rollover, then resumes."""
+        now = time.time_ns() if now_ns is None else check_timestamp(now_ns)
+        actions = self._advance_clock(now)
+        for slot in self._slots:
+            if slot.kind != _WINDOW or not slot.paused:
+                continue
+            for group in sorted(slot.paused, key=_group_key):
+                if group.try_resume(now) == RESUMED:
+                    slot.paused.discard(group)
+                    actions.append(self._window_action(slot, group, RESUMED, now))
+        return actions
+
+    def reset_daily(self, now_ns: int | None = None) -> list[Action]:
+        """Manual daily reset: rollover as a tick would, then zero ``day(now)`` and lift every
+        daily pause (RESUME, value 0).  Rate-rule state is untouched."""
+        now = time.time_ns() if now_ns is None else check_timestamp(now_ns)
+        actions = self._advance_clock(now)
+        day = self.calendar.day_of(now)
+        for slot in self._slots:
+            if slot.kind != _DAILY:
+                continue
+            for group in slot.groups.values():
+                group.zero(day)
+            for group in sorted(slot.paused, key=_group_key):
+                group.paused = False
+                actions.append(self._daily_action(slot, group, RESUMED, now, 0, "manual daily reset"))
+            slot.paused.clear()
+        for account in self._accounts.values():
+            account.daily_paused.clear()
+        self._floating_paused.clear()
+        return actions
+
+    def process_many(self, events: Iterable[Event]) -> list[Action]:
+        """Convenience: every event in order, all actions concatenated (errors propagate)."""
+        out: list[Action] = []
+        for event in events:
+            out.extend(self.process(event))
+        return out
+
+    # ------------------------------------------------------------------ inspection
+
+    def paused_scopes(self) -> list[tuple[str, dict[str, str]]]:
+        """Every (rule name, scope) currently paused, in rule order then scope order."""
+        return [
+            (slot.rule.name, slot.scope_of(group.key))
+            for slot in self._slots
+            for group in sorted(slot.paused, key=_group_key)
+        ]
+
+    def window_count(self, rule: str, scope: Mapping[str, str]) -> int:
+        """A window rule's count for ``scope`` at the group's own high-water time."""
+        slot, key = self._slot_and_key(rule, scope)
+        group = slot.groups.get(key)
+        return 0 if group is None else int(group.count())
+
+    def daily_sum(self, rule: str, scope: Mapping[str, str], day: date | None = None) -> float:
+        """A daily rule's sum for ``scope`` on ``day`` (default: that scope's current day)."""
+        slot, key = self._slot_and_key(rule, scope)
+        group = slot.groups.get(key)
+        if group is None:
+            return 0
+        if day is None:
+            account = self._accounts.get(scope.get("account", ""))
+            current = account.day if account is not None else self._latest_day
+            return float(group.sum_on(current))
+        return float(group.sum_on(day.toordinal()))
+
+    def memory_entries(self) -> dict[str, int]:
+        """Sizes of the structures that grow with traffic (for tests and ops)."""
+        return {
+            "orders": len(self._orders),
+            "trades": len(self._trades),
+            "accounts": len(self._accounts),
+            "groups": sum(len(slot.groups) for slot in self._slots),
+        }
+
+    # ------------------------------------------------------------------ internals
+
+    def _slot_and_key(self, rule: str, scope: Mapping[str, str]) -> tuple[_RuleSlot, tuple[str, ...]]:
+        for slot in self._slots:
+            if slot.rule.name == rule:
+                try:
+                    return slot, tuple(scope[dim] for dim in slot.rule.dimensions)
+                except KeyError as exc:
+                    raise KeyError(f"rule {rule!r} needs scope values for {slot.rule.dimensions}") from exc
+        raise KeyError(f"no rule named {rule!r}")
+
+    def _new_account(self, account_id: str) -> _Account:
+        account = _Account(account_id)
+        if self._clock_day != _NO_DAY:
+            self._set_day(account, self._clock_day)
+        self._accounts[account_id] = account
+        return account
+
+    def _set_day(self, account: _Account, day: int) -> None:
+        account.day = day
+        account.day_lo = self.calendar.start_of(day)
+        account.day_hi = self.calendar.start_of(day + 1)
+
+    def _new_context(self, account: _Account, contract: str) -> _Context:
+        product = self.contract_to_product.get(contract, contract)
+        scope = Scope(account.account_id, contract, product)
+        ctx = _Context(account, scope)
+        order_steps: list[tuple[_RuleSlot, Any]] = []
+        trade_steps: list[tuple[_RuleSlot, Any]] = []
+        for slot in self._slots:
+            rule = slot.rule
+            key = rule.scope_key(scope)
+            group = slot.groups.get(key)
+            if group is None and slot.kind != _STATELESS:
+                group = self._new_group(slot, key, scope, "account" in rule.dimensions)
+                slot.groups[key] = group
+            if slot.kind == _WINDOW:
+                order_steps.append((slot, group))
+            elif slot.kind == _DAILY:
+                trade_steps.append((slot, group))
+                if slot.has_order_amount:
+                    order_steps.append((slot, group))
+            else:
+                if type(rule).evaluate_order is not StatelessRule.evaluate_order:
+                    order_steps.append((slot, None))
+                if type(rule).evaluate_trade is not StatelessRule.evaluate_trade:
+                    trade_steps.append((slot, None))
+        ctx.order_steps = tuple(order_steps)
+        ctx.trade_steps = tuple(trade_steps)
+        account.contexts[contract] = ctx
+        return ctx
+
+    @staticmethod
+    def _new_group(slot: _RuleSlot, key: tuple[str, ...], scope: Scope, has_account: bool) -> Any:
+        rule = slot.rule
+        if isinstance(rule, WindowRule):
+            return SlidingWindow(key, rule.window_ns, rule.bucket_ns, rule.threshold, rule.resume_threshold)
+        assert isinstance(rule, DailyCapRule)
+        return DailySum(key, scope.account if has_account else None, rule.daily_cap)
+
+    def _enrich(self, trade: Trade) -> _Context:
+        """The trade's (account, contract): explicit fields win over the order index."""
+        indexed = self._orders.get(trade.oid)
+        account_id = trade.account_id
+        contract = trade.contract_id
+        if indexed is not None:
+            if account_id is None and contract is None:
+                return indexed
+            account_id = account_id or indexed.account.account_id
+            contract = contract or indexed.scope.contract
+        if account_id is None or contract is None:
+            missing = "account_id" if account_id is None else "contract_id"
+            raise EventError(UNKNOWN_ORDER, "oid", f"oid {trade.oid} was never seen and the trade has no {missing}")
+        account = self._accounts.get(account_id) or self._new_account(account_id)
+        return account.contexts.get(contract) or self._new_context(account, contract)
+
+    def _advance(self, account: _Account, t: int) -> tuple[int, list[Action]]:
+        """Slow path: ``t`` is outside the account's current day.  Returns the event's day and
+        the rollover actions (empty for a late event)."""
+        day, lo, hi = self.calendar.day_range(t)
+        if day <= account.day:
+            return day, []  # late: an earlier day than the account's current one
+        lifted: list[tuple[_RuleSlot, DailySum]] = []
+        if day > self._latest_day:
+            self._new_latest_day(day, lifted)
+        lifted.extend(account.daily_paused)
+        account.daily_paused.clear()
+        account.day, account.day_lo, account.day_hi = day, lo, hi
+        return day, self._rollover_actions(lifted, day, lo)
+
+    def _new_latest_day(self, day: int, lifted: list[tuple[_RuleSlot, DailySum]]) -> None:
+        if self._latest_day != _NO_DAY:
+            orders, trades = self._orders, self._trades
+            for oid in self._order_ids.new_day(self._latest_day, day):
+                del orders[oid]
+            for tid in self._trade_ids.new_day(self._latest_day, day):
+                trades.discard(tid)
+        self._latest_day = day
+        lifted.extend(self._floating_paused)
+        self._floating_paused.clear()
+
+    def _advance_clock(self, now: int) -> list[Action]:
+        """Tick or reset: every account's day moves to at least ``day(now)``."""
+        day, lo, _ = self.calendar.day_range(now)
+        if day <= self._clock_day:
+            return []
+        self._clock_day = day
+        lifted: list[tuple[_RuleSlot, DailySum]] = []
+        if day > self._latest_day:
+            self._new_latest_day(day, lifted)
+        for account in self._accounts.values():
+            if account.day < day:
+                lifted.extend(account.daily_paused)
+                account.daily_paused.clear()
+                self._set_day(account, day)
+        return self._rollover_actions(lifted, day, lo)
+
+    def _rollover_actions(self, lifted: list[tuple[_RuleSlot, DailySum]], day: int, start_ns: int) -> list[Action]:
+        if not lifted:
+            return []
+        lifted.sort(key=lambda item: (item[0].index, item[1].key))
+        actions = []
+        for slot, group in lifted:
+            group.paused = False
+            slot.paused.discard(group)
+            reason = f"trading day rolled over to {date.fromordinal(day).isoformat()}"
+            actions.append(self._daily_action(slot, group, RESUMED, start_ns, group.sum_on(day), reason))
+        return actions
+
+    def _add_daily(
+        self, slot: _RuleSlot, group: DailySum, account: _Account, day: int, amount: float, t: int, out: list[Action]
+    ) -> None:
+        current = day == (account.day if group.account is not None else self._latest_day)
+        if group.add(day, amount, current) == PAUSED:
+            slot.paused.add(group)
+            if group.account is not None:
+                account.daily_paused.append((slot, group))
+            else:
+                self._floating_paused.append((slot, group))
+            cap = group.cap
+            reason = f"daily {getattr(slot.rule, 'metric', 'sum')} {group.total} > cap {cap}"
+            out.append(self._daily_action(slot, group, PAUSED, t, group.total, reason))
+
+    def _window_action(self, slot: _RuleSlot, group: SlidingWindow, code: int, t: int) -> Action:
+        n = group.count_at(t) if code == RESUMED else group.count()
+        rule = slot.rule
+        assert isinstance(rule, WindowRule)
+        if code == PAUSED:
+            slot.paused.add(group)
+            kind, reason = ActionType.PAUSE_ORDER, f"{n} orders in {rule.window_ns} ns > threshold {rule.threshold}"
+        else:
+            slot.paused.discard(group)
+            kind = ActionType.RESUME_ORDER
+            reason = f"{n} orders in {rule.window_ns} ns <= resume threshold {rule.resume_threshold}"
+        return Action(kind, rule.name, slot.scope_of(group.key), t, n, rule.threshold, reason)
+
+    @staticmethod
+    def _daily_action(slot: _RuleSlot, group: DailySum, code: int, t: int, value: float, reason: str) -> Action:
+        kind = ActionType.PAUSE_ORDER if code == PAUSED else ActionType.RESUME_ORDER
+        return Action(kind, slot.rule.name, slot.scope_of(group.key), t, value, group.cap, reason)
+
+    @staticmethod
+    def _verdict_action(slot: _RuleSlot, scope: Scope, verdict: Any, t: int) -> Action:
+        key = slot.rule.scope_key(scope)
+        return Action(verdict.type, slot.rule.name, slot.scope_of(key), t, verdict.value, verdict.limit, verdict.reason)
+
+
+def _group_key(group: Any) -> tuple[str, ...]:
+    key: tuple[str, ...] = group.key
+    return key
+
+
+def _calendar(trading_day: TradingDay | TradingCalendar | None) -> TradingCalendar:
+    if trading_day is None:
+        return TradingCalendar()
+    if isinstance(trading_day, TradingCalendar):
+        return trading_day
+    return trading_day.calendar()

@@ -1,0 +1,53 @@
+"""Every error this package raises derives from one root, :class:`RiskError`.
+
+::
+
+    RiskError
+    ├── ConfigError          an unusable engine config (names the place: ``rules[1].daily_cap``)
+    └── EventError           a rejected event; carries the contract's ``code`` and ``field``
+        (codes: invalid_field, unknown_order, unknown_type, invalid_json)
+
+``ConfigError`` and ``EventError`` are also ``ValueError`` so that callers who only know the
+standard library still catch them.  A rejected event never changes engine state.
+"""
+
+from __future__ import annotations
+
+__all__ = ["RiskError", "ConfigError", "EventError"]
+
+INVALID_FIELD = "invalid_field"
+UNKNOWN_ORDER = "unknown_order"
+UNKNOWN_TYPE = "unknown_type"
+INVALID_JSON = "invalid_json"
+
+
+class RiskError(Exception):
+    """Root of every error raised by cluster_risk."""
+
+
+class ConfigError(RiskError, ValueError):
+    """The engine configuration is unusable; the message names the offending place."""
+
+
+class EventError(RiskError, ValueError):
+    """An event was rejected: ``code`` is the contract's error code, ``field`` the culprit."""
+
+    def __init__(self, code: str, field: str, detail: str = "") -> None:
+        self.code = code
+        self.field = field
+        self.detail = detail
+        where = f" {field!r}" if field else ""
+        super().__init__(f"{code}{where}: {detail}" if detail else f"{code}{where}")
+
+    def to_dict(self, index: int | None = None) -> dict[str, object]:
+        """The contract's error record (``index`` is the event's position in a stream)."""
+        out: dict[str, object] = {"error": self.code, "field": self.field}
+        if index is not None:
+            out["index"] = index
+        if self.detail:
+            out["reason"] = self.detail
+        return out
+
+
+def invalid(field: str, detail: str) -> EventError:
+    return EventError(INVALID_FIELD, field, detail)

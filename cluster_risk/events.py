@@ -1,0 +1,191 @@
+"""Events in (orders, trades, ticks, resets) and actions out.
+
+Slots dataclasses: these sit on the hot path.  Construction does not validate (a gateway
+building millions of orders should not pay twice); the engine validates every event it is
+given with :func:`check_order` / :func:`check_trade` before any state changes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from cluster_risk.errors import EventError, invalid
+
+__all__ = [
+    "Direction",
+    "ActionType",
+    "Order",
+    "Trade",
+    "Tick",
+    "ResetDaily",
+    "Event",
+    "Action",
+    "check_order",
+    "check_trade",
+    "check_timestamp",
+]
+
+MAX_ID = 1 << 64  # oid / tid in [0, 2**64)
+MAX_VOLUME = 1 << 31  # volume in [1, 2**31)
+MAX_TIMESTAMP = 1 << 63  # ns in [0, 2**63)
+
+
+class Direction(str, Enum):
+    BID = "BID"
+    ASK = "ASK"
+
+
+class ActionType(str, Enum):
+    """What a gateway must do.  PAUSE/RESUME come from the built-in rules; the others are
+    available to user rules (the action set is open)."""
+
+    PAUSE_ORDER = "PAUSE_ORDER"
+    RESUME_ORDER = "RESUME_ORDER"
+    REJECT_ORDER = "REJECT_ORDER"
+    ALERT = "ALERT"
+
+
+@dataclass(slots=True)
+class Order:
+    oid: int
+    account_id: str
+    contract_id: str
+    direction: Direction | str
+    price: float
+    volume: int
+    timestamp: int
+
+
+@dataclass(slots=True)
+class Trade:
+    tid: int
+    oid: int
+    price: float
+    volume: int
+    timestamp: int
+    account_id: str | None = None
+    contract_id: str | None = None
+
+
+@dataclass(slots=True)
+class Tick:
+    """Time-driven resume checks at ``timestamp`` (``engine.tick``)."""
+
+    timestamp: int
+
+
+@dataclass(slots=True)
+class ResetDaily:
+    """Manual daily reset at ``timestamp`` (``engine.reset_daily``)."""
+
+    timestamp: int
+
+
+Event = Order | Trade | Tick | ResetDaily
+
+
+@dataclass(slots=True)
+class Action:
+    """A decision for the gateways: ``scope`` maps the rule's dimensions to values."""
+
+    type: ActionType
+    rule: str
+    scope: dict[str, str]
+    timestamp: int
+    value: float
+    limit: float
+    reason: str = field(default="", compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The wire form (conformance keys first, then ``reason``)."""
+        return {
+            "type": self.type.value,
+            "rule": self.rule,
+            "scope": dict(self.scope),
+            "timestamp": self.timestamp,
+            "value": self.value,
+            "limit": self.limit,
+            "reason": self.reason,
+        }
+
+
+_DIRECTIONS = frozenset(("BID", "ASK"))
+
+
+def check_timestamp(value: object, name: str = "timestamp") -> int:
+    # type(...) is int, not isinstance: bool is an int subclass and is refused on purpose.
+    if type(value) is not int or not 0 <= value < MAX_TIMESTAMP:
+        raise invalid(name, "must be an integer number of ns in [0, 2**63)")
+    return value
+
+
+def _check_id(value: object, name: str) -> None:
+    if type(value) is not int or not 0 <= value < MAX_ID:
+        raise invalid(name, "must be an integer in [0, 2**64)")
+
+
+def _check_text(value: object, name: str) -> None:
+    if type(value) is not str or not value:
+        raise invalid(name, "must be a non-empty string")
+
+
+def _check_price(value: object) -> None:
+    if type(value) not in (int, float) or not math.isfinite(value):  # type: ignore[arg-type]
+        raise invalid("price", "must be a finite number")
+
+
+def _check_volume(value: object) -> None:
+    if type(value) is not int or not 0 < value < MAX_VOLUME:
+        raise invalid("volume", "must be an integer in [1, 2**31)")
+
+
+def check_order(order: Order) -> None:
+    """Raise :class:`EventError` naming the first bad field (fields in wire order)."""
+    # One cheap combined test first: the common, valid order pays for a single branch.
+    oid = order.oid
+    volume = order.volume
+    ts = order.timestamp
+    price = order.price
+    acc = order.account_id
+    con = order.contract_id
+    if (
+        type(oid) is int
+        and 0 <= oid < MAX_ID
+        and type(acc) is str
+        and acc
+        and type(con) is str
+        and con
+        and order.direction in _DIRECTIONS
+        and (type(price) is float or type(price) is int)
+        and price - price == 0  # finite: inf - inf and nan - nan are nan
+        and type(volume) is int
+        and 0 < volume < MAX_VOLUME
+        and type(ts) is int
+        and 0 <= ts < MAX_TIMESTAMP
+    ):
+        return
+    _check_id(oid, "oid")
+    _check_text(acc, "account_id")
+    _check_text(con, "contract_id")
+    if not isinstance(order.direction, str) or order.direction not in _DIRECTIONS:
+        raise invalid("direction", 'must be "BID" or "ASK"')
+    _check_price(price)
+    _check_volume(volume)
+    check_timestamp(ts)
+    raise EventError("invalid_field", "", "unrecognised order")  # pragma: no cover
+
+
+def check_trade(trade: Trade) -> None:
+    """Raise :class:`EventError` naming the first bad field (fields in wire order)."""
+    _check_id(trade.tid, "tid")
+    _check_id(trade.oid, "oid")
+    _check_price(trade.price)
+    _check_volume(trade.volume)
+    check_timestamp(trade.timestamp)
+    if trade.account_id is not None:
+        _check_text(trade.account_id, "account_id")
+    if trade.contract_id is not None:
+        _check_text(trade.contract_id, "contract_id")

@@ -1,0 +1,161 @@
+"""In-memory state primitives: the executable specification of the Lua twins.
+
+Transitions are small ints so the hot path compares without allocating.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, insort
+from collections import deque
+
+__all__ = ["NO_CHANGE", "PAUSED", "RESUMED", "SlidingWindow", "DailySum", "IdRetention"]
+
+NO_CHANGE = 0
+PAUSED = 1
+RESUMED = 2
+
+_COMPACT_AT = 64  # drop expired timestamps in one slice once this many have piled up
+
+
+class SlidingWindow:
+    """One group's sliding window, exact to the contract's buckets.
+
+    The contract counts bucket indices ``t // B`` in ``[X//B - K + 1, X//B]``.  Since every
+    counted timestamp is ``<= high``, that is the same as counting raw timestamps
+    ``>= (X//B - K + 1) * B``: a sorted list trimmed lazily with ``bisect`` is exact and cheaper
+    than bucket arithmetic per order.  ``times[head:]`` are the live entries.
+    """
+
+    __slots__ = ("bucket_ns", "head", "high", "key", "paused", "resume", "span", "threshold", "times")
+
+    def __init__(self, key: tuple[str, ...], window_ns: int, bucket_ns: int, threshold: int, resume: int) -> None:
+        self.key = key
+        self.times: list[int] = []
+        self.head = 0
+        self.high = -1  # the group's high-water event time h_g
+        self.paused = False
+        self.bucket_ns = bucket_ns
+        self.span = window_ns // bucket_ns - 1  # K - 1
+        self.threshold = threshold
+        self.resume = resume
+
+    def hit(self, t: int) -> int:
+        """Count an event at ``t`` (unless too late for the window) and re-check the pause."""
+        times = self.times
+        if t >= self.high:
+            self.high = t
+            times.append(t)
+            bucket = self.bucket_ns
+            low = (t // bucket - self.span) * bucket
+            head = self.head
+            if times[head] < low:
+                head = bisect_left(times, low, head)
+                if head >= _COMPACT_AT and head * 2 >= len(times):
+                    del times[:head]
+                    head = 0
+                self.head = head
+        else:
+            bucket = self.bucket_ns
+            if t >= (self.high // bucket - self.span) * bucket:
+                insort(times, t, self.head)
+            # else: too late for the window - not counted, but the pause is re-checked below
+        n = len(times) - self.head
+        if self.paused:
+            if n <= self.resume:
+                self.paused = False
+                return RESUMED
+        elif n > self.threshold:
+            self.paused = True
+            return PAUSED
+        return NO_CHANGE
+
+    def count(self) -> int:
+        """The window count at the group's own high-water time."""
+        return len(self.times) - self.head
+
+    def count_at(self, at: int) -> int:
+        """The window count at ``max(at, high)`` (what a tick at ``at`` sees)."""
+        at = max(at, self.high)
+        bucket = self.bucket_ns
+        low = (at // bucket - self.span) * bucket
+        return len(self.times) - bisect_left(self.times, low, self.head)
+
+    def try_resume(self, at: int) -> int:
+        """Tick: lift the pause if the window at ``max(at, high)`` is at or below resume."""
+        if self.paused and self.count_at(at) <= self.resume:
+            self.paused = False
+            return RESUMED
+        return NO_CHANGE
+
+
+class DailySum:
+    """One group's sum per trading day with a cap.
+
+    ``day``/``total`` is the latest day the group has seen; ``earlier`` keeps the previous day
+    (late trades count toward their own day).  Days before that are dropped at rollover.
+    """
+
+    __slots__ = ("account", "cap", "day", "earlier", "key", "paused", "total")
+
+    def __init__(self, key: tuple[str, ...], account: str | None, cap: float) -> None:
+        self.key = key
+        self.account = account
+        self.day = -1
+        self.total: float = 0
+        self.earlier: dict[int, float] = {}
+        self.paused = False
+        self.cap = cap
+
+    def add(self, day: int, amount: float, current: bool) -> int:
+        """Add ``amount`` to ``day``; on the group's current day, pause on crossing the cap."""
+        if day == self.day:
+            self.total += amount
+        elif day > self.day:
+            if self.day >= 0:
+                self.earlier = {self.day: self.total} if self.day == day - 1 else {}
+            self.day = day
+            self.total = amount
+        else:
+            self.earlier[day] = self.earlier.get(day, 0) + amount
+            return NO_CHANGE
+        if current and not self.paused and self.total > self.cap:
+            self.paused = True
+            return PAUSED
+        return NO_CHANGE
+
+    def sum_on(self, day: int) -> float:
+        if day == self.day:
+            return self.total
+        return self.earlier.get(day, 0)
+
+    def zero(self, day: int) -> None:
+        """``reset_daily``: the sum of ``day`` goes to zero."""
+        if day == self.day:
+            self.total = 0
+        elif day in self.earlier:
+            self.earlier[day] = 0
+
+
+class IdRetention:
+    """Which ids (oid, tid) were seen when, so they can be forgotten after ``days`` trading days.
+
+    Look-ups go to one dict or set owned by the caller (one probe on the hot path); this class
+    only remembers, per latest-day generation, which ids to delete once the generation is
+    more than ``days`` trading days older than the latest day.
+    """
+
+    __slots__ = ("_generations", "current", "days")
+
+    def __init__(self, days: int) -> None:
+        self.days = days
+        self.current: list[int] = []  # ids first seen during the latest day
+        self._generations: deque[tuple[int, list[int]]] = deque()
+
+    def new_day(self, previous_day: int, latest_day: int) -> list[int]:
+        """Close ``previous_day``'s generation; return the ids that fall out of retention."""
+        self._generations.append((previous_day, self.current))
+        self.current = []
+        expired: list[int] = []
+        while self._generations and latest_day - self._generations[0][0] > self.days:
+            expired.extend(self._generations.popleft()[1])
+        return expired

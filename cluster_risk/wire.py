@@ -1,0 +1,104 @@
+"""JSON Lines wire format of the contract: one JSON object per line, ``type`` first.
+
+``decode_event`` checks presence and JSON types of every field and builds the event; the
+engine's own checks (:func:`cluster_risk.events.check_order`) then apply the ranges, so one
+set of rules decides for wire input and API input alike.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from cluster_risk.errors import INVALID_JSON, UNKNOWN_TYPE, EventError, invalid
+from cluster_risk.events import (
+    Action,
+    Event,
+    Order,
+    ResetDaily,
+    Tick,
+    Trade,
+    check_order,
+    check_timestamp,
+    check_trade,
+)
+
+__all__ = ["decode_event", "decode_line", "encode_event", "encode_action"]
+
+_ORDER_FIELDS = ("oid", "account_id", "contract_id", "direction", "price", "volume", "timestamp")
+_TRADE_FIELDS = ("tid", "oid", "price", "volume", "timestamp")
+
+
+def _required(obj: dict[str, Any], names: tuple[str, ...]) -> list[Any]:
+    values = []
+    for name in names:
+        if name not in obj or obj[name] is None:
+            raise invalid(name, "is required")
+        values.append(obj[name])
+    return values
+
+
+def decode_event(obj: object) -> Event:
+    """Build a validated event from a decoded JSON value; raise :class:`EventError`."""
+    if not isinstance(obj, dict):
+        raise EventError(INVALID_JSON, "", "an event must be a JSON object")
+    kind = obj.get("type")
+    if kind is None:
+        raise invalid("type", "is required")
+    if kind == "order":
+        order = Order(*_required(obj, _ORDER_FIELDS))
+        check_order(order)
+        return order
+    if kind == "trade":
+        trade = Trade(*_required(obj, _TRADE_FIELDS), obj.get("account_id"), obj.get("contract_id"))
+        check_trade(trade)
+        return trade
+    if kind == "tick":
+        return Tick(check_timestamp(obj.get("timestamp")))
+    if kind == "reset_daily":
+        return ResetDaily(check_timestamp(obj.get("timestamp")))
+    raise EventError(UNKNOWN_TYPE, "type", f"unknown event type {kind!r}")
+
+
+def decode_line(line: str | bytes) -> Event:
+    try:
+        obj = json.loads(line)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        raise EventError(INVALID_JSON, "", f"not JSON: {exc}") from None
+    return decode_event(obj)
+
+
+def encode_event(event: Event) -> dict[str, Any]:
+    """The wire object of an event (``type`` first)."""
+    if isinstance(event, Order):
+        direction = getattr(event.direction, "value", event.direction)
+        return {
+            "type": "order",
+            "oid": event.oid,
+            "account_id": event.account_id,
+            "contract_id": event.contract_id,
+            "direction": direction,
+            "price": event.price,
+            "volume": event.volume,
+            "timestamp": event.timestamp,
+        }
+    if isinstance(event, Trade):
+        out: dict[str, Any] = {
+            "type": "trade",
+            "tid": event.tid,
+            "oid": event.oid,
+            "price": event.price,
+            "volume": event.volume,
+            "timestamp": event.timestamp,
+        }
+        if event.account_id is not None:
+            out["account_id"] = event.account_id
+        if event.contract_id is not None:
+            out["contract_id"] = event.contract_id
+        return out
+    kind = "tick" if isinstance(event, Tick) else "reset_daily"
+    return {"type": kind, "timestamp": event.timestamp}
+
+
+def encode_action(action: Action) -> str:
+    return json.dumps(action.to_dict(), separators=(",", ":"))
