@@ -13,15 +13,19 @@ its current day, so the calendar is consulted only when a timestamp leaves it.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
 from cluster_risk.calendar import TradingCalendar
 from cluster_risk.errors import UNKNOWN_ORDER, ConfigError, EventError
 from cluster_risk.events import (
+    MAX_ID,
+    MAX_TIMESTAMP,
+    MAX_VOLUME,
     Action,
     ActionType,
+    Direction,
     Event,
     Order,
     ResetDaily,
@@ -40,6 +44,8 @@ if TYPE_CHECKING:
 __all__ = ["RiskEngine"]
 
 _WINDOW, _DAILY, _STATELESS = 0, 1, 2
+_BID, _ASK = Direction.BID, Direction.ASK
+_SIDES = frozenset(("BID", "ASK"))
 _NO_DAY = -1
 
 
@@ -82,16 +88,23 @@ class _Account:
         self.daily_paused: list[tuple[_RuleSlot, DailySum]] = []
 
 
+_DailyAdd = tuple[Callable[[int, float, bool], int], Callable[..., Any], _RuleSlot, DailySum]
+
+
 class _Context:
     """Per (account, contract): the groups each rule keeps for this pair."""
 
-    __slots__ = ("account", "order_steps", "scope", "trade_steps")
+    __slots__ = ("account", "daily_adds", "order_steps", "scope", "trade_steps", "window_hits")
 
     def __init__(self, account: _Account, scope: Scope) -> None:
         self.account = account
         self.scope = scope
-        self.order_steps: tuple[tuple[_RuleSlot, Any], ...] = ()
-        self.trade_steps: tuple[tuple[_RuleSlot, Any], ...] = ()
+        # Plain window counters (every order counts): the bound `hit` is called directly.
+        self.window_hits: tuple[tuple[Callable[[int], int], _RuleSlot, SlidingWindow], ...] = ()
+        # Daily rules on trades: (group.add, rule.trade_amount, slot, group).
+        self.daily_adds: tuple[_DailyAdd, ...] = ()
+        self.order_steps: tuple[tuple[_RuleSlot, Any], ...] = ()  # any other rule reacting to orders
+        self.trade_steps: tuple[tuple[_RuleSlot, Any], ...] = ()  # stateless rules reacting to trades
 
 
 class RiskEngine:
@@ -119,15 +132,24 @@ class RiskEngine:
         self.calendar = _calendar(trading_day)
         self._slots = [_RuleSlot(i, rule) for i, rule in enumerate(self.rules)]
         self._accounts: dict[str, _Account] = {}
+        self._contexts: dict[str, dict[str, _Context]] = {}  # account -> contract -> context
         # oid -> context (dedup and trade enrichment) and seen tids, forgotten after
         # id_retention_days trading days so memory stays bounded over days.
         self._orders: dict[int, _Context] = {}
         self._trades: set[int] = set()
         self._order_ids = IdRetention(id_retention_days)
         self._trade_ids = IdRetention(id_retention_days)
+        self._remember_oid = self._order_ids.current.append
+        self._remember_tid = self._trade_ids.current.append
         self._latest_day = _NO_DAY  # latest trading day of any event (dedup generations, accountless scopes)
         self._clock_day = _NO_DAY  # latest trading day of any tick or reset
         self._floating_paused: list[tuple[_RuleSlot, DailySum]] = []  # daily pauses of scopes without account
+        self._handlers: dict[type, Callable[[Any], list[Action]]] = {
+            Order: self.process_order,
+            Trade: self.process_trade,
+            Tick: lambda event: self.tick(event.timestamp),
+            ResetDaily: lambda event: self.reset_daily(event.timestamp),
+        }
 
     @classmethod
     def from_config(cls, config: Any) -> RiskEngine:
@@ -143,39 +165,68 @@ class RiskEngine:
 
     def process(self, event: Event) -> list[Action]:
         """Any event: order, trade, tick or reset."""
-        if isinstance(event, Order):
-            return self.process_order(event)
-        if isinstance(event, Trade):
-            return self.process_trade(event)
-        if isinstance(event, Tick):
-            return self.tick(event.timestamp)
-        if isinstance(event, ResetDaily):
-            return self.reset_daily(event.timestamp)
-        raise EventError("unknown_type", "type", f"not an event: {type(event).__name__}")
+        handler = self._handlers.get(type(event))
+        if handler is None:
+            for kind, candidate in self._handlers.items():  # subclasses of the event types
+                if isinstance(event, kind):
+                    return candidate(event)
+            raise EventError("unknown_type", "type", f"not an event: {type(event).__name__}")
+        return handler(event)
 
     def process_order(self, order: Order) -> list[Action]:
-        check_order(order)
         oid = order.oid
+        t = order.timestamp
+        volume = order.volume
+        price = order.price
+        direction = order.direction
+        # One combined test on the hot path; check_order (the definition) names the culprit
+        # when it fails.  The ids need no test when they name a known context: only checked
+        # ids ever become keys.  tests/unit/test_fast_validation.py keeps the two in step.
+        if not (
+            type(oid) is int
+            and 0 <= oid < MAX_ID
+            and type(t) is int
+            and 0 <= t < MAX_TIMESTAMP
+            and type(volume) is int
+            and 0 < volume < MAX_VOLUME
+            and (direction is _BID or direction is _ASK or (type(direction) is str and direction in _SIDES))
+            and (type(price) is float or type(price) is int)
+            and price - price == 0  # finite: inf - inf and nan - nan are nan
+        ):
+            check_order(order)
+        try:
+            ctx: _Context | None = self._contexts[order.account_id][order.contract_id]
+        except (KeyError, TypeError):
+            check_order(order)
+            ctx = None
         if oid in self._orders:
             return []  # a duplicate changes nothing
-        account = self._accounts.get(order.account_id)
-        if account is None:
-            account = self._new_account(order.account_id)
-        ctx = account.contexts.get(order.contract_id)
         if ctx is None:
-            ctx = self._new_context(account, order.contract_id)
-        t = order.timestamp
+            ctx = self._context(order.account_id, order.contract_id)
+        account = ctx.account
         if account.day_lo <= t < account.day_hi:
             actions: list[Action] = []
-            day = account.day
         else:
-            day, actions = self._advance(account, t)
+            actions = self._advance(account, t)[1]
         self._orders[oid] = ctx
-        self._order_ids.current.append(oid)
+        self._remember_oid(oid)
+        for hit, slot, group in ctx.window_hits:
+            code = hit(t)
+            if code:
+                actions.append(self._window_action(slot, group, code, t))
+        if ctx.order_steps:
+            self._other_order_steps(ctx, order, actions)
+        return actions
+
+    def _other_order_steps(self, ctx: _Context, order: Order, actions: list[Action]) -> None:
+        """Rules other than plain window counters: user rules with per-order hooks."""
+        account = ctx.account
+        t = order.timestamp
+        day = account.day if account.day_lo <= t < account.day_hi else self.calendar.day_of(t)
         for slot, group in ctx.order_steps:
             kind = slot.kind
             if kind == _WINDOW:
-                if slot.counts_every_order or slot.rule.counts_order(order):  # type: ignore[attr-defined]
+                if slot.rule.counts_order(order):  # type: ignore[attr-defined]
                     code = group.hit(t)
                     if code:
                         actions.append(self._window_action(slot, group, code, t))
@@ -187,30 +238,55 @@ class RiskEngine:
                 verdict = slot.rule.evaluate_order(order, ctx.scope)  # type: ignore[attr-defined]
                 if verdict is not None:
                     actions.append(self._verdict_action(slot, ctx.scope, verdict, t))
-        return actions
 
     def process_trade(self, trade: Trade) -> list[Action]:
-        check_trade(trade)
         tid = trade.tid
-        if tid in self._trades:
-            return []
-        ctx = self._enrich(trade)
-        account = ctx.account
+        oid = trade.oid
         t = trade.timestamp
+        volume = trade.volume
+        price = trade.price
+        account_id = trade.account_id
+        contract_id = trade.contract_id
+        # As in process_order: one combined test, check_trade names the culprit.
+        if not (
+            type(tid) is int
+            and 0 <= tid < MAX_ID
+            and type(oid) is int
+            and 0 <= oid < MAX_ID
+            and type(t) is int
+            and 0 <= t < MAX_TIMESTAMP
+            and type(volume) is int
+            and 0 < volume < MAX_VOLUME
+            and (type(price) is float or type(price) is int)
+            and price - price == 0
+            and account_id is None
+            and contract_id is None
+        ):
+            check_trade(trade)
+        if tid in self._trades:
+            return []  # a duplicate changes nothing
+        ctx = self._orders.get(oid) if account_id is None and contract_id is None else None
+        if ctx is None:
+            ctx = self._enrich(trade)
+        account = ctx.account
         if account.day_lo <= t < account.day_hi:
             actions: list[Action] = []
             day = account.day
         else:
             day, actions = self._advance(account, t)
         self._trades.add(tid)
-        self._trade_ids.current.append(tid)
-        contract = ctx.scope.contract
-        for slot, group in ctx.trade_steps:
-            if slot.kind == _DAILY:
-                amount = slot.rule.trade_amount(trade, contract)  # type: ignore[attr-defined]
+        self._remember_tid(tid)
+        if ctx.daily_adds:
+            contract = ctx.scope.contract
+            on_account_day = day == account.day
+            for add, amount_of, slot, group in ctx.daily_adds:
+                amount = amount_of(trade, contract)
                 if amount is not None:
-                    self._add_daily(slot, group, account, day, amount, t, actions)
-            else:
+                    current = on_account_day if group.account is not None else day == self._latest_day
+                    if add(day, amount, current) == PAUSED:
+                        actions.append(self._daily_paused(slot, group, account, t))
+        if ctx.trade_steps:
+            for slot, _ in ctx.trade_steps:
                 verdict = slot.rule.evaluate_trade(trade, ctx.scope)  # type: ignore[attr-defined]
                 if verdict is not None:
                     actions.append(self._verdict_action(slot, ctx.scope, verdict, t))
@@ -304,12 +380,15 @@ class RiskEngine:
                     raise KeyError(f"rule {rule!r} needs scope values for {slot.rule.dimensions}") from exc
         raise KeyError(f"no rule named {rule!r}")
 
-    def _new_account(self, account_id: str) -> _Account:
-        account = _Account(account_id)
-        if self._clock_day != _NO_DAY:
-            self._set_day(account, self._clock_day)
-        self._accounts[account_id] = account
-        return account
+    def _context(self, account_id: str, contract: str) -> _Context:
+        account = self._accounts.get(account_id)
+        if account is None:
+            account = _Account(account_id)
+            if self._clock_day != _NO_DAY:
+                self._set_day(account, self._clock_day)
+            self._accounts[account_id] = account
+            self._contexts[account_id] = account.contexts
+        return account.contexts.get(contract) or self._new_context(account, contract)
 
     def _set_day(self, account: _Account, day: int) -> None:
         account.day = day
@@ -320,38 +399,41 @@ class RiskEngine:
         product = self.contract_to_product.get(contract, contract)
         scope = Scope(account.account_id, contract, product)
         ctx = _Context(account, scope)
+        window_hits: list[tuple[Callable[[int], int], _RuleSlot, SlidingWindow]] = []
+        daily_adds: list[_DailyAdd] = []
         order_steps: list[tuple[_RuleSlot, Any]] = []
         trade_steps: list[tuple[_RuleSlot, Any]] = []
         for slot in self._slots:
             rule = slot.rule
             key = rule.scope_key(scope)
-            group = slot.groups.get(key)
-            if group is None and slot.kind != _STATELESS:
-                group = self._new_group(slot, key, scope, "account" in rule.dimensions)
-                slot.groups[key] = group
-            if slot.kind == _WINDOW:
-                order_steps.append((slot, group))
-            elif slot.kind == _DAILY:
-                trade_steps.append((slot, group))
+            if isinstance(rule, WindowRule):
+                window = slot.groups.get(key)
+                if window is None:
+                    window = SlidingWindow(key, rule.window_ns, rule.bucket_ns, rule.threshold, rule.resume_threshold)
+                    slot.groups[key] = window
+                if slot.counts_every_order:
+                    window_hits.append((window.hit, slot, window))
+                else:
+                    order_steps.append((slot, window))
+            elif isinstance(rule, DailyCapRule):
+                daily = slot.groups.get(key)
+                if daily is None:
+                    owner = scope.account if "account" in rule.dimensions else None
+                    daily = slot.groups[key] = DailySum(key, owner, rule.daily_cap)
+                daily_adds.append((daily.add, rule.trade_amount, slot, daily))
                 if slot.has_order_amount:
-                    order_steps.append((slot, group))
-            else:
+                    order_steps.append((slot, daily))
+            elif isinstance(rule, StatelessRule):
                 if type(rule).evaluate_order is not StatelessRule.evaluate_order:
                     order_steps.append((slot, None))
                 if type(rule).evaluate_trade is not StatelessRule.evaluate_trade:
                     trade_steps.append((slot, None))
+        ctx.window_hits = tuple(window_hits)
+        ctx.daily_adds = tuple(daily_adds)
         ctx.order_steps = tuple(order_steps)
         ctx.trade_steps = tuple(trade_steps)
         account.contexts[contract] = ctx
         return ctx
-
-    @staticmethod
-    def _new_group(slot: _RuleSlot, key: tuple[str, ...], scope: Scope, has_account: bool) -> Any:
-        rule = slot.rule
-        if isinstance(rule, WindowRule):
-            return SlidingWindow(key, rule.window_ns, rule.bucket_ns, rule.threshold, rule.resume_threshold)
-        assert isinstance(rule, DailyCapRule)
-        return DailySum(key, scope.account if has_account else None, rule.daily_cap)
 
     def _enrich(self, trade: Trade) -> _Context:
         """The trade's (account, contract): explicit fields win over the order index."""
@@ -366,8 +448,7 @@ class RiskEngine:
         if account_id is None or contract is None:
             missing = "account_id" if account_id is None else "contract_id"
             raise EventError(UNKNOWN_ORDER, "oid", f"oid {trade.oid} was never seen and the trade has no {missing}")
-        account = self._accounts.get(account_id) or self._new_account(account_id)
-        return account.contexts.get(contract) or self._new_context(account, contract)
+        return self._context(account_id, contract)
 
     def _advance(self, account: _Account, t: int) -> tuple[int, list[Action]]:
         """Slow path: ``t`` is outside the account's current day.  Returns the event's day and
@@ -390,6 +471,8 @@ class RiskEngine:
                 del orders[oid]
             for tid in self._trade_ids.new_day(self._latest_day, day):
                 trades.discard(tid)
+            self._remember_oid = self._order_ids.current.append
+            self._remember_tid = self._trade_ids.current.append
         self._latest_day = day
         lifted.extend(self._floating_paused)
         self._floating_paused.clear()
@@ -427,14 +510,17 @@ class RiskEngine:
     ) -> None:
         current = day == (account.day if group.account is not None else self._latest_day)
         if group.add(day, amount, current) == PAUSED:
-            slot.paused.add(group)
-            if group.account is not None:
-                account.daily_paused.append((slot, group))
-            else:
-                self._floating_paused.append((slot, group))
-            cap = group.cap
-            reason = f"daily {getattr(slot.rule, 'metric', 'sum')} {group.total} > cap {cap}"
-            out.append(self._daily_action(slot, group, PAUSED, t, group.total, reason))
+            out.append(self._daily_paused(slot, group, account, t))
+
+    def _daily_paused(self, slot: _RuleSlot, group: DailySum, account: _Account, t: int) -> Action:
+        """Book a new daily pause (so rollover and reset can lift it) and describe it."""
+        slot.paused.add(group)
+        if group.account is not None:
+            account.daily_paused.append((slot, group))
+        else:
+            self._floating_paused.append((slot, group))
+        reason = f"daily {getattr(slot.rule, 'metric', 'sum')} {group.total} > cap {group.cap}"
+        return self._daily_action(slot, group, PAUSED, t, group.total, reason)
 
     def _window_action(self, slot: _RuleSlot, group: SlidingWindow, code: int, t: int) -> Action:
         n = group.count_at(t) if code == RESUMED else group.count()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from cluster_risk.errors import EventError, invalid
@@ -33,12 +33,12 @@ MAX_VOLUME = 1 << 31  # volume in [1, 2**31)
 MAX_TIMESTAMP = 1 << 63  # ns in [0, 2**63)
 
 
-class Direction(str, Enum):
+class Direction(StrEnum):
     BID = "BID"
     ASK = "ASK"
 
 
-class ActionType(str, Enum):
+class ActionType(StrEnum):
     """What a gateway must do.  PAUSE/RESUME come from the built-in rules; the others are
     available to user rules (the action set is open)."""
 

@@ -50,7 +50,8 @@ def decode_event(obj: object) -> Event:
         check_order(order)
         return order
     if kind == "trade":
-        trade = Trade(*_required(obj, _TRADE_FIELDS), obj.get("account_id"), obj.get("contract_id"))
+        tid, oid, price, volume, timestamp = _required(obj, _TRADE_FIELDS)
+        trade = Trade(tid, oid, price, volume, timestamp, obj.get("account_id"), obj.get("contract_id"))
         check_trade(trade)
         return trade
     if kind == "tick":

@@ -26,7 +26,7 @@ class SlidingWindow:
     than bucket arithmetic per order.  ``times[head:]`` are the live entries.
     """
 
-    __slots__ = ("bucket_ns", "head", "high", "key", "paused", "resume", "span", "threshold", "times")
+    __slots__ = ("bucket_ns", "head", "high", "key", "paused", "quiet_len", "resume", "span", "threshold", "times")
 
     def __init__(self, key: tuple[str, ...], window_ns: int, bucket_ns: int, threshold: int, resume: int) -> None:
         self.key = key
@@ -38,6 +38,9 @@ class SlidingWindow:
         self.span = window_ns // bucket_ns - 1  # K - 1
         self.threshold = threshold
         self.resume = resume
+        # While unpaused and len(times) <= quiet_len, even the untrimmed count is within the
+        # threshold: an in-order hit only appends.  -1 while paused (every hit decides).
+        self.quiet_len = threshold
 
     def hit(self, t: int) -> int:
         """Count an event at ``t`` (unless too late for the window) and re-check the pause."""
@@ -45,33 +48,40 @@ class SlidingWindow:
         if t >= self.high:
             self.high = t
             times.append(t)
+            if len(times) <= self.quiet_len:
+                return NO_CHANGE
             bucket = self.bucket_ns
-            low = (t // bucket - self.span) * bucket
-            head = self.head
-            if times[head] < low:
-                head = bisect_left(times, low, head)
-                if head >= _COMPACT_AT and head * 2 >= len(times):
-                    del times[:head]
-                    head = 0
-                self.head = head
         else:
             bucket = self.bucket_ns
             if t >= (self.high // bucket - self.span) * bucket:
                 insort(times, t, self.head)
             # else: too late for the window - not counted, but the pause is re-checked below
-        n = len(times) - self.head
+        low = (self.high // bucket - self.span) * bucket
+        head = self.head
+        if head < len(times) and times[head] < low:
+            head = bisect_left(times, low, head)
+            if head >= _COMPACT_AT and head * 2 >= len(times):
+                del times[:head]
+                head = 0
+            self.head = head
+        n = len(times) - head
         if self.paused:
             if n <= self.resume:
-                self.paused = False
+                self._set_paused(False)
                 return RESUMED
         elif n > self.threshold:
-            self.paused = True
+            self._set_paused(True)
             return PAUSED
+        self.quiet_len = -1 if self.paused else head + self.threshold
         return NO_CHANGE
+
+    def _set_paused(self, paused: bool) -> None:
+        self.paused = paused
+        self.quiet_len = -1 if paused else self.head + self.threshold
 
     def count(self) -> int:
         """The window count at the group's own high-water time."""
-        return len(self.times) - self.head
+        return self.count_at(self.high)
 
     def count_at(self, at: int) -> int:
         """The window count at ``max(at, high)`` (what a tick at ``at`` sees)."""
@@ -83,7 +93,7 @@ class SlidingWindow:
     def try_resume(self, at: int) -> int:
         """Tick: lift the pause if the window at ``max(at, high)`` is at or below resume."""
         if self.paused and self.count_at(at) <= self.resume:
-            self.paused = False
+            self._set_paused(False)
             return RESUMED
         return NO_CHANGE
 
