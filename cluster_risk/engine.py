@@ -21,6 +21,7 @@ from cluster_risk.calendar import TradingCalendar
 from cluster_risk.errors import UNKNOWN_ORDER, ConfigError, EventError
 from cluster_risk.events import (
     MAX_ID,
+    MAX_INT_PRICE,
     MAX_TIMESTAMP,
     MAX_VOLUME,
     Action,
@@ -190,8 +191,8 @@ class RiskEngine:
             and type(volume) is int
             and 0 < volume < MAX_VOLUME
             and (direction is _BID or direction is _ASK or (type(direction) is str and direction in _SIDES))
-            and (type(price) is float or type(price) is int)
-            and price - price == 0  # finite: inf - inf and nan - nan are nan
+            and (type(price) is float or (type(price) is int and -MAX_INT_PRICE < price < MAX_INT_PRICE))
+            and price - price == 0.0  # finite: inf - inf and nan - nan are nan
         ):
             check_order(order)
         try:
@@ -257,8 +258,8 @@ class RiskEngine:
             and 0 <= t < MAX_TIMESTAMP
             and type(volume) is int
             and 0 < volume < MAX_VOLUME
-            and (type(price) is float or type(price) is int)
-            and price - price == 0
+            and (type(price) is float or (type(price) is int and -MAX_INT_PRICE < price < MAX_INT_PRICE))
+            and price - price == 0.0
             and account_id is None
             and contract_id is None
         ):
@@ -428,6 +429,10 @@ class RiskEngine:
                     order_steps.append((slot, None))
                 if type(rule).evaluate_trade is not StatelessRule.evaluate_trade:
                     trade_steps.append((slot, None))
+        if order_steps and window_hits and order_steps[0][0].index < window_hits[-1][1].index:
+            # Another rule reacts to orders before a window rule: keep rule order on the general path.
+            order_steps = sorted([(slot, group) for _, slot, group in window_hits] + order_steps, key=_slot_index)
+            window_hits = []
         ctx.window_hits = tuple(window_hits)
         ctx.daily_adds = tuple(daily_adds)
         ctx.order_steps = tuple(order_steps)
@@ -544,6 +549,10 @@ class RiskEngine:
     def _verdict_action(slot: _RuleSlot, scope: Scope, verdict: Any, t: int) -> Action:
         key = slot.rule.scope_key(scope)
         return Action(verdict.type, slot.rule.name, slot.scope_of(key), t, verdict.value, verdict.limit, verdict.reason)
+
+
+def _slot_index(step: tuple[_RuleSlot, Any]) -> int:
+    return step[0].index
 
 
 def _group_key(group: Any) -> tuple[str, ...]:

@@ -66,6 +66,8 @@ def decode_line(line: str | bytes) -> Event:
         obj = json.loads(line)
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
         raise EventError(INVALID_JSON, "", f"not JSON: {exc}") from None
+    except RecursionError:
+        raise EventError(INVALID_JSON, "", "not JSON: nested too deeply") from None
     return decode_event(obj)
 
 
