@@ -47,13 +47,14 @@ __all__ = ["RiskEngine"]
 _WINDOW, _DAILY, _STATELESS = 0, 1, 2
 _BID, _ASK = Direction.BID, Direction.ASK
 _SIDES = frozenset(("BID", "ASK"))
+_SMALL = (1 << 30) - 1  # CPython compares ints up to this bound on its fastest path
 _NO_DAY = -1
 
 
 class _RuleSlot:
     """A rule plus the engine's bookkeeping for it: its groups and which are paused."""
 
-    __slots__ = ("counts_every_order", "groups", "has_order_amount", "index", "kind", "paused", "rule")
+    __slots__ = ("counts_every_order", "groups", "index", "judges_trades", "kind", "on_orders", "paused", "rule")
 
     def __init__(self, index: int, rule: BaseRule) -> None:
         self.index = index
@@ -68,10 +69,17 @@ class _RuleSlot:
             self.kind = _STATELESS
         else:
             raise ConfigError(f"rule {rule.name!r}: subclass StatelessRule, WindowRule or DailyCapRule")
-        # Built-in behaviour needs no call per event; an override does.
         cls = type(rule)
+        # Built-in behaviour needs no call per event; an override does.
         self.counts_every_order = getattr(cls, "counts_order", None) is WindowRule.counts_order
-        self.has_order_amount = getattr(cls, "order_amount", DailyCapRule.order_amount) is not DailyCapRule.order_amount
+        overrides_order_amount = (
+            getattr(cls, "order_amount", DailyCapRule.order_amount) is not DailyCapRule.order_amount
+        )
+        judges_orders = getattr(cls, "evaluate_order", StatelessRule.evaluate_order) is not StatelessRule.evaluate_order
+        self.on_orders = self.kind == _WINDOW or overrides_order_amount or judges_orders
+        self.judges_trades = (
+            getattr(cls, "evaluate_trade", StatelessRule.evaluate_trade) is not StatelessRule.evaluate_trade
+        )
 
     def scope_of(self, key: tuple[str, ...]) -> dict[str, str]:
         return dict(zip(self.rule.dimensions, key, strict=True))
@@ -95,16 +103,17 @@ _DailyAdd = tuple[Callable[[int, float, bool], int], Callable[..., Any], _RuleSl
 class _Context:
     """Per (account, contract): the groups each rule keeps for this pair."""
 
-    __slots__ = ("account", "daily_adds", "order_steps", "scope", "trade_steps", "window_hits")
+    __slots__ = ("account", "daily_adds", "order_steps", "scope", "trade_steps", "window", "window_slot")
 
     def __init__(self, account: _Account, scope: Scope) -> None:
         self.account = account
         self.scope = scope
-        # Plain window counters (every order counts): the bound `hit` is called directly.
-        self.window_hits: tuple[tuple[Callable[[int], int], _RuleSlot, SlidingWindow], ...] = ()
+        # The first rule on orders when it is a plain window counter: inlined in process_order.
+        self.window: SlidingWindow | None = None
+        self.window_slot: _RuleSlot = None  # type: ignore[assignment]  # set whenever window is
         # Daily rules on trades: (group.add, rule.trade_amount, slot, group).
         self.daily_adds: tuple[_DailyAdd, ...] = ()
-        self.order_steps: tuple[tuple[_RuleSlot, Any], ...] = ()  # any other rule reacting to orders
+        self.order_steps: tuple[tuple[_RuleSlot, Any], ...] = ()  # the other rules on orders, in order
         self.trade_steps: tuple[tuple[_RuleSlot, Any], ...] = ()  # stateless rules reacting to trades
 
 
@@ -137,11 +146,9 @@ class RiskEngine:
         # oid -> context (dedup and trade enrichment) and seen tids, forgotten after
         # id_retention_days trading days so memory stays bounded over days.
         self._orders: dict[int, _Context] = {}
-        self._trades: set[int] = set()
-        self._order_ids = IdRetention(id_retention_days)
-        self._trade_ids = IdRetention(id_retention_days)
-        self._remember_oid = self._order_ids.current.append
-        self._remember_tid = self._trade_ids.current.append
+        self._trades: dict[int, None] = {}  # a dict, not a set: IdRetention relies on insertion order
+        self._order_retention = IdRetention(self._orders, id_retention_days)
+        self._trade_retention = IdRetention(self._trades, id_retention_days)
         self._latest_day = _NO_DAY  # latest trading day of any event (dedup generations, accountless scopes)
         self._clock_day = _NO_DAY  # latest trading day of any tick or reset
         self._floating_paused: list[tuple[_RuleSlot, DailySum]] = []  # daily pauses of scopes without account
@@ -181,15 +188,17 @@ class RiskEngine:
         price = order.price
         direction = order.direction
         # One combined test on the hot path; check_order (the definition) names the culprit
-        # when it fails.  The ids need no test when they name a known context: only checked
-        # ids ever become keys.  tests/unit/test_fast_validation.py keeps the two in step.
+        # when it fails.  Cheap by construction: ints compare fastest against bounds below
+        # 2**30, so the wide bound is only tried past it; the ids need no test when they name
+        # a known context (only checked ids become keys); the timestamp's range is implied by
+        # the account's current-day range, which lies inside [0, 2**63).
+        # tests/unit/test_fast_validation.py keeps this in step with check_order.
         if not (
             type(oid) is int
-            and 0 <= oid < MAX_ID
-            and type(t) is int
-            and 0 <= t < MAX_TIMESTAMP
+            and (0 <= oid <= _SMALL or _SMALL < oid < MAX_ID)
             and type(volume) is int
-            and 0 < volume < MAX_VOLUME
+            and (0 < volume <= _SMALL or _SMALL < volume < MAX_VOLUME)
+            and type(t) is int
             and (direction is _BID or direction is _ASK or (type(direction) is str and direction in _SIDES))
             and (type(price) is float or (type(price) is int and -MAX_INT_PRICE < price < MAX_INT_PRICE))
             and price - price == 0.0  # finite: inf - inf and nan - nan are nan
@@ -197,24 +206,33 @@ class RiskEngine:
             check_order(order)
         try:
             ctx: _Context | None = self._contexts[order.account_id][order.contract_id]
+            account = ctx.account  # type: ignore[union-attr]
+            in_day = account.day_lo <= t < account.day_hi
         except (KeyError, TypeError):
             check_order(order)
             ctx = None
+            in_day = False
+        if not in_day and not 0 <= t < MAX_TIMESTAMP:
+            check_order(order)
         if oid in self._orders:
             return []  # a duplicate changes nothing
         if ctx is None:
             ctx = self._context(order.account_id, order.contract_id)
-        account = ctx.account
-        if account.day_lo <= t < account.day_hi:
-            actions: list[Action] = []
-        else:
-            actions = self._advance(account, t)[1]
+            account = ctx.account
+            in_day = account.day_lo <= t < account.day_hi
+        actions = [] if in_day else self._advance(account, t)[1]
         self._orders[oid] = ctx
-        self._remember_oid(oid)
-        for hit, slot, group in ctx.window_hits:
-            code = hit(t)
-            if code:
-                actions.append(self._window_action(slot, group, code, t))
+        window = ctx.window
+        if window is not None:
+            # SlidingWindow.hit's in-order fast path, inlined for the first window rule.
+            if t >= window.high:
+                window.high = t
+                times = window.times
+                times.append(t)
+                if len(times) > window.quiet_len and (code := window.settle()):
+                    actions.append(self._window_action(ctx.window_slot, window, code, t))
+            elif code := window.hit(t):
+                actions.append(self._window_action(ctx.window_slot, window, code, t))
         if ctx.order_steps:
             self._other_order_steps(ctx, order, actions)
         return actions
@@ -227,7 +245,7 @@ class RiskEngine:
         for slot, group in ctx.order_steps:
             kind = slot.kind
             if kind == _WINDOW:
-                if slot.rule.counts_order(order):  # type: ignore[attr-defined]
+                if slot.counts_every_order or slot.rule.counts_order(order):  # type: ignore[attr-defined]
                     code = group.hit(t)
                     if code:
                         actions.append(self._window_action(slot, group, code, t))
@@ -275,8 +293,7 @@ class RiskEngine:
             day = account.day
         else:
             day, actions = self._advance(account, t)
-        self._trades.add(tid)
-        self._remember_tid(tid)
+        self._trades[tid] = None
         if ctx.daily_adds:
             contract = ctx.scope.contract
             on_account_day = day == account.day
@@ -391,54 +408,55 @@ class RiskEngine:
             self._contexts[account_id] = account.contexts
         return account.contexts.get(contract) or self._new_context(account, contract)
 
-    def _set_day(self, account: _Account, day: int) -> None:
+    @staticmethod
+    def _set_range(account: _Account, day: int, lo: int, hi: int) -> None:
+        # Clamped to the valid timestamps, so "inside the range" also proves "valid".
         account.day = day
-        account.day_lo = self.calendar.start_of(day)
-        account.day_hi = self.calendar.start_of(day + 1)
+        account.day_lo = max(lo, 0)
+        account.day_hi = min(hi, MAX_TIMESTAMP)
+
+    def _set_day(self, account: _Account, day: int) -> None:
+        self._set_range(account, day, self.calendar.start_of(day), self.calendar.start_of(day + 1))
 
     def _new_context(self, account: _Account, contract: str) -> _Context:
-        product = self.contract_to_product.get(contract, contract)
-        scope = Scope(account.account_id, contract, product)
+        scope = Scope(account.account_id, contract, self.contract_to_product.get(contract, contract))
         ctx = _Context(account, scope)
-        window_hits: list[tuple[Callable[[int], int], _RuleSlot, SlidingWindow]] = []
         daily_adds: list[_DailyAdd] = []
         order_steps: list[tuple[_RuleSlot, Any]] = []
         trade_steps: list[tuple[_RuleSlot, Any]] = []
         for slot in self._slots:
-            rule = slot.rule
-            key = rule.scope_key(scope)
-            if isinstance(rule, WindowRule):
-                window = slot.groups.get(key)
-                if window is None:
-                    window = SlidingWindow(key, rule.window_ns, rule.bucket_ns, rule.threshold, rule.resume_threshold)
-                    slot.groups[key] = window
-                if slot.counts_every_order:
-                    window_hits.append((window.hit, slot, window))
-                else:
-                    order_steps.append((slot, window))
-            elif isinstance(rule, DailyCapRule):
-                daily = slot.groups.get(key)
-                if daily is None:
-                    owner = scope.account if "account" in rule.dimensions else None
-                    daily = slot.groups[key] = DailySum(key, owner, rule.daily_cap)
-                daily_adds.append((daily.add, rule.trade_amount, slot, daily))
-                if slot.has_order_amount:
-                    order_steps.append((slot, daily))
-            elif isinstance(rule, StatelessRule):
-                if type(rule).evaluate_order is not StatelessRule.evaluate_order:
-                    order_steps.append((slot, None))
-                if type(rule).evaluate_trade is not StatelessRule.evaluate_trade:
-                    trade_steps.append((slot, None))
-        if order_steps and window_hits and order_steps[0][0].index < window_hits[-1][1].index:
-            # Another rule reacts to orders before a window rule: keep rule order on the general path.
-            order_steps = sorted([(slot, group) for _, slot, group in window_hits] + order_steps, key=_slot_index)
-            window_hits = []
-        ctx.window_hits = tuple(window_hits)
+            group = self._group(slot, scope)
+            if isinstance(group, DailySum):
+                daily_adds.append((group.add, slot.rule.trade_amount, slot, group))  # type: ignore[attr-defined]
+            if slot.on_orders:
+                order_steps.append((slot, group))
+            if slot.judges_trades:
+                trade_steps.append((slot, group))
+        first = order_steps[0][0] if order_steps else None
+        if first is not None and first.kind == _WINDOW and first.counts_every_order:
+            # The first rule on orders is a plain window counter: process_order inlines it.
+            ctx.window_slot, ctx.window = order_steps.pop(0)
         ctx.daily_adds = tuple(daily_adds)
         ctx.order_steps = tuple(order_steps)
         ctx.trade_steps = tuple(trade_steps)
         account.contexts[contract] = ctx
         return ctx
+
+    @staticmethod
+    def _group(slot: _RuleSlot, scope: Scope) -> SlidingWindow | DailySum | None:
+        """The rule's group for ``scope`` (created on first use); None for stateless rules."""
+        rule = slot.rule
+        key = rule.scope_key(scope)
+        group: SlidingWindow | DailySum | None = slot.groups.get(key)
+        if group is None:
+            if isinstance(rule, WindowRule):
+                group = SlidingWindow(key, rule.window_ns, rule.bucket_ns, rule.threshold, rule.resume_threshold)
+            elif isinstance(rule, DailyCapRule):
+                group = DailySum(key, scope.account if "account" in rule.dimensions else None, rule.daily_cap)
+            else:
+                return None
+            slot.groups[key] = group
+        return group
 
     def _enrich(self, trade: Trade) -> _Context:
         """The trade's (account, contract): explicit fields win over the order index."""
@@ -466,18 +484,13 @@ class RiskEngine:
             self._new_latest_day(day, lifted)
         lifted.extend(account.daily_paused)
         account.daily_paused.clear()
-        account.day, account.day_lo, account.day_hi = day, lo, hi
+        self._set_range(account, day, lo, hi)
         return day, self._rollover_actions(lifted, day, lo)
 
     def _new_latest_day(self, day: int, lifted: list[tuple[_RuleSlot, DailySum]]) -> None:
         if self._latest_day != _NO_DAY:
-            orders, trades = self._orders, self._trades
-            for oid in self._order_ids.new_day(self._latest_day, day):
-                del orders[oid]
-            for tid in self._trade_ids.new_day(self._latest_day, day):
-                trades.discard(tid)
-            self._remember_oid = self._order_ids.current.append
-            self._remember_tid = self._trade_ids.current.append
+            self._order_retention.new_day(self._latest_day, day)
+            self._trade_retention.new_day(self._latest_day, day)
         self._latest_day = day
         lifted.extend(self._floating_paused)
         self._floating_paused.clear()
@@ -549,10 +562,6 @@ class RiskEngine:
     def _verdict_action(slot: _RuleSlot, scope: Scope, verdict: Any, t: int) -> Action:
         key = slot.rule.scope_key(scope)
         return Action(verdict.type, slot.rule.name, slot.scope_of(key), t, verdict.value, verdict.limit, verdict.reason)
-
-
-def _slot_index(step: tuple[_RuleSlot, Any]) -> int:
-    return step[0].index
 
 
 def _group_key(group: Any) -> tuple[str, ...]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from cluster_risk.errors import EventError, invalid
+from cluster_risk.errors import invalid
 
 __all__ = [
     "Direction",

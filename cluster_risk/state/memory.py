@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from bisect import bisect_left, insort
 from collections import deque
+from itertools import islice
+from typing import Any
 
 __all__ = ["NO_CHANGE", "PAUSED", "RESUMED", "SlidingWindow", "DailySum", "IdRetention"]
 
@@ -46,16 +48,22 @@ class SlidingWindow:
         """Count an event at ``t`` (unless too late for the window) and re-check the pause."""
         times = self.times
         if t >= self.high:
+            # The engine inlines these four lines for its first window rule.
             self.high = t
             times.append(t)
             if len(times) <= self.quiet_len:
                 return NO_CHANGE
-            bucket = self.bucket_ns
         else:
             bucket = self.bucket_ns
             if t >= (self.high // bucket - self.span) * bucket:
                 insort(times, t, self.head)
             # else: too late for the window - not counted, but the pause is re-checked below
+        return self.settle()
+
+    def settle(self) -> int:
+        """Trim what left the window at ``high``, then pause or resume on crossing."""
+        times = self.times
+        bucket = self.bucket_ns
         low = (self.high // bucket - self.span) * bucket
         head = self.head
         if head < len(times) and times[head] < low:
@@ -147,25 +155,33 @@ class DailySum:
 
 
 class IdRetention:
-    """Which ids (oid, tid) were seen when, so they can be forgotten after ``days`` trading days.
+    """Forgets ids (oid, tid) once they are more than ``days`` trading days old.
 
-    Look-ups go to one dict or set owned by the caller (one probe on the hot path); this class
-    only remembers, per latest-day generation, which ids to delete once the generation is
-    more than ``days`` trading days older than the latest day.
+    The ids live in a dict owned by the caller (one probe on the hot path, nothing else to
+    pay per event).  A dict keeps insertion order, ids are only ever added, and expiry
+    removes from the front, so each latest-day generation is a contiguous run of keys: only
+    the run lengths need remembering.
     """
 
-    __slots__ = ("_generations", "current", "days")
+    __slots__ = ("_generations", "_retained", "days", "ids")
 
-    def __init__(self, days: int) -> None:
+    def __init__(self, ids: dict[int, Any], days: int) -> None:
+        self.ids = ids
         self.days = days
-        self.current: list[int] = []  # ids first seen during the latest day
-        self._generations: deque[tuple[int, list[int]]] = deque()
+        self._generations: deque[tuple[int, int]] = deque()  # (latest day, number of ids)
+        self._retained = 0  # ids in closed generations still kept
 
-    def new_day(self, previous_day: int, latest_day: int) -> list[int]:
-        """Close ``previous_day``'s generation; return the ids that fall out of retention."""
-        self._generations.append((previous_day, self.current))
-        self.current = []
-        expired: list[int] = []
+    def new_day(self, previous_day: int, latest_day: int) -> int:
+        """Close ``previous_day``'s generation, drop those out of retention; return how many."""
+        ids = self.ids
+        closed = len(ids) - self._retained
+        self._generations.append((previous_day, closed))
+        self._retained += closed
+        dropped = 0
         while self._generations and latest_day - self._generations[0][0] > self.days:
-            expired.extend(self._generations.popleft()[1])
-        return expired
+            count = self._generations.popleft()[1]
+            self._retained -= count
+            for key in list(islice(ids, count)):
+                del ids[key]
+            dropped += count
+        return dropped

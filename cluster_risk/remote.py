@@ -1,0 +1,581 @@
+"""RemoteEngine: the risk engine with its state in Redis, deciding exactly as
+:class:`cluster_risk.engine.RiskEngine` does (SEMANTICS.md).
+
+Who does what.  Python validates every event (:func:`check_order`, :func:`check_trade`),
+enriches trades, computes each event's trading day with the :class:`TradingCalendar` (Lua has
+no time zones), the bucket index ``t // B`` per window rule, each rule's group (scope key) and
+amount, and evaluates stateless rules.  It sends one compact plan per shard to ``lua/apply.lua``
+(one EVALSHA per shard per batch, pipelined per node), which applies the shard's events in
+order - dedup, order index, per-account day and rollover, windows, daily sums, pauses - and
+returns records that Python turns into :class:`Action` s in the contract's order.  Rules never
+talk to Redis.
+
+Enrichment (a trade without ``account_id`` or ``contract_id``).  The shard is chosen by
+account, so Python must know the account before planning.  It takes it from the first valid
+order with that oid earlier in the same batch, else from the order index in Redis:
+``lua/lookup_orders.lua`` on every shard (read-only, one pipelined round, only for batches
+that need it).  An oid found nowhere is ``unknown_order`` without touching Redis.  The index
+is read before the batch, so ``apply.lua`` checks again when it reaches the trade: if the
+oid left the index meanwhile (id retention passed earlier in the same batch) the script
+aborts before writing anything, Python rejects that trade as ``unknown_order`` and resends
+the shard's part without it.  (Batch-local orders win over the index: they differ only if an
+oid is reused for another account, which the contract leaves unspecified.)
+
+Exactly once.  Every shard call carries a batch number (the shard's high-water mark + 1,
+read once per engine) and a digest of its plan.  A call that redis-py retries after a lost
+reply finds its number already applied with the same digest and returns the stored result:
+nothing is counted twice and the actions are not lost.
+
+Ticks and resets go to every shard, so every shard knows the clock day that new accounts
+start from.  Per-account semantics make this the same as one engine; one difference remains:
+oids/tids are forgotten per shard (a shard's latest day, not the deployment's), which only
+shows when days differ by more than ``id_retention_days`` across shards.
+
+Requirements: every rule groups by ``account`` (events are sharded by it), and a window rule's
+``bucket_ns`` is at least 1024 (bucket indices must stay below 2**53 to be exact in Lua).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import date
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+from cluster_risk.calendar import TradingCalendar
+from cluster_risk.errors import UNKNOWN_ORDER, UNKNOWN_TYPE, ConfigError, EventError
+from cluster_risk.events import (
+    Action,
+    ActionType,
+    Event,
+    Order,
+    ResetDaily,
+    Tick,
+    Trade,
+    check_order,
+    check_timestamp,
+    check_trade,
+)
+from cluster_risk.rules.base import BaseRule, DailyCapRule, Scope, StatelessRule, WindowRule
+from cluster_risk.state.redis import RedisStore
+from cluster_risk.wire import decode_event, decode_line
+
+if TYPE_CHECKING:
+    from cluster_risk.config import TradingDay
+
+__all__ = ["RemoteEngine", "BatchError", "replay_batched", "scope_key", "scope_values"]
+
+Outcome = list[Action] | EventError
+_Item = tuple[int, Event, "_Context | None", str]  # (batch index, event, context, oid to verify)
+
+_DUP, _PAUSE, _RESUME, _ROLL, _TICK, _RESET = 1, 2, 3, 4, 5, 6
+_MAX_BUCKET = 1 << 53
+_DAY_MS = 86_400_000
+_ESCAPE = {c: f"%{c:02X}" for c in [*range(32), 127, ord("%"), ord(":")]}
+
+
+def scope_key(values: Iterable[str]) -> str:
+    """The scope part of a key or field: values joined by ``:``, each percent-escaped."""
+    return ":".join(v.translate(_ESCAPE) for v in values)
+
+
+def scope_values(key: str) -> tuple[str, ...]:
+    return tuple(unquote(part) for part in key.split(":"))
+
+
+class BatchError(EventError):
+    """Some events of a batch were rejected; the valid ones were applied.
+
+    ``errors`` lists ``(index, EventError)``; ``actions`` holds every action of the batch.
+    The code and field are those of the first rejected event."""
+
+    def __init__(self, errors: list[tuple[int, EventError]], actions: list[Action]) -> None:
+        index, first = errors[0]
+        super().__init__(first.code, first.field, f"event {index}: {first.detail}")
+        self.errors = errors
+        self.actions = actions
+
+
+class _Rule:
+    """A stateful rule as the script sees it (index ``lua`` from 1, in config order)."""
+
+    __slots__ = ("bucket_ns", "every_order", "index", "kind", "lua", "order_amount", "rule")
+
+    def __init__(self, index: int, lua: int, rule: WindowRule | DailyCapRule) -> None:
+        self.index = index
+        self.lua = lua
+        self.rule = rule
+        self.kind = "w" if isinstance(rule, WindowRule) else "d"
+        self.bucket_ns = rule.bucket_ns if isinstance(rule, WindowRule) else 0
+        cls = type(rule)
+        self.every_order = getattr(cls, "counts_order", None) is WindowRule.counts_order
+        self.order_amount = getattr(cls, "order_amount", DailyCapRule.order_amount) is not DailyCapRule.order_amount
+
+    def header(self, escaped_name: str) -> list[Any]:
+        rule = self.rule
+        if isinstance(rule, WindowRule):
+            return ["w", escaped_name, rule.window_ns // rule.bucket_ns, rule.threshold, rule.resume_threshold]
+        assert isinstance(rule, DailyCapRule)
+        return ["d", escaped_name, rule.daily_cap]
+
+
+class _Account:
+    __slots__ = ("day", "hi", "id", "lo", "local", "shard", "stamp")
+
+    def __init__(self, account_id: str, shard: int) -> None:
+        self.id = account_id
+        self.shard = shard
+        self.day = self.lo = self.hi = 0  # [lo, hi): the instants of trading day `day` (a memo)
+        self.stamp = -1  # plan the account was last entered in, and its index there
+        self.local = 0
+
+
+class _Context:
+    """Per (account, contract): each stateful rule's group, and its index in the current plan."""
+
+    __slots__ = ("account", "local_account", "local_pair", "order_ops", "pair", "refs", "scope", "stamp", "trade_ops")
+
+    def __init__(self, account: _Account, scope: Scope, refs: list[tuple[_Rule, str]]) -> None:
+        self.account = account
+        self.scope = scope
+        self.pair = f"{scope.account}\x1f{scope.contract}"
+        self.refs = refs
+        self.stamp = -1
+        self.local_account = self.local_pair = 0
+        self.order_ops: list[tuple[int, _Rule]] = []
+        self.trade_ops: list[tuple[int, _Rule]] = []
+
+
+class _Plan:
+    """One shard's part of a batch, in the script's format (indices from 1)."""
+
+    __slots__ = ("accounts", "events", "group_index", "groups", "pairs", "positions")
+
+    def __init__(self) -> None:
+        self.accounts: list[str] = []
+        self.pairs: list[str] = []
+        self.groups: list[list[Any]] = []
+        self.group_index: dict[tuple[int, str], int] = {}
+        self.events: list[list[Any]] = []
+        self.positions: list[int] = []  # batch index of each event
+
+
+class RemoteEngine:
+    """The risk engine over a :class:`RedisStore`: same API and results as ``RiskEngine``,
+    plus :meth:`process_batch` / :meth:`apply_batch` (one script call per shard)."""
+
+    def __init__(
+        self,
+        rules: Sequence[BaseRule],
+        contract_to_product: Mapping[str, str] | None = None,
+        trading_day: TradingDay | TradingCalendar | None = None,
+        *,
+        store: RedisStore,
+        id_retention_days: int = 7,
+    ) -> None:
+        if id_retention_days < 1:
+            raise ConfigError("id_retention_days: must be at least 1 (the contract keeps the previous day)")
+        self.rules: tuple[BaseRule, ...] = tuple(rules)
+        self.contract_to_product = dict(contract_to_product or {})
+        self.calendar = _calendar(trading_day)
+        self.store = store
+        self.id_retention_days = id_retention_days
+        self._stateful: list[_Rule] = []
+        self._stateless: list[tuple[int, StatelessRule]] = []
+        names = [rule.name for rule in self.rules]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ConfigError(f"rule names must be unique; repeated: {', '.join(duplicates)}")
+        for i, rule in enumerate(self.rules):
+            self._add_rule(i, rule)
+        self._header = [r.header(scope_key([r.rule.name])) for r in self._stateful]
+        self._ttl_ms = (store.ttl_s * 1000) if store.ttl_s is not None else (id_retention_days + 1) * _DAY_MS
+        self._accounts: dict[str, _Account] = {}
+        self._contexts: dict[tuple[str, str], _Context] = {}
+        self._hwm: dict[int, int] | None = None
+        self._stamp = 0
+
+    def _add_rule(self, i: int, rule: BaseRule) -> None:
+        if "account" not in rule.dimensions:
+            raise ConfigError(
+                f"rules[{i}].dimensions: must include 'account' with a Redis store "
+                f"(events are sharded by account); rule {rule.name!r} has {list(rule.dimensions)}"
+            )
+        if isinstance(rule, WindowRule):
+            if rule.bucket_ns < 1024:
+                raise ConfigError(
+                    f"rules[{i}].bucket_ns: must be at least 1024 with a Redis store "
+                    f"(bucket indices must be exact in Lua's doubles); got {rule.bucket_ns}"
+                )
+            self._stateful.append(_Rule(i, len(self._stateful) + 1, rule))
+        elif isinstance(rule, DailyCapRule):
+            self._stateful.append(_Rule(i, len(self._stateful) + 1, rule))
+        elif isinstance(rule, StatelessRule):
+            self._stateless.append((i, rule))
+        else:
+            raise ConfigError(f"rule {rule.name!r}: subclass StatelessRule, WindowRule or DailyCapRule")
+
+    @classmethod
+    def from_config(cls, config: Any, store: RedisStore) -> RemoteEngine:
+        """Build from :func:`cluster_risk.config.build_config`'s result."""
+        return cls(
+            config.rules,
+            config.contract_to_product,
+            config.trading_day,
+            store=store,
+            id_retention_days=config.id_retention_days,
+        )
+
+    # ------------------------------------------------------------------ the engine API
+
+    def process(self, event: Event) -> list[Action]:
+        """Any event: order, trade, tick or reset (one script call)."""
+        return _raise(self.apply_batch([event])[0])
+
+    def process_order(self, order: Order) -> list[Action]:
+        return self.process(order)
+
+    def process_trade(self, trade: Trade) -> list[Action]:
+        return self.process(trade)
+
+    def tick(self, now_ns: int | None = None) -> list[Action]:
+        """Time-driven checks at ``now_ns`` (default: the wall clock), on every shard."""
+        return self.process(Tick(time.time_ns() if now_ns is None else now_ns))
+
+    def reset_daily(self, now_ns: int | None = None) -> list[Action]:
+        """Manual daily reset at ``now_ns`` (default: the wall clock), on every shard."""
+        return self.process(ResetDaily(time.time_ns() if now_ns is None else now_ns))
+
+    def process_many(self, events: Iterable[Event]) -> list[Action]:
+        """Every event in order, one script call each, all actions concatenated (errors propagate)."""
+        out: list[Action] = []
+        for event in events:
+            out.extend(self.process(event))
+        return out
+
+    def process_batch(self, events: Sequence[Event]) -> list[Action]:
+        """Apply ``events`` with one script call per shard; all actions, in event order.
+
+        Rejected events change nothing and do not stop the batch (a stream cannot stop at one
+        bad event); if there were any, :class:`BatchError` is raised after the batch, carrying
+        the errors with their indices and every action of the batch."""
+        outcomes = self.apply_batch(events)
+        actions: list[Action] = []
+        errors: list[tuple[int, EventError]] = []
+        for index, outcome in enumerate(outcomes):
+            if isinstance(outcome, EventError):
+                errors.append((index, outcome))
+            else:
+                actions.extend(outcome)
+        if errors:
+            raise BatchError(errors, actions)
+        return actions
+
+    def apply_batch(self, events: Sequence[Event]) -> list[Outcome]:
+        """Per event, its actions or the :class:`EventError` that rejected it (dead-letter it)."""
+        outcomes: list[Outcome] = [[] for _ in events]
+        items = self._prepare(events, outcomes)
+        records = self._apply(items, outcomes)
+        for item in items:
+            index = item[0]
+            if not isinstance(outcomes[index], EventError):
+                outcomes[index] = self._actions(item, records.get(index, ()))
+        return outcomes
+
+    # ------------------------------------------------------------------ validate and enrich
+
+    def _prepare(self, events: Sequence[Event], outcomes: list[Outcome]) -> list[_Item]:
+        items: list[_Item] = []
+        local: dict[int, tuple[str, str]] = {}  # oid -> (account, contract) of this batch's orders
+        unresolved: list[tuple[int, int, Trade]] = []  # (position in items, index, trade) needing the index
+        for index, event in enumerate(events):
+            try:
+                if isinstance(event, Order):
+                    check_order(event)
+                    if event.oid not in local:
+                        local[event.oid] = (event.account_id, event.contract_id)
+                    items.append((index, event, self._context(event.account_id, event.contract_id), ""))
+                elif isinstance(event, Trade):
+                    check_trade(event)
+                    if event.account_id is not None and event.contract_id is not None:
+                        items.append((index, event, self._context(event.account_id, event.contract_id), ""))
+                    elif event.oid in local:
+                        items.append(self._enriched(index, event, local[event.oid]))
+                    else:
+                        unresolved.append((len(items), index, event))
+                        items.append((index, event, None, ""))
+                elif isinstance(event, Tick | ResetDaily):
+                    check_timestamp(event.timestamp)
+                    items.append((index, event, None, ""))
+                else:
+                    raise EventError(UNKNOWN_TYPE, "type", f"not an event: {type(event).__name__}")
+            except EventError as exc:
+                outcomes[index] = exc
+        if unresolved:
+            found = self.store.lookup_orders(sorted({trade.oid for _, _, trade in unresolved}))
+            for k, index, trade in unresolved:
+                indexed = found.get(trade.oid)
+                if indexed is None:
+                    outcomes[index] = _unknown_order(trade)
+                else:
+                    items[k] = self._enriched(index, trade, indexed)
+            items = [item for item in items if not isinstance(outcomes[item[0]], EventError)]
+        return items
+
+    def _enriched(self, index: int, trade: Trade, indexed: tuple[str, str]) -> _Item:
+        """Explicit fields win over the index; the script re-checks the oid if it is in the
+        trade's own shard (SEMANTICS.md: enrichment)."""
+        ctx = self._context(trade.account_id or indexed[0], trade.contract_id or indexed[1])
+        same_shard = self.store.shard_of(indexed[0]) == ctx.account.shard
+        return (index, trade, ctx, str(trade.oid) if same_shard else "")
+
+    def _context(self, account_id: str, contract: str) -> _Context:
+        ctx = self._contexts.get((account_id, contract))
+        if ctx is not None:
+            return ctx
+        account = self._accounts.get(account_id)
+        if account is None:
+            account = _Account(account_id, self.store.shard_of(account_id))
+            self._accounts[account_id] = account
+        scope = Scope(account_id, contract, self.contract_to_product.get(contract, contract))
+        ctx = _Context(account, scope, [(r, scope_key(r.rule.scope_key(scope))) for r in self._stateful])
+        self._contexts[(account_id, contract)] = ctx
+        return ctx
+
+    # ------------------------------------------------------------------ plan and apply
+
+    def _apply(self, items: list[_Item], outcomes: list[Outcome]) -> dict[int, list[list[Any]]]:
+        """Send the plans; on an abort reject that trade and resend that shard's part."""
+        if self._hwm is None:
+            self._hwm = self.store.high_water_marks()
+        hwm = self._hwm
+        records: dict[int, list[list[Any]]] = {}
+        only: set[int] | None = None
+        while items:
+            plans = self._plan(items, only)
+            batches = {}
+            for shard, plan in plans.items():
+                header = [1, self._header, plan.accounts, plan.groups, plan.events, self.id_retention_days]
+                blob = self.store.encode([*header, self._ttl_ms, plan.pairs])
+                batches[shard] = (hwm[shard] + 1, blob, hashlib.blake2b(blob, digest_size=16).hexdigest())
+            aborted: set[int] = set()
+            for shard, (status, payload) in self.store.apply(batches).items():
+                positions = plans[shard].positions
+                if status == "abort":
+                    index = positions[payload - 1]
+                    trade = next(item[1] for item in items if item[0] == index)
+                    assert isinstance(trade, Trade)
+                    outcomes[index] = _unknown_order(trade)
+                    aborted.add(shard)
+                    continue
+                hwm[shard] += 1
+                for record in payload:
+                    records.setdefault(positions[record[0] - 1], []).append(record)
+            if not aborted:
+                break
+            items = [item for item in items if not isinstance(outcomes[item[0]], EventError)]
+            only = aborted
+        return records
+
+    def _plan(self, items: list[_Item], only: set[int] | None) -> dict[int, _Plan]:
+        self._stamp += 1
+        stamp = self._stamp
+        plans: dict[int, _Plan] = {}
+        all_shards = range(self.store.num_shards) if only is None else sorted(only)
+        day_range = self.calendar.day_range
+        for index, event, ctx, verify in items:
+            if ctx is None:  # tick or reset: every shard
+                entry = self._clock_entry(event)
+                for shard in all_shards:
+                    plan = plans.get(shard) or plans.setdefault(shard, _Plan())
+                    plan.events.append(entry)
+                    plan.positions.append(index)
+                continue
+            account = ctx.account
+            if only is not None and account.shard not in only:
+                continue
+            plan = plans.get(account.shard) or plans.setdefault(account.shard, _Plan())
+            if ctx.stamp != stamp:
+                self._enter(plan, ctx, stamp)
+            t = event.timestamp
+            if not account.lo <= t < account.hi:
+                account.day, account.lo, account.hi = day_range(t)
+            if isinstance(event, Order):
+                entry = [1, str(event.oid), ctx.local_account, account.day, str(t), ctx.local_pair]
+                for g, r in ctx.order_ops:
+                    if r.kind == "w":
+                        if r.every_order or r.rule.counts_order(event):  # type: ignore[union-attr]
+                            entry += (g, t // r.bucket_ns)
+                    else:
+                        _add_amount(entry, g, r.rule.order_amount(event))  # type: ignore[union-attr]
+            else:
+                assert isinstance(event, Trade)
+                entry = [2, str(event.tid), ctx.local_account, account.day, str(t), verify]
+                for g, r in ctx.trade_ops:
+                    _add_amount(entry, g, r.rule.trade_amount(event, ctx.scope.contract))  # type: ignore[union-attr]
+            plan.events.append(entry)
+            plan.positions.append(index)
+        return plans
+
+    def _clock_entry(self, event: Event) -> list[Any]:
+        t = event.timestamp
+        day = self.calendar.day_range(t)[0]
+        if isinstance(event, Tick):
+            return [3, day, str(t), [t // r.bucket_ns if r.kind == "w" else 0 for r in self._stateful]]
+        return [4, day, str(t)]
+
+    @staticmethod
+    def _enter(plan: _Plan, ctx: _Context, stamp: int) -> None:
+        """First use of ``ctx`` in this plan: give its account, pair and groups plan indices."""
+        ctx.stamp = stamp
+        account = ctx.account
+        if account.stamp != stamp:
+            account.stamp = stamp
+            plan.accounts.append(account.id)
+            account.local = len(plan.accounts)
+        ctx.local_account = account.local
+        plan.pairs.append(ctx.pair)
+        ctx.local_pair = len(plan.pairs)
+        ctx.order_ops = []
+        ctx.trade_ops = []
+        for r, key in ctx.refs:
+            g = plan.group_index.get((r.lua, key))
+            if g is None:
+                plan.groups.append([r.lua, key, account.local])
+                g = plan.group_index[(r.lua, key)] = len(plan.groups)
+            if r.kind == "w":
+                ctx.order_ops.append((g, r))
+            else:
+                ctx.trade_ops.append((g, r))
+                if r.order_amount:
+                    ctx.order_ops.append((g, r))
+
+    # ------------------------------------------------------------------ records -> actions
+
+    def _actions(self, item: _Item, records: Sequence[list[Any]]) -> list[Action]:
+        _, event, ctx, _ = item
+        t = event.timestamp
+        if ctx is None:  # tick / reset: records of every shard, each kind sorted
+            day, lo, _ = self.calendar.day_range(t)
+            last = _TICK if isinstance(event, Tick) else _RESET
+            rolled = [self._action(r, _ROLL, t, lo, day) for r in self._sorted(records, _ROLL)]
+            return rolled + [self._action(r, last, t, lo, day) for r in self._sorted(records, last)]
+        if any(record[1] == _DUP for record in records):
+            return []  # a duplicate changes nothing and emits nothing
+        out: list[Action] = []
+        if any(record[1] == _ROLL for record in records):
+            day, lo, _ = self.calendar.day_range(t)
+            out = [self._action(r, _ROLL, t, lo, day) for r in self._sorted(records, _ROLL)]
+        own = [(self._stateful[r[2] - 1].index, self._action(r, r[1], t, 0, 0)) for r in records if r[1] != _ROLL]
+        for i, rule in self._stateless:
+            if isinstance(event, Order):
+                verdict = rule.evaluate_order(event, ctx.scope)
+            else:
+                assert isinstance(event, Trade)
+                verdict = rule.evaluate_trade(event, ctx.scope)
+            if verdict is not None:
+                scope: dict[str, str] = dict(zip(rule.dimensions, rule.scope_key(ctx.scope), strict=True))
+                own.append((i, Action(verdict.type, rule.name, scope, t, verdict.value, verdict.limit, verdict.reason)))
+        own.sort(key=lambda pair: pair[0])
+        out.extend(action for _, action in own)
+        return out
+
+    def _sorted(self, records: Iterable[list[Any]], code: int) -> list[list[Any]]:
+        """Records of one kind in the contract's order: rule order, then scopes by their values."""
+        chosen = [r for r in records if r[1] == code]
+        chosen.sort(key=lambda r: (self._stateful[r[2] - 1].index, scope_values(_str(r[3]))))
+        return chosen
+
+    def _action(self, record: list[Any], code: int, t: int, day_start: int, day: int) -> Action:
+        rule = self._stateful[record[2] - 1].rule
+        scope: dict[str, str] = dict(zip(rule.dimensions, scope_values(_str(record[3])), strict=True))
+        if isinstance(rule, WindowRule):
+            n = int(record[4])
+            if code == _PAUSE:
+                reason = f"{n} orders in {rule.window_ns} ns > threshold {rule.threshold}"
+                return Action(ActionType.PAUSE_ORDER, rule.name, scope, t, n, rule.threshold, reason)
+            reason = f"{n} orders in {rule.window_ns} ns <= resume threshold {rule.resume_threshold}"
+            return Action(ActionType.RESUME_ORDER, rule.name, scope, t, n, rule.threshold, reason)
+        assert isinstance(rule, DailyCapRule)
+        value = _number(_str(record[4]))
+        if code == _PAUSE:
+            reason = f"daily {getattr(rule, 'metric', 'sum')} {value} > cap {rule.daily_cap}"
+            return Action(ActionType.PAUSE_ORDER, rule.name, scope, t, value, rule.daily_cap, reason)
+        if code == _ROLL:
+            reason = f"trading day rolled over to {date.fromordinal(day).isoformat()}"
+            return Action(ActionType.RESUME_ORDER, rule.name, scope, day_start, value, rule.daily_cap, reason)
+        return Action(ActionType.RESUME_ORDER, rule.name, scope, t, 0, rule.daily_cap, "manual daily reset")
+
+
+def _add_amount(entry: list[Any], group: int, amount: float | None) -> None:
+    if amount is not None:
+        entry += (group, amount, 1 if type(amount) is float else 0)
+
+
+def _number(text: str) -> float:
+    return float(text) if any(c in text for c in ".eEnN") else int(text)
+
+
+def _str(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _unknown_order(trade: Trade) -> EventError:
+    missing = "account_id" if trade.account_id is None else "contract_id"
+    return EventError(UNKNOWN_ORDER, "oid", f"oid {trade.oid} was never seen and the trade has no {missing}")
+
+
+def _raise(outcome: Outcome) -> list[Action]:
+    if isinstance(outcome, EventError):
+        raise outcome
+    return outcome
+
+
+def _calendar(trading_day: TradingDay | TradingCalendar | None) -> TradingCalendar:
+    if trading_day is None:
+        return TradingCalendar()
+    if isinstance(trading_day, TradingCalendar):
+        return trading_day
+    return trading_day.calendar()
+
+
+def replay_batched(
+    engine: RemoteEngine, lines: Iterable[str | bytes | object], batch_size: int = 1000, *, decoded: bool = False
+) -> Iterator[dict[str, Any]]:
+    """:func:`cluster_risk.replay.replay_lines` through :meth:`RemoteEngine.apply_batch`:
+    the same records in the same order, ``batch_size`` events per batch.  ``decoded=True``
+    takes already-decoded JSON values (conformance vectors) instead of lines."""
+    if batch_size < 1:
+        raise ValueError("batch_size: must be at least 1")
+    pending: list[tuple[int, Event | EventError]] = []
+    valid = 0
+    for index, line in enumerate(lines):
+        if not decoded:
+            assert isinstance(line, str | bytes)
+            if not line.strip():
+                continue
+        try:
+            event = decode_event(line) if decoded else decode_line(line)  # type: ignore[arg-type]
+        except EventError as exc:
+            pending.append((index, exc))
+            continue
+        pending.append((index, event))
+        valid += 1
+        if valid >= batch_size:
+            yield from _flush(engine, pending)
+            pending, valid = [], 0
+    yield from _flush(engine, pending)
+
+
+def _flush(engine: RemoteEngine, pending: list[tuple[int, Event | EventError]]) -> Iterator[dict[str, Any]]:
+    events = [item for _, item in pending if not isinstance(item, EventError)]
+    outcomes = iter(engine.apply_batch(events))
+    for index, item in pending:
+        outcome = item if isinstance(item, EventError) else next(outcomes)
+        if isinstance(outcome, EventError):
+            yield outcome.to_dict(index)
+        else:
+            for action in outcome:
+                yield action.to_dict()

@@ -1,0 +1,317 @@
+"""RedisStore: the risk state in Redis, changed only by the Lua scripts in ``lua/``.
+
+The store knows keys, scripts and connections; the decisions are the scripts' (the Lua twins
+of :mod:`cluster_risk.state.memory`) and the planning is :mod:`cluster_risk.remote`'s.
+
+Key layout (readable with ``redis-cli``; ``P`` = prefix, default ``risk``; ``N`` = shard =
+``crc32(account_id) % num_shards``; the hash tag ``{sN}`` puts a shard in one cluster slot)::
+
+    P:{sN}:meta                        hwm, digest (last applied batch), clock, latest, gens
+    P:{sN}:result                      the result of batch hwm, returned again on a retry
+    P:{sN}:acct                        account -> current trading day (ordinal; "p": daily pauses)
+    P:{sN}:paused:<rule>               scope -> "since=<ns> value=<v> limit=<l> ... account=<id>"
+    P:{sN}:win:<rule>                  scope -> sliding window (lua/window.lua)
+    P:{sN}:day:<YYYY-MM-DD>:<rule>     scope -> that trading day's sum (lua/daily_sum.lua)
+    P:{sN}:ids:<YYYY-MM-DD>            o<oid> -> account\\x1fcontract, t<tid> -> 1 (seen ids, order index)
+
+A scope is the rule's dimension values joined by ``:`` (``%``, ``:`` and control characters
+percent-encoded, so the split is exact), e.g. ``HGETALL 'risk:{s3}:paused:OrderRateLimitRule'``
+answers "who is paused by the rate rule on shard 3, since when, why".  Every key is
+refreshed to ``ttl_s`` (default: id retention + 1 days) when its shard is written; a shard
+idle that long forgets everything, old trading days and id generations expire on their own,
+and old window buckets are dropped by the script itself (event time, exact).
+
+Scripts: ``apply.lua`` (one shard's part of a batch) and ``lookup_orders.lua`` (read-only
+order index probe) are assembled at load time: each ``--@include x.lua`` line is replaced by
+that library file minus its ``#!lua`` line, so every primitive lives in its own file and each
+call is still one script.  They are registered as redis-py ``Script`` objects, called by
+EVALSHA in pipelines grouped per node, and loaded again when a server answers NOSCRIPT
+(``SCRIPT FLUSH``, a restart, a failover to a replica that never saw them).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Mapping, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any, cast
+from urllib.parse import unquote, urlsplit
+
+import msgpack  # type: ignore[import-untyped]
+from redis import Redis
+from redis.cluster import RedisCluster
+from redis.commands.core import Script
+from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.sentinel import Sentinel
+
+from cluster_risk.errors import RiskError
+
+__all__ = ["RedisStore", "StoreError", "load_lua"]
+
+_INCLUDE = "--@include "
+
+
+class StoreError(RiskError):
+    """Redis failed or refused a batch; the message says which shard and what to do."""
+
+
+def _lua_dir() -> Path:
+    try:
+        return Path(str(resources.files("cluster_risk.lua")))
+    except ModuleNotFoundError:  # a source checkout: lua/ sits next to the package
+        return Path(__file__).resolve().parents[2] / "lua"
+
+
+def load_lua(name: str, *, shebang: bool = True) -> str:
+    """The script ``lua/<name>`` with its ``--@include`` lines expanded (libraries lose their
+    ``#!lua`` line).  ``shebang=False`` drops the script's own first line too, for Lua
+    emulators that do not know it (fakeredis)."""
+    folder = _lua_dir()
+    lines = (folder / name).read_text(encoding="utf-8").splitlines(keepends=True)
+    if not lines[0].startswith("#!lua"):
+        raise StoreError(f"lua/{name}: the first line must be #!lua")
+    out = lines[:1] if shebang else []
+    for line in lines[1:]:
+        if line.startswith(_INCLUDE):
+            library = (folder / line[len(_INCLUDE) :].strip()).read_text(encoding="utf-8")
+            out.append(library.split("\n", 1)[1])
+        else:
+            out.append(line)
+    return "".join(out)
+
+
+Client = Redis | RedisCluster
+
+
+class RedisStore:
+    """Connections, keys and scripts of the Redis state (see the module docstring)."""
+
+    def __init__(
+        self,
+        client: Client,
+        *,
+        prefix: str = "risk",
+        num_shards: int = 16,
+        ttl_s: int | None = None,
+    ) -> None:
+        if not prefix or any(c in prefix for c in "{}:"):
+            raise ValueError("prefix: must be non-empty, without '{', '}' or ':'")
+        if not 1 <= num_shards <= 1 << 16:
+            raise ValueError("num_shards: must be in [1, 65536]")
+        self.client = client
+        self.prefix = prefix
+        self.num_shards = num_shards
+        self.ttl_s = ttl_s
+        self.is_cluster = isinstance(client, RedisCluster)
+        self._meta = [f"{prefix}:{{s{n}}}:meta" for n in range(num_shards)]
+        self._scripts: dict[str, Script] = {}
+        self.codec = ""  # "m" msgpack or "j" JSON; decided by _probe() on first use
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        cluster: bool | None = None,
+        prefix: str = "risk",
+        num_shards: int = 16,
+        ttl_s: int | None = None,
+        **options: Any,
+    ) -> RedisStore:
+        """``redis://``, ``rediss://`` or ``unix://`` (standalone or cluster: asked from the
+        server's ``INFO cluster`` unless ``cluster`` says), or
+        ``redis+sentinel://[:password@]host:port[,host:port...]/<service>[/<db>]``.
+        ``options`` go to the redis-py client (``socket_timeout`` defaults to 10 s)."""
+        options.setdefault("socket_timeout", 10.0)
+        options.setdefault("socket_connect_timeout", 5.0)
+        parts = urlsplit(url)
+        client: Client
+        if parts.scheme in ("redis+sentinel", "sentinel"):
+            client = _sentinel_master(parts, options)
+        else:
+            if cluster is None:
+                probe = Redis.from_url(url, **options)
+                try:
+                    cluster = str(probe.info("cluster").get("cluster_enabled", 0)) == "1"
+                except RedisError as exc:
+                    raise StoreError(f"{_masked(url)}: cannot connect ({exc})") from exc
+                finally:
+                    probe.close()
+            client = RedisCluster.from_url(url, **options) if cluster else Redis.from_url(url, **options)
+        return cls(client, prefix=prefix, num_shards=num_shards, ttl_s=ttl_s)
+
+    # ------------------------------------------------------------------ keys
+
+    def shard_of(self, account_id: str) -> int:
+        return zlib.crc32(account_id.encode()) % self.num_shards
+
+    def meta_key(self, shard: int) -> str:
+        return self._meta[shard]
+
+    def shard_keys(self, shard: int) -> list[str]:
+        """Every key the shard holds now (SCAN on its pattern; for ops and tests)."""
+        pattern = f"{self.prefix}:{{s{shard}}}:*"
+        if isinstance(self.client, RedisCluster):
+            node = self.client.get_node_from_key(self.meta_key(shard))  # type: ignore[no-untyped-call]
+            found = self.client.scan_iter(match=pattern, count=1000, target_nodes=node)
+        else:
+            found = self.client.scan_iter(match=pattern, count=1000)
+        return sorted(k.decode() if isinstance(k, bytes) else str(k) for k in found)
+
+    # ------------------------------------------------------------------ scripts
+
+    def _probe(self) -> None:
+        """Decide the codec and script form once: real Redis has cmsgpack and reads the
+        ``#!lua`` line; fakeredis has neither (JSON, no shebang)."""
+        try:
+            kind = self.client.eval("#!lua\nreturn type(cmsgpack)", 0)
+            shebang = True
+        except ResponseError as exc:
+            if "near '#'" not in str(exc):
+                raise StoreError(f"Redis refused a script: {exc}") from exc
+            kind = self.client.eval("return type(cmsgpack)", 0)
+            shebang = False
+        except RedisError as exc:
+            raise StoreError(f"Redis is unreachable: {exc}") from exc
+        self.codec = "m" if _text(kind) == "table" else "j"
+        for name in ("apply.lua", "lookup_orders.lua"):
+            self._scripts[name] = self.client.register_script(load_lua(name, shebang=shebang))
+        self.load_scripts()
+
+    def load_scripts(self) -> None:
+        """SCRIPT LOAD every script (on every primary of a cluster): done before pipelines,
+        since a pipeline cannot reload a script half-way."""
+        for script in self._scripts.values():
+            script.sha = _text(self.client.script_load(script.script))
+
+    def _ready(self) -> None:
+        if not self.codec:
+            self._probe()
+
+    def encode(self, plan: Sequence[Any]) -> bytes:
+        self._ready()
+        if self.codec == "m":
+            return cast(bytes, msgpack.packb(plan, use_bin_type=True))
+        import json
+
+        return json.dumps(plan, separators=(",", ":")).encode()
+
+    def decode(self, blob: bytes) -> list[Any]:
+        if self.codec == "m":
+            return cast(list[Any], msgpack.unpackb(blob, raw=False))
+        import json
+
+        out = json.loads(blob)
+        return out if isinstance(out, list) else []  # cjson encodes an empty table as {}
+
+    def _run(self, name: str, calls: Sequence[tuple[int, Sequence[str | bytes | int]]]) -> list[Any]:
+        """EVALSHA ``name`` once per (shard, args), pipelined (per node in a cluster); a
+        NOSCRIPT reply (nothing ran) loads the scripts and sends those calls again."""
+        self._ready()
+        script = self._scripts[name]
+        replies: list[Any] = [None] * len(calls)
+        todo = list(range(len(calls)))
+        for attempt in range(2):
+            pipe = self.client.pipeline(transaction=False)
+            for i in todo:
+                shard, args = calls[i]
+                # execute_command: ClusterPipeline blocks its evalsha() helper, not the command
+                pipe.execute_command("EVALSHA", script.sha, 1, self.meta_key(shard), *args)
+            try:
+                got = pipe.execute(raise_on_error=False)
+            except RedisError as exc:
+                raise StoreError(f"Redis failed during {name}: {exc}") from exc
+            for i, reply in zip(todo, got, strict=True):
+                replies[i] = reply
+            todo = [i for i in todo if isinstance(replies[i], NoScriptError)]
+            if not todo:
+                break
+            if attempt == 0:
+                self.load_scripts()
+        for i, reply in enumerate(replies):
+            if isinstance(reply, Exception):
+                raise StoreError(f"shard {calls[i][0]}: {name} failed: {reply}")
+        return replies
+
+    # ------------------------------------------------------------------ operations
+
+    def high_water_marks(self) -> dict[int, int]:
+        """Each shard's last applied batch number (0 for a fresh shard)."""
+        pipe = self.client.pipeline(transaction=False)
+        for key in self._meta:
+            pipe.hget(key, "hwm")
+        try:
+            got = pipe.execute()
+        except RedisError as exc:
+            raise StoreError(f"Redis is unreachable: {exc}") from exc
+        return {n: int(v) if v is not None else 0 for n, v in enumerate(got)}
+
+    def apply(self, batches: Mapping[int, tuple[int, bytes, str]]) -> dict[int, tuple[str, Any]]:
+        """Run ``apply.lua`` for each ``shard -> (seq, plan, digest)``.  Returns per shard
+        ``("ok", records)`` (also for a retry of an applied batch) or ``("abort", pos)``."""
+        calls = [(shard, (plan, seq, digest, self.codec)) for shard, (seq, plan, digest) in batches.items()]
+        out: dict[int, tuple[str, Any]] = {}
+        for (shard, _), reply in zip(calls, self._run("apply.lua", calls), strict=True):
+            status = _text(reply[0])
+            if status in ("ok", "again"):
+                if reply[1] is None:
+                    raise StoreError(f"shard {shard}: batch was applied but its stored result expired")
+                out[shard] = ("ok", self.decode(reply[1]))
+            elif status == "abort":
+                out[shard] = ("abort", int(reply[1]))
+            else:
+                raise StoreError(
+                    f"shard {shard}: batch {batches[shard][0]} refused ({status}, applied up to {_text(reply[1])}): "
+                    + (
+                        "another writer owns this shard"
+                        if status == "stale"
+                        else "an earlier batch with this number was applied but its reply was lost; resend that batch"
+                    )
+                )
+        return out
+
+    def lookup_orders(self, oids: Sequence[int]) -> dict[int, tuple[str, str]]:
+        """oid -> (account, contract) from the order index of every shard."""
+        args = [str(oid) for oid in oids]
+        found: dict[int, tuple[str, str]] = {}
+        replies = self._run("lookup_orders.lua", [(shard, args) for shard in range(self.num_shards)])
+        for reply in replies:
+            for oid, value in zip(oids, reply, strict=True):
+                if value and oid not in found:
+                    account, contract = _text(value).split("\x1f", 1)
+                    found[oid] = (account, contract)
+        return found
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __repr__(self) -> str:
+        kind = "cluster" if self.is_cluster else "standalone"
+        return f"RedisStore({kind}, prefix={self.prefix!r}, num_shards={self.num_shards})"
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _masked(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        return url.replace(f":{parts.password}@", ":***@", 1)
+    return url
+
+
+def _sentinel_master(parts: Any, options: dict[str, Any]) -> Redis:
+    hosts = []
+    for item in parts.netloc.rsplit("@", 1)[-1].split(","):
+        host, _, port = item.rpartition(":")
+        hosts.append((host or item, int(port) if host else 26379))
+    path = [p for p in parts.path.split("/") if p]
+    if not path:
+        raise ValueError("redis+sentinel URL: name the service, e.g. redis+sentinel://host:26379/mymaster")
+    if parts.password is not None:
+        options.setdefault("password", unquote(parts.password))
+    db = int(path[1]) if len(path) > 1 else 0
+    sentinel = Sentinel(hosts, **{k: v for k, v in options.items() if k.startswith("socket_")})  # type: ignore[no-untyped-call]
+    return cast(Redis, sentinel.master_for(path[0], db=db, **options))  # type: ignore[no-untyped-call]
