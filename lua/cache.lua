@@ -1,0 +1,125 @@
+#!lua
+--[[ cache.lua - library: one Redis hash, read through a cache and written back at the end.
+
+KEYS / ARGV: none. A library, not a script: the loader (cluster_risk/state/redis.py) pastes it
+into apply.lua and lookup_orders.lua where they say `--@include cache.lua`, without this
+first line.
+
+Why: the apply script runs its logic on Lua tables and talks to Redis about ten times per
+batch, not per event (notes/performance.md). Reads go through `get` (one HGET on a miss) or
+`preload` (one HMGET for many fields); writes are buffered by `set`/`del`/`clear` and sent by
+`flush` as one DEL, one HSET and one HDEL, after every check of the script has passed.
+
+  cache.new(key)               -> c
+  cache.preload(c, fields)     fetch the fields not yet known (chunked HMGET)
+  cache.get(c, field)          -> value or nil
+  cache.set(c, field, value)   / cache.del(c, field)
+  cache.fields(c)              -> array of the fields present (one HGETALL the first time)
+  cache.clear(c)               the whole hash goes (DEL at flush)
+  cache.flush(c, ttl_ms, touch) -> true if written; PEXPIREs the key when written (or touch)
+]]
+
+local cache = {}
+
+-- unpack() is limited by LUAI_MAXCSTACK (8000 in Lua 5.1): send long lists in chunks.
+local CHUNK = 4000
+
+function cache.new(key)
+  -- v[field]: the value, or false when known to be absent; nil = not fetched yet
+  return {key = key, v = {}, all = false, cleared = false, dirty = {}, ndirty = 0}
+end
+
+function cache.preload(c, fields)
+  if c.all then return end
+  local v, want, seen = c.v, {}, {}
+  for i = 1, #fields do
+    local f = fields[i]
+    if v[f] == nil and not seen[f] then
+      seen[f] = true
+      want[#want + 1] = f
+    end
+  end
+  local i = 1
+  while i <= #want do
+    local j = math.min(i + CHUNK - 1, #want)
+    local got = redis.call('HMGET', c.key, unpack(want, i, j))
+    for k = i, j do
+      v[want[k]] = got[k - i + 1]
+    end
+    i = j + 1
+  end
+end
+
+function cache.get(c, f)
+  local x = c.v[f]
+  if x == nil then
+    if c.all then return nil end
+    x = redis.call('HGET', c.key, f)
+    c.v[f] = x
+  end
+  if x then return x end
+  return nil
+end
+
+function cache.set(c, f, x)
+  c.v[f] = x
+  if not c.dirty[f] then
+    c.dirty[f] = true
+    c.ndirty = c.ndirty + 1
+  end
+end
+
+function cache.del(c, f)
+  cache.set(c, f, false)
+end
+
+function cache.fields(c)
+  if not c.all then
+    local flat = redis.call('HGETALL', c.key)
+    local v = c.v
+    for i = 1, #flat, 2 do
+      if v[flat[i]] == nil then v[flat[i]] = flat[i + 1] end
+    end
+    c.all = true
+  end
+  local out = {}
+  for f, x in pairs(c.v) do
+    if x then out[#out + 1] = f end
+  end
+  return out
+end
+
+function cache.clear(c)
+  c.v, c.all, c.cleared, c.dirty, c.ndirty = {}, true, true, {}, 0
+end
+
+local function send(cmd, key, list)
+  local i = 1
+  while i <= #list do
+    local j = math.min(i + CHUNK - 1, #list)
+    redis.call(cmd, key, unpack(list, i, j))
+    i = j + 1
+  end
+end
+
+function cache.flush(c, ttl_ms, touch)
+  local wrote = c.cleared
+  if c.cleared then redis.call('DEL', c.key) end
+  if c.ndirty > 0 then
+    local sets, dels = {}, {}
+    for f in pairs(c.dirty) do
+      local x = c.v[f]
+      if x then
+        sets[#sets + 1] = f
+        sets[#sets + 1] = x
+      else
+        dels[#dels + 1] = f
+      end
+    end
+    send('HSET', c.key, sets) -- CHUNK is even, so pairs stay together
+    send('HDEL', c.key, dels)
+    wrote = true
+  end
+  if ttl_ms > 0 and (wrote or touch) then redis.call('PEXPIRE', c.key, ttl_ms) end
+  return wrote
+end

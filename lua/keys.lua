@@ -1,0 +1,44 @@
+#!lua
+--[[ keys.lua - library: the key layout, in one place (documented for operators in
+cluster_risk/state/redis.py).
+
+KEYS / ARGV: none. Included first by apply.lua and lookup_orders.lua. Every key is the
+shard's base "<prefix>:{s<N>}:" (KEYS[1] without its "meta" suffix) plus a suffix, so all of
+a shard's keys share its hash tag and one script touches one Redis Cluster slot.
+
+  base .. "meta"                         shard scalars: hwm, digest, clock, latest, gens
+  base .. "result"                       result of the batch at hwm (returned again on a retry)
+  base .. "acct"                         account -> current trading day ("<ordinal>[p]")
+  base .. "win:" .. rule                 scope -> sliding window state (window.lua)
+  base .. "day:" .. YYYY-MM-DD .. ":" .. rule   scope -> that day's sum (daily_sum.lua)
+  base .. "paused:" .. rule              scope -> "since=<ns> value=<v> limit=<l> ..." (current pauses)
+  base .. "ids:" .. YYYY-MM-DD           "o<oid>" -> account\31contract, "t<tid>" -> 1 (seen_ids.lua)
+
+Trading days travel as proleptic Gregorian ordinals (Python's date.toordinal()).
+]]
+
+local keys = {}
+
+-- ordinal -> "YYYY-MM-DD" (days-from-civil inverted, H. Hinnant); exact for any ordinal >= 1
+local function iso_day(ordinal)
+  local z = ordinal + 305 -- days since 0000-03-01 (ordinal 1 is 0001-01-01)
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local d = doy - math.floor((153 * mp + 2) / 5) + 1
+  local m = mp < 10 and mp + 3 or mp - 9
+  local y = yoe + era * 400
+  if m <= 2 then y = y + 1 end
+  return string.format('%04d-%02d-%02d', y, m, d)
+end
+keys.iso_day = iso_day
+
+function keys.base(meta) return string.sub(meta, 1, -5) end
+function keys.result(base) return base .. 'result' end
+function keys.acct(base) return base .. 'acct' end
+function keys.win(base, rule) return base .. 'win:' .. rule end
+function keys.day(base, d, rule) return base .. 'day:' .. iso_day(d) .. ':' .. rule end
+function keys.paused(base, rule) return base .. 'paused:' .. rule end
+function keys.ids(base, d) return base .. 'ids:' .. iso_day(d) end

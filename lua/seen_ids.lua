@@ -1,0 +1,99 @@
+#!lua
+--[[ seen_ids.lua - library: seen-sets for oids and tids, and the order index oid -> (account,
+contract), kept for `retention` trading days (the Lua twin of engine.py's IdRetention).
+
+KEYS / ARGV: none. Included into apply.lua and lookup_orders.lua (`--@include seen_ids.lua`).
+
+Ids are kept per generation: the shard's latest trading day when the id was first seen.
+Generation g lives in the hash <prefix>:{s<N>}:ids:<YYYY-MM-DD of g>, fields "o<oid>" (value
+"<account>\31<contract>": the order index) and "t<tid>" (value "1"); an id is seen while
+latest - g <= retention, and a generation is deleted as the latest day passes that. The live
+generations are listed in the shard's meta hash (field gens, "d1,d2,...").
+
+  ids.open(base, gens, latest, retention) -> I
+  ids.preload(I, fields)             one HMGET per live generation (newest first)
+  ids.seen(I, field) -> value or nil
+  ids.add(I, field, value)           into generation I.latest
+  ids.advance(I, day)                the shard's latest day moves to `day`; old generations go
+  ids.flush(I, ttl_ms) -> gens       write back; returns the new gens list for the meta hash
+]]
+
+local ids = {}
+
+function ids.open(base, gens, latest, retention)
+  local I = {base = base, latest = latest, retention = retention, gens = {}, caches = {}, gen = {}, val = {}}
+  for d in string.gmatch(gens or '', '(%-?%d+)') do
+    I.gens[#I.gens + 1] = tonumber(d)
+  end
+  return I
+end
+
+local function gen_cache(I, d)
+  local c = I.caches[d]
+  if not c then
+    c = cache.new(keys.ids(I.base, d))
+    I.caches[d] = c
+  end
+  return c
+end
+
+function ids.preload(I, fields)
+  if #fields == 0 then return end
+  for k = #I.gens, 1, -1 do
+    local d = I.gens[k]
+    local c = gen_cache(I, d)
+    cache.preload(c, fields)
+    for i = 1, #fields do
+      local f = fields[i]
+      if I.gen[f] == nil then
+        local x = c.v[f]
+        if x then
+          I.gen[f], I.val[f] = d, x
+        end
+      end
+    end
+  end
+  for i = 1, #fields do
+    if I.gen[fields[i]] == nil then I.gen[fields[i]] = false end
+  end
+end
+
+function ids.seen(I, f)
+  local g = I.gen[f]
+  if g == nil then
+    ids.preload(I, {f})
+    g = I.gen[f]
+  end
+  if g and I.latest - g <= I.retention then return I.val[f] end
+  return nil
+end
+
+function ids.add(I, f, x)
+  local d = I.latest
+  local c = gen_cache(I, d)
+  if I.gens[#I.gens] ~= d then I.gens[#I.gens + 1] = d end
+  cache.set(c, f, x)
+  I.gen[f], I.val[f] = d, x
+end
+
+function ids.advance(I, day)
+  I.latest = day
+  local keep = {}
+  for _, d in ipairs(I.gens) do
+    if day - d > I.retention then
+      cache.clear(gen_cache(I, d))
+    else
+      keep[#keep + 1] = d
+    end
+  end
+  I.gens = keep
+end
+
+function ids.flush(I, ttl_ms)
+  for _, c in pairs(I.caches) do
+    cache.flush(c, ttl_ms, false)
+  end
+  local out = {}
+  for i, d in ipairs(I.gens) do out[i] = string.format('%d', d) end
+  return table.concat(out, ',')
+end

@@ -1,0 +1,165 @@
+#!lua
+--[[ shard.lua - library: one shard's state for the length of one script call.
+
+KEYS / ARGV: none. Included into apply.lua (`--@include shard.lua`), after keys, cache, window,
+daily_sum and seen_ids. Everything the batch reads is loaded into Lua tables (preloaded in a
+few variadic calls, the rare rest on first use); everything it changes is written back by
+shard.flush at the end, so every check of the batch (hwm, unknown orders) comes before the
+first write.
+
+X = shard.open(base, plan, meta) holds:
+  rules[r]   {"w", name, K, threshold, resume} | {"d", name, cap}  (stateful rules, config order)
+  accounts, groups, pairs      the plan's tables (groups[g] = {r, scope key, account index})
+  clock      day of the latest tick/reset (-1: none); latest  latest day of any event (-1)
+  acc[a]     {day, flag, dirty}: the account's current day D_a, and whether it holds daily pauses
+  out        result records {pos, code, r, scope key, value}
+
+  shard.account(X, a) -> info       (day = max(D_a, clock): a tick moves every account)
+  shard.window(X, r, key) -> w      shard.sum(X, r, d, key) -> e = {sum, isfloat}
+  shard.sums(X, r, d)               the day's cache entry {c = cache, v = {key -> e}}
+  shard.daily_pauses(X) -> account -> {{r, key}, ...}   (built on first use)
+  shard.pause(X, r, key, a, text)   shard.advance_latest(X, d)   shard.flush(X, ...)
+]]
+
+local shard = {}
+
+function shard.open(base, plan, clock, latest, gens)
+  local X = {
+    base = base, rules = plan[2], accounts = plan[3], groups = plan[4], pairs = plan[8],
+    retention = plan[6], ttl = plan[7], clock = clock, latest = latest, out = {},
+    acct = cache.new(keys.acct(base)), acc = {}, reg = {}, win = {}, ws = {}, sums = {}, dpi = nil,
+  }
+  for r, rule in ipairs(X.rules) do
+    X.reg[r] = cache.new(keys.paused(base, rule[2]))
+    if rule[1] == 'w' then
+      X.win[r] = cache.new(keys.win(base, rule[2]))
+      X.ws[r] = {}
+    else
+      X.sums[r] = {}
+    end
+  end
+  X.ids = ids.open(base, gens, latest, X.retention)
+  return X
+end
+
+function shard.account(X, a)
+  local info = X.acc[a]
+  if not info then
+    local rec = cache.get(X.acct, a)
+    info = {day = -1, flag = false, dirty = false}
+    if rec then
+      local d, p = string.match(rec, '^(%-?%d+)(p?)$')
+      info.day, info.flag = tonumber(d), p == 'p'
+    end
+    X.acc[a] = info
+  end
+  -- Lazily applied tick: when the clock passed D_a, its daily pauses were lifted then.
+  if info.day < X.clock then info.day = X.clock end
+  return info
+end
+
+function shard.window(X, r, key)
+  local w = X.ws[r][key]
+  if not w then
+    w = window.decode(cache.get(X.win[r], key))
+    X.ws[r][key] = w
+  end
+  return w
+end
+
+function shard.sums(X, r, d)
+  local s = X.sums[r][d]
+  if not s then
+    s = {c = cache.new(keys.day(X.base, d, X.rules[r][2])), v = {}}
+    X.sums[r][d] = s
+  end
+  return s
+end
+
+function shard.sum(X, r, d, key)
+  local s = shard.sums(X, r, d)
+  local e = s.v[key]
+  if not e then
+    local x, f = daily.parse(cache.get(s.c, key))
+    e = {x, f}
+    s.v[key] = e
+  end
+  return e
+end
+
+function shard.daily_pauses(X)
+  if X.dpi then return X.dpi end
+  local dpi = {}
+  for r, rule in ipairs(X.rules) do
+    if rule[1] == 'd' then
+      local reg = X.reg[r]
+      for _, key in ipairs(cache.fields(reg)) do
+        local a = string.match(cache.get(reg, key), ' account=(.*)$')
+        local l = dpi[a]
+        if not l then
+          l = {}
+          dpi[a] = l
+        end
+        l[#l + 1] = {r, key}
+      end
+    end
+  end
+  X.dpi = dpi
+  return dpi
+end
+
+-- A daily pause: registered, and remembered on the account so its rollover finds it.
+function shard.pause(X, r, key, a, text)
+  cache.set(X.reg[r], key, text)
+  local info = shard.account(X, a)
+  info.flag, info.dirty = true, true
+  if X.dpi then
+    local l = X.dpi[a]
+    if not l then
+      l = {}
+      X.dpi[a] = l
+    end
+    l[#l + 1] = {r, key}
+  end
+end
+
+function shard.advance_latest(X, d)
+  if d > X.latest then
+    X.latest = d
+    ids.advance(X.ids, d)
+  end
+end
+
+function shard.flush(X, meta, seq, digest, result)
+  local ttl = X.ttl
+  for a, info in pairs(X.acc) do
+    if info.dirty then
+      cache.set(X.acct, a, string.format('%d', info.day) .. (info.flag and 'p' or ''))
+    end
+  end
+  cache.flush(X.acct, ttl, true)
+  for r, rule in ipairs(X.rules) do
+    if rule[1] == 'w' then
+      for key, w in pairs(X.ws[r]) do
+        if w.dirty then cache.set(X.win[r], key, window.encode(w)) end
+      end
+      cache.flush(X.win[r], ttl, true)
+    else
+      for _, s in pairs(X.sums[r]) do
+        for key, e in pairs(s.v) do
+          if e.dirty then cache.set(s.c, key, daily.format(e[1], e[2])) end
+        end
+        cache.flush(s.c, ttl, false)
+      end
+    end
+    cache.flush(X.reg[r], ttl, true)
+  end
+  local gens = ids.flush(X.ids, ttl)
+  redis.call('HSET', meta, 'hwm', seq, 'digest', digest, 'clock', string.format('%d', X.clock),
+    'latest', string.format('%d', X.latest), 'gens', gens)
+  redis.call('SET', keys.result(X.base), result)
+  if ttl > 0 then
+    redis.call('PEXPIRE', meta, ttl)
+    redis.call('PEXPIRE', keys.result(X.base), ttl)
+  end
+end
