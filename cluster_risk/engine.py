@@ -173,12 +173,13 @@ class RiskEngine:
 
     def process(self, event: Event) -> list[Action]:
         """Any event: order, trade, tick or reset."""
-        handler = self._handlers.get(type(event))
-        if handler is None:
+        try:
+            handler = self._handlers[type(event)]
+        except KeyError:
             for kind, candidate in self._handlers.items():  # subclasses of the event types
                 if isinstance(event, kind):
                     return candidate(event)
-            raise EventError("unknown_type", "type", f"not an event: {type(event).__name__}")
+            raise EventError("unknown_type", "type", f"not an event: {type(event).__name__}") from None
         return handler(event)
 
     def process_order(self, order: Order) -> list[Action]:
@@ -266,29 +267,37 @@ class RiskEngine:
         price = trade.price
         account_id = trade.account_id
         contract_id = trade.contract_id
-        # As in process_order: one combined test, check_trade names the culprit.
+        # As in process_order: one combined test, check_trade names the culprit; the
+        # timestamp's range is implied by the account's current-day range.
         if not (
             type(tid) is int
-            and 0 <= tid < MAX_ID
+            and (0 <= tid <= _SMALL or _SMALL < tid < MAX_ID)
             and type(oid) is int
-            and 0 <= oid < MAX_ID
-            and type(t) is int
-            and 0 <= t < MAX_TIMESTAMP
+            and (0 <= oid <= _SMALL or _SMALL < oid < MAX_ID)
             and type(volume) is int
-            and 0 < volume < MAX_VOLUME
+            and (0 < volume <= _SMALL or _SMALL < volume < MAX_VOLUME)
+            and type(t) is int
             and (type(price) is float or (type(price) is int and -MAX_INT_PRICE < price < MAX_INT_PRICE))
             and price - price == 0.0
             and account_id is None
             and contract_id is None
         ):
             check_trade(trade)
+        ctx = self._orders.get(oid) if account_id is None and contract_id is None else None
+        if ctx is not None:
+            account = ctx.account
+            in_day = account.day_lo <= t < account.day_hi
+        else:
+            in_day = False
+        if not in_day and not 0 <= t < MAX_TIMESTAMP:
+            check_trade(trade)
         if tid in self._trades:
             return []  # a duplicate changes nothing
-        ctx = self._orders.get(oid) if account_id is None and contract_id is None else None
         if ctx is None:
-            ctx = self._enrich(trade)
-        account = ctx.account
-        if account.day_lo <= t < account.day_hi:
+            ctx = self._enrich(trade)  # read-only until here; may raise unknown_order
+            account = ctx.account
+            in_day = account.day_lo <= t < account.day_hi
+        if in_day:
             actions: list[Action] = []
             day = account.day
         else:
@@ -304,11 +313,15 @@ class RiskEngine:
                     if add(day, amount, current) == PAUSED:
                         actions.append(self._daily_paused(slot, group, account, t))
         if ctx.trade_steps:
-            for slot, _ in ctx.trade_steps:
-                verdict = slot.rule.evaluate_trade(trade, ctx.scope)  # type: ignore[attr-defined]
-                if verdict is not None:
-                    actions.append(self._verdict_action(slot, ctx.scope, verdict, t))
+            self._judge_trade(ctx, trade, actions)
         return actions
+
+    def _judge_trade(self, ctx: _Context, trade: Trade, actions: list[Action]) -> None:
+        """Stateless rules with a trade hook."""
+        for slot, _ in ctx.trade_steps:
+            verdict = slot.rule.evaluate_trade(trade, ctx.scope)  # type: ignore[attr-defined]
+            if verdict is not None:
+                actions.append(self._verdict_action(slot, ctx.scope, verdict, trade.timestamp))
 
     def tick(self, now_ns: int | None = None) -> list[Action]:
         """Time-driven checks at ``now_ns`` (default: the wall clock): rollover, then resumes."""

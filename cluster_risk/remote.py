@@ -13,7 +13,7 @@ talk to Redis.
 Enrichment (a trade without ``account_id`` or ``contract_id``).  The shard is chosen by
 account, so Python must know the account before planning.  It takes it from the first valid
 order with that oid earlier in the same batch, else from the order index in Redis:
-``lua/lookup_orders.lua`` on every shard (read-only, one pipelined round, only for batches
+``lua/lookup_ids.lua`` on every shard (read-only, one pipelined round, only for batches
 that need it).  An oid found nowhere is ``unknown_order`` without touching Redis.  The index
 is read before the batch, so ``apply.lua`` checks again when it reaches the trade: if the
 oid left the index meanwhile (id retention passed earlier in the same batch) the script
@@ -314,15 +314,29 @@ class RemoteEngine:
             except EventError as exc:
                 outcomes[index] = exc
         if unresolved:
-            found = self.store.lookup_orders(sorted({trade.oid for _, _, trade in unresolved}))
-            for k, index, trade in unresolved:
-                indexed = found.get(trade.oid)
-                if indexed is None:
-                    outcomes[index] = _unknown_order(trade)
-                else:
-                    items[k] = self._enriched(index, trade, indexed)
-            items = [item for item in items if not isinstance(outcomes[item[0]], EventError)]
+            items = self._resolve(items, unresolved, outcomes)
         return items
+
+    def _resolve(
+        self, items: list[_Item], unresolved: list[tuple[int, int, Trade]], outcomes: list[Outcome]
+    ) -> list[_Item]:
+        """Enrich from the order index of every shard.  Dedup comes first (SEMANTICS.md): a
+        seen tid whose order was forgotten is a duplicate, not an unknown order."""
+        fields = sorted(
+            {f"o{trade.oid}" for _, _, trade in unresolved} | {f"t{trade.tid}" for _, _, trade in unresolved}
+        )
+        found = self.store.lookup_ids(fields)
+        for k, index, trade in unresolved:
+            indexed = found.get(f"o{trade.oid}")
+            if indexed is not None:
+                account, contract = indexed.split("\x1f", 1)
+                items[k] = self._enriched(index, trade, (account, contract))
+            elif f"t{trade.tid}" in found:
+                outcomes[index] = []  # a duplicate: changes nothing, emits nothing
+                items[k] = (index, trade, None, "dup")
+            else:
+                outcomes[index] = _unknown_order(trade)
+        return [item for item in items if item[3] != "dup" and not isinstance(outcomes[item[0]], EventError)]
 
     def _enriched(self, index: int, trade: Trade, indexed: tuple[str, str]) -> _Item:
         """Explicit fields win over the index; the script re-checks the oid if it is in the

@@ -21,7 +21,7 @@ refreshed to ``ttl_s`` (default: id retention + 1 days) when its shard is writte
 idle that long forgets everything, old trading days and id generations expire on their own,
 and old window buckets are dropped by the script itself (event time, exact).
 
-Scripts: ``apply.lua`` (one shard's part of a batch) and ``lookup_orders.lua`` (read-only
+Scripts: ``apply.lua`` (one shard's part of a batch) and ``lookup_ids.lua`` (read-only
 order index probe) are assembled at load time: each ``--@include x.lua`` line is replaced by
 that library file minus its ``#!lua`` line, so every primitive lives in its own file and each
 call is still one script.  They are registered as redis-py ``Script`` objects, called by
@@ -175,7 +175,7 @@ class RedisStore:
         except RedisError as exc:
             raise StoreError(f"Redis is unreachable: {exc}") from exc
         self.codec = "m" if _text(kind) == "table" else "j"
-        for name in ("apply.lua", "lookup_orders.lua"):
+        for name in ("apply.lua", "lookup_ids.lua"):
             self._scripts[name] = self.client.register_script(load_lua(name, shebang=shebang))
         self.load_scripts()
 
@@ -271,16 +271,14 @@ class RedisStore:
                 )
         return out
 
-    def lookup_orders(self, oids: Sequence[int]) -> dict[int, tuple[str, str]]:
-        """oid -> (account, contract) from the order index of every shard."""
-        args = [str(oid) for oid in oids]
-        found: dict[int, tuple[str, str]] = {}
-        replies = self._run("lookup_orders.lua", [(shard, args) for shard in range(self.num_shards)])
-        for reply in replies:
-            for oid, value in zip(oids, reply, strict=True):
-                if value and oid not in found:
-                    account, contract = _text(value).split("\x1f", 1)
-                    found[oid] = (account, contract)
+    def lookup_ids(self, fields: Sequence[str]) -> dict[str, str]:
+        """``o<oid>`` -> ``account\x1fcontract`` and ``t<tid>`` -> ``1`` for the ids some shard
+        knows (every shard is asked: the shard follows the account, unknown here)."""
+        found: dict[str, str] = {}
+        for reply in self._run("lookup_ids.lua", [(shard, fields) for shard in range(self.num_shards)]):
+            for field, value in zip(fields, reply, strict=True):
+                if value and field not in found:
+                    found[field] = _text(value)
         return found
 
     def close(self) -> None:
