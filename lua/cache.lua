@@ -2,7 +2,7 @@
 --[[ cache.lua - library: one Redis hash, read through a cache and written back at the end.
 
 KEYS / ARGV: none. A library, not a script: the loader (cluster_risk/state/redis.py) pastes it
-into apply.lua and lookup_orders.lua where they say `--@include cache.lua`, without this
+into apply.lua and lookup_ids.lua where they say `--@include cache.lua`, without this
 first line.
 
 Why: the apply script runs its logic on Lua tables and talks to Redis about ten times per

@@ -2,7 +2,7 @@
 --[[ keys.lua - library: the key layout, in one place (documented for operators in
 cluster_risk/state/redis.py).
 
-KEYS / ARGV: none. Included first by apply.lua and lookup_orders.lua. Every key is the
+KEYS / ARGV: none. Included first by apply.lua and lookup_ids.lua. Every key is the
 shard's base "<prefix>:{s<N>}:" (KEYS[1] without its "meta" suffix) plus a suffix, so all of
 a shard's keys share its hash tag and one script touches one Redis Cluster slot.
 

@@ -1,14 +1,16 @@
 #!lua flags=no-writes
---[[ lookup_orders.lua - read the order index of one shard (trade enrichment).
+--[[ lookup_ids.lua - read one shard's seen-sets and order index (for trade enrichment).
 
 KEYS[1]  <prefix>:{s<N>}:meta (the ids:<day> keys are derived from it, keys.lua)
-ARGV     oids, as decimal strings
-Returns  one entry per oid: "<account>\31<contract>" if the oid is in this shard's index
-         (within id retention), else false (nil reply)
+ARGV     fields: "o<oid>" (order index) and/or "t<tid>" (seen trade ids), oids/tids decimal
+Returns  one entry per field: "<account>\31<contract>" for a known oid, "1" for a seen tid,
+         else false (a nil reply); only generations within id retention are read
 
-Read-only (no-writes): may run on a replica. Python calls it on every shard, pipelined, for
-the trades of a batch that carry no account (or no contract) and whose order is not earlier
-in the same batch; apply.lua checks again at apply time (see cluster_risk/remote.py).
+Read-only (no-writes), so it may run on a replica. Python calls it on every shard, pipelined,
+for the trades of a batch that carry no account (or no contract) and whose order is not
+earlier in the same batch: the oid gives the account (hence the shard), and a tid already
+seen makes the trade a duplicate even when its order has been forgotten. apply.lua checks
+again when it reaches the trade (see cluster_risk/remote.py).
 ]]
 
 --@include keys.lua
@@ -16,12 +18,11 @@ in the same batch; apply.lua checks again at apply time (see cluster_risk/remote
 --@include seen_ids.lua
 
 local m = redis.call('HMGET', KEYS[1], 'latest', 'gens')
+-- the gens list holds exactly the live generations (older ones are deleted as the day moves)
 local I = ids.open(keys.base(KEYS[1]), m[2], tonumber(m[1]) or -1, math.huge)
-local fields = {}
-for i, oid in ipairs(ARGV) do fields[i] = 'o' .. oid end
-ids.preload(I, fields)
+ids.preload(I, ARGV)
 local out = {}
-for i, f in ipairs(fields) do
+for i, f in ipairs(ARGV) do
   out[i] = I.val[f] or false
 end
 return out

@@ -2,7 +2,7 @@
 --[[ seen_ids.lua - library: seen-sets for oids and tids, and the order index oid -> (account,
 contract), kept for `retention` trading days (the Lua twin of engine.py's IdRetention).
 
-KEYS / ARGV: none. Included into apply.lua and lookup_orders.lua (`--@include seen_ids.lua`).
+KEYS / ARGV: none. Included into apply.lua and lookup_ids.lua (`--@include seen_ids.lua`).
 
 Ids are kept per generation: the shard's latest trading day when the id was first seen.
 Generation g lives in the hash <prefix>:{s<N>}:ids:<YYYY-MM-DD of g>, fields "o<oid>" (value
