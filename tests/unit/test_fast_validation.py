@@ -33,7 +33,9 @@ prices = st.one_of(
     st.none(),
 )
 texts = st.one_of(st.sampled_from(["A1", "T2303", ""]), st.none(), st.integers(0, 3), st.just(["A1"]))
-directions = st.one_of(st.sampled_from([Direction.BID, Direction.ASK, "BID", "ASK", "bid", "", "SIDEWAYS"]), st.none(), st.just(["BID"]))
+directions = st.one_of(
+    st.sampled_from([Direction.BID, Direction.ASK, "BID", "ASK", "bid", "", "SIDEWAYS"]), st.none(), st.just(["BID"])
+)
 
 
 def _outcome(call: object, arg: object) -> tuple[str, str] | None:
