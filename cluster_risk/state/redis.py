@@ -40,9 +40,11 @@ from urllib.parse import unquote, urlsplit
 
 import msgpack  # type: ignore[import-untyped]
 from redis import Redis
+from redis.backoff import ExponentialBackoff
 from redis.cluster import RedisCluster
 from redis.commands.core import Script
 from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 from cluster_risk.errors import RiskError
@@ -122,9 +124,13 @@ class RedisStore:
         """``redis://``, ``rediss://`` or ``unix://`` (standalone or cluster: asked from the
         server's ``INFO cluster`` unless ``cluster`` says), or
         ``redis+sentinel://[:password@]host:port[,host:port...]/<service>[/<db>]``.
-        ``options`` go to the redis-py client (``socket_timeout`` defaults to 10 s)."""
+        ``options`` go to the redis-py client.  Defaults: ``socket_timeout`` 10 s, and a
+        ``retry`` of 3 attempts on connection errors and timeouts (redis-py's ``from_url``
+        retries nothing by default): a retried batch is recognised by the script, so
+        retrying is safe, and it is what recovers a lost reply."""
         options.setdefault("socket_timeout", 10.0)
         options.setdefault("socket_connect_timeout", 5.0)
+        options.setdefault("retry", Retry(ExponentialBackoff(cap=1.0, base=0.02), 3))
         parts = urlsplit(url)
         client: Client
         if parts.scheme in ("redis+sentinel", "sentinel"):

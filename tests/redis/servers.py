@@ -11,7 +11,7 @@ from pathlib import Path
 
 import redis
 
-__all__ = ["RedisServer", "RedisCluster3", "binaries", "free_port"]
+__all__ = ["RedisCluster3", "RedisSentinel", "RedisServer", "binaries", "free_port"]
 
 _STARTUP_S = 10.0
 
@@ -133,3 +133,44 @@ class RedisCluster3:
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
+
+
+class RedisSentinel:
+    """One master and one sentinel watching it as ``mymaster``."""
+
+    def __init__(self, folder: Path) -> None:
+        self.master = RedisServer(folder / "master")
+        self.port = free_port()
+        conf = folder / "sentinel.conf"
+        conf.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndir {folder}\n"
+            f"sentinel monitor mymaster 127.0.0.1 {self.master.port} 1\n",
+            encoding="utf-8",
+        )
+        server, _ = binaries()
+        log = folder / "sentinel.log"
+        self.process = subprocess.Popen(
+            [server, str(conf), "--sentinel", "--logfile", str(log)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + _STARTUP_S
+        while True:
+            try:
+                masters = redis.Redis(host="127.0.0.1", port=self.port).sentinel_masters()
+                if "mymaster" in masters:
+                    return
+            except redis.ConnectionError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis sentinel did not start:\n{log.read_text(errors='replace')[-2000:]}")
+            time.sleep(0.05)
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://127.0.0.1:{self.port}/mymaster"
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+        self.master.stop()

@@ -1,0 +1,211 @@
+"""The store under faults and for operators: idempotent batches, lost replies, script cache
+loss, a restart, the key layout with its TTLs, the three topologies."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from cluster_risk import build_config
+from cluster_risk.remote import RemoteEngine, replay_batched
+from cluster_risk.state.redis import RedisStore, StoreError
+from tests.helpers import views
+from tests.redis.conftest import Engine
+from tests.redis.proxy import CuttingProxy
+from tests.redis.servers import RedisCluster3, RedisSentinel, RedisServer
+
+CASES = Path(__file__).parents[1] / "conformance" / "cases"
+REMOTE = ["fakeredis", "redis", "cluster"]
+
+
+def case(n: int) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((CASES / f"case-{n}.json").read_text(encoding="utf-8"))
+    return data
+
+
+def run(engine: RemoteEngine, events: list[Any], batch_size: int = 100, start: int = 0) -> list[dict[str, Any]]:
+    """Replay ``events`` (which begin at ``start`` in the case) and view the records."""
+    out = views(replay_batched(engine, events, batch_size, decoded=True))
+    for record in out:
+        if "index" in record:
+            record["index"] += start
+    return out
+
+
+def snapshot(store: RedisStore) -> dict[str, Any]:
+    """Every key of every shard with its content, and whether it has a TTL."""
+    client = store.client
+    out: dict[str, Any] = {}
+    for shard in range(store.num_shards):
+        for key in store.shard_keys(shard):
+            kind = client.type(key)
+            content = client.hgetall(key) if kind == b"hash" else client.get(key)
+            out[key] = (kind, content, client.pttl(key) > 0)
+    return out
+
+
+@pytest.mark.parametrize("backend", REMOTE, indirect=True)
+def test_a_batch_applied_twice_changes_nothing(
+    make_engine: Callable[..., Engine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = case(3)
+    engine = make_engine(data["config"])
+    assert isinstance(engine, RemoteEngine)
+    calls: list[tuple[Any, Any]] = []
+    apply = engine.store.apply
+
+    def spy(batches: Any) -> Any:
+        result = apply(batches)
+        calls.append((dict(batches), result))
+        return result
+
+    monkeypatch.setattr(engine.store, "apply", spy)
+    assert run(engine, data["events"], 500) == data["expected"]
+    batches, first = calls[-1]
+    before = snapshot(engine.store)
+    assert apply(batches) == first  # the stored result, as redis-py's retry would get it
+    assert snapshot(engine.store) == before
+    with pytest.raises(StoreError, match="applied up to"):
+        apply(calls[0][0])  # an older batch: refused, nothing written
+    assert snapshot(engine.store) == before
+
+
+@pytest.mark.parametrize("hang", [False, True], ids=["cut", "timeout"])
+def test_lost_replies_are_retried_without_double_counting(standalone: RedisServer, hang: bool) -> None:
+    """A proxy swallows replies after Redis ran the script; redis-py retries the pipeline; the
+    script sees the same batch number and digest and returns the stored result."""
+    data = case(13)
+    config = build_config(data["config"])
+    events = data["events"]
+    standalone.client().flushall()
+
+    def slices(engine: RemoteEngine, before_each: Callable[[], None]) -> list[dict[str, Any]]:
+        got = run(engine, events[:100])
+        for start in range(100, len(events), 100):
+            before_each()
+            got += run(engine, events[start : start + 100], start=start)
+        return got
+
+    clean = RedisStore.from_url(standalone.url, num_shards=3, prefix="clean")
+    assert slices(RemoteEngine.from_config(config, clean), lambda: None) == data["expected"]
+    proxy = CuttingProxy(standalone.port)
+    store = RedisStore.from_url(f"redis://127.0.0.1:{proxy.port}/0", num_shards=3, socket_timeout=0.5)
+    got = slices(RemoteEngine.from_config(config, store), lambda: proxy.cut_next_replies(1, hang=hang))
+    assert proxy.cut_replies == len(range(100, len(events), 100))
+    assert got == data["expected"]
+    # The same state as the run that lost nothing (same plans, so the same bytes), key by key.
+    same = {k.replace("clean:", "risk:"): v for k, v in snapshot(clean).items()}
+    assert snapshot(store) == same
+    proxy.close()
+    store.close()
+    clean.close()
+
+
+def _flush_scripts(store: RedisStore, nodes: RedisCluster3 | None) -> None:
+    if nodes is not None:
+        for node in nodes.nodes:
+            node.client().script_flush()
+    else:
+        store.client.script_flush()
+
+
+@pytest.mark.parametrize("backend", REMOTE, indirect=True)
+def test_script_cache_loss_is_transparent(make_engine: Callable[..., Engine], request: pytest.FixtureRequest) -> None:
+    data = case(5)
+    engine = make_engine(data["config"])
+    assert isinstance(engine, RemoteEngine)
+    nodes = request.getfixturevalue("cluster") if engine.store.is_cluster else None
+    events, got = data["events"], []
+    for start in range(0, len(events), 300):
+        _flush_scripts(engine.store, nodes)
+        got += run(engine, events[start : start + 300], 300, start)
+    assert got == data["expected"]
+
+
+def test_noscript_is_what_happened(standalone: RedisServer) -> None:
+    standalone.client().flushall()
+    standalone.client().config_resetstat()
+    store = RedisStore.from_url(standalone.url, num_shards=2)
+    engine = RemoteEngine.from_config(build_config(case(1)["config"]), store)
+    run(engine, case(1)["events"][:10])
+    store.client.script_flush()
+    run(engine, case(1)["events"][10:20])
+    assert standalone.client().info("errorstats").get("errorstat_NOSCRIPT", {}).get("count", 0) >= 1
+
+
+def test_restart_with_aof_keeps_state_and_reloads_scripts(redis_binaries: Any, tmp_path: Path) -> None:
+    server = RedisServer(tmp_path, "--appendonly", "yes", "--appendfsync", "always")
+    try:
+        data = case(7)
+        store = RedisStore.from_url(server.url, num_shards=4)
+        engine = RemoteEngine.from_config(build_config(data["config"]), store)
+        half = len(data["events"]) // 2
+        got = run(engine, data["events"][:half])
+        server.restart()  # the script cache is gone, the data is back from the AOF
+        got += run(engine, data["events"][half:], start=half)
+        assert got == data["expected"]
+        store.close()
+    finally:
+        server.stop()
+
+
+KEY = re.compile(
+    r"risk:\{s(\d+)\}:(meta|result|acct|win:[^:]+|paused:[^:]+|day:\d{4}-\d\d-\d\d:[^:]+|ids:\d{4}-\d\d-\d\d)"
+)
+
+
+@pytest.mark.parametrize("backend", ["redis", "cluster"], indirect=True)
+def test_key_layout_is_documented_and_everything_expires(make_engine: Callable[..., Engine]) -> None:
+    data = case(6)
+    engine = make_engine(data["config"])
+    assert isinstance(engine, RemoteEngine)
+    run(engine, data["events"])
+    store, ttl_ms = engine.store, (engine.id_retention_days + 1) * 86_400_000
+    keys = [key for shard in range(store.num_shards) for key in store.shard_keys(shard)]
+    assert keys
+    for key in keys:
+        match = KEY.fullmatch(key)
+        assert match, key
+        assert store.shard_of("x") >= 0 and 0 < store.client.pttl(key) <= ttl_ms, key
+    for shard in range(store.num_shards):  # one slot per shard
+        slots = {store.client.cluster_keyslot(k) if store.is_cluster else 0 for k in store.shard_keys(shard)}
+        assert len(slots) <= 1
+    paused = [k for k in keys if ":paused:" in k]
+    text = b" ".join(v for k in paused for v in store.client.hgetall(k).values()).decode()
+    assert "since=" in text and "account=" in text  # "who is paused, why, since when"
+
+
+def test_cluster_mode_is_detected(standalone: RedisServer, cluster: RedisCluster3) -> None:
+    assert not RedisStore.from_url(standalone.url).is_cluster
+    assert RedisStore.from_url(cluster.url).is_cluster
+    assert RedisStore.from_url(cluster.url, cluster=True).is_cluster
+    with pytest.raises(StoreError, match="cannot connect"):
+        RedisStore.from_url("redis://127.0.0.1:1/0")
+
+
+def test_a_cluster_refuses_a_script_touching_another_slot(cluster: RedisCluster3) -> None:
+    """Why every script starts with #!lua: undeclared keys in another slot are an error."""
+    client = redis.RedisCluster.from_url(cluster.url)
+    script = "#!lua\nreturn redis.call('GET', KEYS[1] .. 'x-in-another-slot')"
+    with pytest.raises(redis.ResponseError, match=r"non local key|same slot"):
+        client.eval(script, 1, "risk:meta")
+    client.close()
+
+
+def test_sentinel_topology(redis_binaries: Any, tmp_path: Path) -> None:
+    sentinel = RedisSentinel(tmp_path)
+    try:
+        data = case(2)
+        store = RedisStore.from_url(sentinel.url, num_shards=2)
+        assert not store.is_cluster
+        assert run(RemoteEngine.from_config(build_config(data["config"]), store), data["events"]) == data["expected"]
+        assert sentinel.master.client().exists("risk:{s0}:meta")
+        store.close()
+    finally:
+        sentinel.stop()
