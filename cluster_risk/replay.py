@@ -8,7 +8,7 @@ a stream).  Blank lines are skipped but still counted.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 from cluster_risk.errors import EventError
@@ -24,24 +24,21 @@ class Processor(Protocol):
 
 def replay_lines(engine: Processor, lines: Iterable[str | bytes]) -> Iterator[dict[str, Any]]:
     for index, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            actions = engine.process(decode_line(line))
-        except EventError as exc:
-            yield exc.to_dict(index)
-            continue
-        for action in actions:
-            yield action.to_dict()
+        if line.strip():
+            yield from _outcome(engine, index, decode_line, line)
 
 
 def replay_events(engine: Processor, events: Iterable[object]) -> Iterator[dict[str, Any]]:
     """Like :func:`replay_lines` for already-decoded JSON values (e.g. conformance vectors)."""
     for index, obj in enumerate(events):
-        try:
-            actions = engine.process(decode_event(obj))
-        except EventError as exc:
-            yield exc.to_dict(index)
-            continue
-        for action in actions:
-            yield action.to_dict()
+        yield from _outcome(engine, index, decode_event, obj)
+
+
+def _outcome(engine: Processor, index: int, decode: Callable[[Any], Event], raw: object) -> Iterator[dict[str, Any]]:
+    try:
+        actions = engine.process(decode(raw))
+    except EventError as exc:
+        yield exc.to_dict(index)
+        return
+    for action in actions:
+        yield action.to_dict()
