@@ -1,0 +1,204 @@
+"""TLS and ACL against a real redis-server: a throwaway CA made here with the ``openssl`` CLI,
+a server that only speaks TLS (``--port 0``) and demands client certificates, the default
+user disabled and a ``risk`` user limited to the ``risk:*`` keys.  The store reaches it
+through ``rediss://`` exactly as a worker would, and its password never shows."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+import redis
+
+from cluster_risk import RiskEngine, build_config
+from cluster_risk.remote import RemoteEngine, replay_batched
+from cluster_risk.replay import replay_events
+from cluster_risk.settings import load_settings
+from cluster_risk.state.redis import RedisStore, StoreError
+from tests.helpers import views
+from tests.redis.servers import binaries, free_port
+
+PASSWORD = "tls-Acl-pa55-QX7"  # a throwaway for a throwaway server
+CASE = Path(__file__).parents[1] / "conformance" / "cases" / "case-3.json"
+
+# What a worker needs and no more (deploy/REDIS.md documents the same line): its own keys
+# and channels, reads, writes, scripts and streams; nothing dangerous (FLUSHALL, KEYS,
+# CONFIG, DEBUG...) except INFO, which the store asks to tell standalone from cluster.
+ACL_RULES = [
+    "on",
+    f">{PASSWORD}",
+    "resetkeys",
+    "~risk:*",
+    "resetchannels",
+    "&risk:*",
+    "-@all",
+    "+@connection",
+    "+@read",
+    "+@write",
+    "+@scripting",
+    "+@stream",
+    "+@pubsub",
+    "-@dangerous",
+    "+info",
+    "-script|flush",
+    "-script|kill",
+    "-function",
+]
+
+
+def openssl(*args: str, cwd: Path) -> None:
+    tool = shutil.which("openssl")
+    if tool is None:
+        pytest.fail("the openssl CLI must be on PATH to make the test CA (Debian: apt-get install openssl)")
+    subprocess.run([tool, *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def make_pki(folder: Path) -> dict[str, Path]:
+    """A CA, a server certificate for 127.0.0.1/localhost and a client certificate."""
+    folder.mkdir(parents=True, exist_ok=True)
+    days = ["-days", "2"]
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", *days,
+            "-subj", "/CN=cluster-risk test CA", cwd=folder)  # fmt: skip
+    (folder / "server.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n", encoding="utf-8")
+    (folder / "client.ext").write_text("extendedKeyUsage=clientAuth\n", encoding="utf-8")
+    for name in ("server", "client"):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                "-subj", f"/CN={name}", cwd=folder)  # fmt: skip
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+                "-out", f"{name}.crt", *days, "-extfile", f"{name}.ext", cwd=folder)  # fmt: skip
+    return {name: folder / name for name in ("ca.crt", "server.crt", "server.key", "client.crt", "client.key")}
+
+
+class TlsServer:
+    """redis-server with TLS only, client certificates required, ACL users from the command line."""
+
+    def __init__(self, folder: Path) -> None:
+        server, _ = binaries()
+        self.pki = make_pki(folder / "pki")
+        self.port = free_port()
+        self.log = folder / "redis.log"
+        self.process = subprocess.Popen(
+            [server, "--port", "0", "--tls-port", str(self.port), "--bind", "127.0.0.1", "--dir", str(folder),
+             "--save", "", "--appendonly", "no", "--logfile", str(self.log),
+             "--tls-cert-file", str(self.pki["server.crt"]), "--tls-key-file", str(self.pki["server.key"]),
+             "--tls-ca-cert-file", str(self.pki["ca.crt"]), "--tls-auth-clients", "yes",
+             "--user", "default", "off",
+             "--user", "risk", *ACL_RULES],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if self.client().ping():
+                    return
+            except redis.ConnectionError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                tail = self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
+                pytest.fail(f"redis-server with TLS did not start (is it built with TLS?):\n{tail}")
+            time.sleep(0.05)
+
+    def url(self, password: str = PASSWORD, *, client_cert: bool = True, ca: bool = True) -> str:
+        query = []
+        if ca:
+            query.append(f"ssl_ca_certs={self.pki['ca.crt']}")
+        if client_cert:
+            query += [f"ssl_certfile={self.pki['client.crt']}", f"ssl_keyfile={self.pki['client.key']}"]
+        return f"rediss://risk:{quote(password, safe='')}@127.0.0.1:{self.port}/0?{'&'.join(query)}"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url(), socket_timeout=5)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def tls_server(redis_binaries: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsServer]:
+    server = TlsServer(tmp_path_factory.mktemp("tls"))
+    yield server
+    server.stop()
+
+
+def assert_hidden(*texts: str) -> None:
+    for text in texts:
+        assert PASSWORD not in text
+        assert quote(PASSWORD, safe="") not in text
+
+
+def test_conformance_vector_over_tls_as_acl_user(tls_server: TlsServer) -> None:
+    settings = load_settings(redis_url=tls_server.url(), num_shards=4)
+    store = RedisStore.from_url(settings.redis_url.get_secret_value(), num_shards=settings.num_shards)
+    try:
+        assert store.client.connection_pool.connection_class is redis.SSLConnection
+        case = json.loads(CASE.read_text(encoding="utf-8"))
+        config = build_config(case["config"])
+        remote = list(replay_batched(RemoteEngine.from_config(config, store), case["events"], 100, decoded=True))
+        local = list(replay_events(RiskEngine.from_config(config), case["events"]))
+        assert views(remote) == views(local) == case["expected"]
+        assert any(key.startswith("risk:{s") for shard in range(4) for key in store.shard_keys(shard))
+        assert_hidden(repr(store), repr(store.client), str(store.client.connection_pool), repr(settings))
+    finally:
+        store.close()
+
+
+def test_acl_confines_the_user_to_its_keys_and_safe_commands(tls_server: TlsServer) -> None:
+    client = tls_server.client()
+    try:
+        for forbidden in (lambda: client.set("other:key", 1), client.flushall, lambda: client.keys("*")):
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                forbidden()
+        client.set("risk:probe", 1)
+        client.delete("risk:probe")
+    finally:
+        client.close()
+
+
+def test_wrong_password_fails_clearly_without_showing_it(tls_server: TlsServer) -> None:
+    wrong = "wr0ng-" + PASSWORD[::-1]
+    with pytest.raises(StoreError) as caught:
+        RedisStore.from_url(tls_server.url(password=wrong))
+    message = str(caught.value)
+    assert "cannot connect" in message and "invalid username-password pair" in message
+    assert "risk:***@127.0.0.1" in message  # which server and user: masked, not hidden
+    shown = "".join(traceback.format_exception(caught.value))
+    assert wrong not in shown and wrong not in repr(caught.value)
+    assert_hidden(shown)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "client_sees", "server_logs"),
+    [
+        # The system CAs do not know the test CA: the client refuses the server.
+        ({"ca": False}, "certificate verify failed", "alert unknown ca"),
+        # Mutual TLS: no client certificate, no session.  With TLS 1.3 the server's alert can
+        # race the client's first write, so the client's words vary; the server's log does not.
+        ({"client_cert": False}, "cannot connect", "peer did not return a certificate"),
+    ],
+)
+def test_tls_is_checked_both_ways(
+    tls_server: TlsServer, kwargs: dict[str, bool], client_sees: str, server_logs: str
+) -> None:
+    with pytest.raises(StoreError, match=client_sees) as caught:
+        RedisStore.from_url(tls_server.url(**kwargs), socket_connect_timeout=3, socket_timeout=3)
+    assert_hidden(str(caught.value), "".join(traceback.format_exception(caught.value)))
+    assert server_logs in tls_server.log.read_text(errors="replace")
+
+
+def test_plain_text_is_refused(tls_server: TlsServer) -> None:
+    """The server speaks TLS only: a ``redis://`` client gets no answer it can use."""
+    url = tls_server.url().replace("rediss://", "redis://", 1).split("?", 1)[0]
+    with pytest.raises(StoreError, match="cannot connect") as caught:
+        RedisStore.from_url(url, socket_connect_timeout=3, socket_timeout=3)
+    assert_hidden(str(caught.value))
