@@ -1,7 +1,8 @@
 """TLS and ACL against a real redis-server: a throwaway CA made here with the ``openssl`` CLI,
 a server that only speaks TLS (``--port 0``) and demands client certificates, the default
 user disabled and a ``risk`` user limited to the ``risk:*`` keys.  The store reaches it
-through ``rediss://`` exactly as a worker would, and its password never shows."""
+through ``rediss://`` exactly as a worker would, and its password never shows.  The same
+ACL user also works on a 3-master Redis Cluster (the cluster client's own commands)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from cluster_risk.replay import replay_events
 from cluster_risk.settings import load_settings
 from cluster_risk.state.redis import RedisStore, StoreError
 from tests.helpers import views
-from tests.redis.servers import binaries, free_port
+from tests.redis.servers import RedisServer, binaries, free_port
 
 PASSWORD = "tls-Acl-pa55-QX7"  # a throwaway for a throwaway server
 CASE = Path(__file__).parents[1] / "conformance" / "cases" / "case-3.json"
@@ -50,6 +51,13 @@ ACL_RULES = [
     "-script|flush",
     "-script|kill",
     "-function",
+    # Redis Cluster: the client learns the slot map and reads the topology.
+    "+cluster|slots",
+    "+cluster|shards",
+    "+cluster|nodes",
+    "+cluster|info",
+    "+cluster|myid",
+    "+readonly",
 ]
 
 
@@ -202,3 +210,31 @@ def test_plain_text_is_refused(tls_server: TlsServer) -> None:
     with pytest.raises(StoreError, match="cannot connect") as caught:
         RedisStore.from_url(url, socket_connect_timeout=3, socket_timeout=3)
     assert_hidden(str(caught.value))
+
+
+def test_acl_user_on_a_redis_cluster(redis_binaries: tuple[str, str], tmp_path: Path) -> None:
+    """The documented ACL line is enough for the cluster client and for one Lua call per slot."""
+    _, cli = redis_binaries
+    nodes = [RedisServer(tmp_path / f"node{i}", "--user", "risk", *ACL_RULES, cluster=True) for i in range(3)]
+    try:
+        addresses = [f"127.0.0.1:{node.port}" for node in nodes]  # joined by the default user
+        create = [cli, "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"]
+        subprocess.run(create, check=True, capture_output=True, timeout=60)
+        deadline = time.monotonic() + 30
+        while not all(n.client().cluster("info").get("cluster_state") == "ok" for n in nodes):
+            assert time.monotonic() < deadline, "the cluster did not reach cluster_state:ok"
+            time.sleep(0.1)
+        url = f"redis://risk:{PASSWORD}@127.0.0.1:{nodes[0].port}/0"
+        store = RedisStore.from_url(url, num_shards=4)
+        try:
+            assert store.is_cluster
+            case = json.loads(CASE.read_text(encoding="utf-8"))
+            config = build_config(case["config"])
+            remote = replay_batched(RemoteEngine.from_config(config, store), case["events"], 100, decoded=True)
+            assert views(remote) == case["expected"]
+            assert_hidden(repr(store), repr(store.client))
+        finally:
+            store.close()
+    finally:
+        for node in nodes:
+            node.stop()
