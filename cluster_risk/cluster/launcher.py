@@ -1,0 +1,212 @@
+"""``cluster-risk up``: the docker-compose topology as local processes - redis-server (one, or
+a 3-master cluster with a replica each) on free loopback ports in a temporary folder, and N
+workers - for trying the cluster and for the fault tests.  Ctrl-C (or SIGTERM) stops the
+workers first (they release their leases), then Redis, and removes the folder.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+
+__all__ = ["LocalCluster", "RedisProcess", "free_port", "start_worker", "up"]
+
+
+def _binary(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise OSError(f"{name} is not on PATH (Debian: apt-get install redis-server)")
+    return path
+
+
+def free_port(bus: bool = False) -> int:
+    """A free loopback port other than 6379 (and port + 10000 free too for a cluster bus)."""
+    for _ in range(200):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port == 6379 or (bus and port > 55535):
+            continue
+        if bus:
+            with socket.socket() as probe:
+                try:
+                    probe.bind(("127.0.0.1", port + 10000))
+                except OSError:
+                    continue
+        return port
+    raise OSError("no free loopback port")
+
+
+class RedisProcess:
+    """One redis-server on 127.0.0.1, persistence off, data and log in ``folder``."""
+
+    def __init__(self, folder: Path, *extra: str, cluster: bool = False) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self.port = free_port(bus=cluster)
+        self.args = [_binary("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1"]
+        self.args += ["--dir", str(folder), "--save", "", "--appendonly", "no", "--logfile", str(folder / "redis.log")]
+        if cluster:
+            self.args += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+            self.args += ["--cluster-node-timeout", "1000"]
+        self.args += list(extra)
+        self.process: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if self.client().ping():
+                    return
+            except redis.ConnectionError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                log = (self.folder / "redis.log").read_text(errors="replace")[-1500:]
+                raise OSError(f"redis-server on port {self.port} did not start:\n{log}")
+            time.sleep(0.02)
+
+    def kill(self) -> None:
+        """SIGKILL (a crash), for fault tests."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+
+class LocalCluster:
+    """``masters`` masters with ``replicas`` replicas each, joined by ``redis-cli --cluster``."""
+
+    def __init__(self, folder: Path, masters: int = 3, replicas: int = 1) -> None:
+        self.nodes = [RedisProcess(folder / f"node{i}", cluster=True) for i in range(masters * (1 + replicas))]
+        addresses = [f"127.0.0.1:{n.port}" for n in self.nodes]
+        create = [_binary("redis-cli"), "--cluster", "create", *addresses, "--cluster-replicas", str(replicas)]
+        try:
+            done = subprocess.run([*create, "--cluster-yes"], capture_output=True, timeout=60, check=False)
+            if done.returncode != 0:
+                raise OSError(f"redis-cli --cluster create failed: {done.stdout[-500:]!r} {done.stderr[-500:]!r}")
+            self.wait_ok()
+            self.wait_replicas()
+        except BaseException:
+            self.stop()
+            raise
+
+    def wait_replicas(self, timeout: float = 30) -> None:
+        """Until every replica has synced with its master (a failover needs that)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            roles = [n.client().info("replication") for n in self.nodes if n.process and n.process.poll() is None]
+            if all(r.get("master_link_status", "up") == "up" for r in roles):
+                return
+            if time.monotonic() > deadline:
+                raise OSError("the local cluster's replicas did not sync")
+            time.sleep(0.1)
+
+    def wait_ok(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                infos = [n.client().cluster("info") for n in self.nodes if n.process and n.process.poll() is None]
+                if all(i.get("cluster_state") == "ok" for i in infos):
+                    return
+            except redis.RedisError:
+                pass
+            if time.monotonic() > deadline:
+                raise OSError("the local cluster did not reach cluster_state:ok")
+            time.sleep(0.1)
+
+    @property
+    def url(self) -> str:
+        return self.nodes[0].url
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+def start_worker(config: str, url: str, worker_id: str, *extra: str, **popen: Any) -> subprocess.Popen[bytes]:
+    """``cluster-risk worker`` as a child process (the same Python)."""
+    command = [sys.executable, "-m", "cluster_risk.cli", "worker", "--config", config, "--redis-url", url]
+    return subprocess.Popen([*command, "--id", worker_id, *extra], **popen)
+
+
+def up(
+    *,
+    workers: int = 2,
+    redis_url: str | None = None,
+    cluster: bool = False,
+    config: str | None = None,
+    tick_ms: int = 1000,
+    shards: int | None = None,
+) -> int:
+    folder = Path(tempfile.mkdtemp(prefix="cluster-risk-up-"))
+    servers: list[RedisProcess | LocalCluster] = []
+    children: list[subprocess.Popen[bytes]] = []
+    stopping = False
+
+    def on_signal(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        if redis_url is None:
+            server: RedisProcess | LocalCluster = LocalCluster(folder / "redis") if cluster else RedisProcess(folder)
+            servers.append(server)
+            redis_url = server.url
+        if config is None:
+            from cluster_risk.benchmark import SEED_CONFIG
+
+            config = str(folder / "config.json")
+            Path(config).write_text(json.dumps(SEED_CONFIG), encoding="utf-8")
+        extra = ["--tick-ms", str(tick_ms)] + (["--shards", str(shards)] if shards else [])
+        for i in range(workers):
+            children.append(start_worker(config, redis_url, f"up-{i}", *extra))
+        print(f"redis: {redis_url}", flush=True)
+        print(f"workers: {' '.join(str(c.pid) for c in children)}  (Ctrl-C stops all)", flush=True)
+        while not stopping:
+            if any(c.poll() is not None for c in children):
+                print("a worker exited; stopping", file=sys.stderr, flush=True)
+                break
+            time.sleep(0.2)
+        return 0
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        for child in children:
+            try:
+                child.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        for server in servers:
+            server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+        print("stopped", flush=True)

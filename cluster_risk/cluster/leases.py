@@ -1,0 +1,87 @@
+"""Shard leases: which live worker applies which shard, and the epoch that fences the others.
+
+Every worker heartbeats into ``P:workers`` (``lua/heartbeat.lua``, server time) and gets back
+the sorted list of live workers; shard ``k`` belongs to ``live[k mod n]``, computed alike by
+every worker.  A worker takes the leases of its shards (``lua/lease.lua``: taking bumps the
+shard's epoch), renews them on each beat, and releases those the assignment moved away, so a
+joining worker gets its share within two beats.  A worker that dies stops renewing: after the
+lease time its heartbeat has expired and its leases are free, and the workers the new
+assignment names take them.  Safety does not depend on timing: ``apply.lua`` refuses any
+batch whose epoch is not the shard's current one (``lua/fence.lua``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from cluster_risk.cluster.shards import Client, Keys, Scripts, text
+
+__all__ = ["Leases", "assign"]
+
+log = logging.getLogger("cluster_risk.cluster.leases")
+
+
+def assign(live: Sequence[str], shards: int) -> dict[str, list[int]]:
+    """Shard k -> live[k mod n] (live sorted): an even spread, the same on every worker."""
+    out: dict[str, list[int]] = {w: [] for w in live}
+    if live:
+        for k in range(shards):
+            out[live[k % len(live)]].append(k)
+    return out
+
+
+class Leases:
+    """One worker's view: ``held`` maps each shard it holds to its epoch."""
+
+    def __init__(self, client: Client, keys: Keys, worker_id: str, lease_ms: int = 2000) -> None:
+        if lease_ms < 100:
+            raise ValueError("lease_ms: must be at least 100")
+        self.keys = keys
+        self.worker_id = worker_id
+        self.lease_ms = lease_ms
+        self.scripts = Scripts(client)
+        self.held: dict[int, int] = {}
+        self.live: list[str] = []
+
+    @property
+    def beat_ms(self) -> int:
+        """How often to beat: a quarter of the lease, so two missed beats still keep it."""
+        return max(25, self.lease_ms // 4)
+
+    def beat(self) -> tuple[set[int], set[int]]:
+        """Heartbeat, renew, release what moved away, take what is ours and free.
+        Returns (shards gained, shards lost or given up) since the last beat."""
+        reply = self.scripts("heartbeat.lua", [self.keys.workers], [self.worker_id, self.lease_ms, "0"])
+        self.live = [text(w) for w in reply[1:]]
+        mine = set(assign(self.live, self.keys.shards).get(self.worker_id, []))
+        gained: set[int] = set()
+        lost: set[int] = set()
+        for shard, epoch in sorted(self.held.items()):
+            if shard not in mine:
+                self.scripts("release.lua", [self.keys.lease(shard)], [self.worker_id, epoch])
+                lost.add(shard)
+                continue
+            got = self.scripts("lease.lua", [self.keys.lease(shard)], [self.worker_id, self.lease_ms, epoch])
+            if text(got[0]) != "kept":
+                log.warning("lease on shard %d lost (epoch now %s)", shard, text(got[1]), extra={"shard": shard})
+                lost.add(shard)
+        for shard in lost:
+            self.held.pop(shard, None)
+        for shard in sorted(mine - self.held.keys()):
+            got = self.scripts("lease.lua", [self.keys.lease(shard)], [self.worker_id, self.lease_ms, "0"])
+            if text(got[0]) == "taken":
+                self.held[shard] = int(got[1])
+                gained.add(shard)
+        return gained, lost
+
+    def drop(self, shard: int) -> None:
+        """Forget a shard whose batch was refused as fenced (another worker took it)."""
+        self.held.pop(shard, None)
+
+    def leave(self) -> None:
+        """Release every lease and leave the live set: the others take over at their next beat."""
+        for shard, epoch in sorted(self.held.items()):
+            self.scripts("release.lua", [self.keys.lease(shard)], [self.worker_id, epoch])
+        self.held.clear()
+        self.scripts("heartbeat.lua", [self.keys.workers], [self.worker_id, self.lease_ms, "1"])
