@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -20,8 +21,9 @@ URL = f"redis://risk:{SECRET}@redis.internal:6380/2"
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """The tests below set what they need; nothing leaks in from the machine."""
-    for name in ("REDIS_URL", "CLUSTER_RISK_REDIS_URL", "CLUSTER_RISK_SETTINGS_FILE", "CLUSTER_RISK_METRICS_PORT"):
-        monkeypatch.delenv(name, raising=False)
+    for name in list(os.environ):
+        if name.upper().startswith("CLUSTER_RISK_") or name.upper() == "REDIS_URL":
+            monkeypatch.delenv(name)
 
 
 def test_defaults() -> None:
