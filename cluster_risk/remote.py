@@ -59,7 +59,7 @@ from cluster_risk.events import (
     check_trade,
 )
 from cluster_risk.rules.base import BaseRule, DailyCapRule, Scope, StatelessRule, WindowRule
-from cluster_risk.state.redis import RedisStore
+from cluster_risk.state.redis import RedisStore, StoreError
 from cluster_risk.wire import decode_event, decode_line
 
 if TYPE_CHECKING:
@@ -116,9 +116,9 @@ class _Rule:
     def header(self, escaped_name: str) -> list[Any]:
         rule = self.rule
         if isinstance(rule, WindowRule):
-            return ["w", escaped_name, rule.window_ns // rule.bucket_ns, rule.threshold, rule.resume_threshold]
+            return ["w", escaped_name, rule.window_ns // rule.bucket_ns, rule.threshold, rule.resume_threshold, 1]
         assert isinstance(rule, DailyCapRule)
-        return ["d", escaped_name, rule.daily_cap]
+        return ["d", escaped_name, rule.daily_cap, 0, 0, 1 if self.order_amount else 0]
 
 
 class _Account:
@@ -133,33 +133,36 @@ class _Account:
 
 
 class _Context:
-    """Per (account, contract): each stateful rule's group, and its index in the current plan."""
+    """Per (account, contract): each stateful rule's group, and its pair's index in the
+    current plan.  ``order_rules`` / ``trade_rules``: the rules an order / a trade feeds, in
+    the order the plan lists their values (apply.lua's header)."""
 
-    __slots__ = ("account", "local_account", "local_pair", "order_ops", "pair", "refs", "scope", "stamp", "trade_ops")
+    __slots__ = ("account", "local_pair", "order_rules", "pair", "refs", "scope", "stamp", "trade_rules")
 
     def __init__(self, account: _Account, scope: Scope, refs: list[tuple[_Rule, str]]) -> None:
         self.account = account
         self.scope = scope
         self.pair = f"{scope.account}\x1f{scope.contract}"
-        self.refs = refs
+        self.refs = [((r.lua, key), key) for r, key in refs]
         self.stamp = -1
-        self.local_account = self.local_pair = 0
-        self.order_ops: list[tuple[int, _Rule]] = []
-        self.trade_ops: list[tuple[int, _Rule]] = []
+        self.local_pair = 0
+        self.order_rules = [r for r, _ in refs if r.kind == "w" or r.order_amount]
+        self.trade_rules = [r for r, _ in refs if r.kind == "d"]
 
 
 class _Plan:
     """One shard's part of a batch, in the script's format (indices from 1)."""
 
-    __slots__ = ("accounts", "events", "group_index", "groups", "pairs", "positions")
+    __slots__ = ("accounts", "events", "group_index", "groups", "pairs", "positions", "t0")
 
     def __init__(self) -> None:
         self.accounts: list[str] = []
-        self.pairs: list[str] = []
-        self.groups: list[list[Any]] = []
+        self.pairs: list[Any] = []  # flat: account, index value, then a group per rule
+        self.groups: list[str] = []  # scope keys
         self.group_index: dict[tuple[int, str], int] = {}
-        self.events: list[list[Any]] = []
+        self.events: list[Any] = []  # flat
         self.positions: list[int] = []  # batch index of each event
+        self.t0 = -1  # event times travel as t - t0 (exact in Lua's doubles)
 
 
 class RemoteEngine:
@@ -343,7 +346,7 @@ class RemoteEngine:
         trade's own shard (SEMANTICS.md: enrichment)."""
         ctx = self._context(trade.account_id or indexed[0], trade.contract_id or indexed[1])
         same_shard = self.store.shard_of(indexed[0]) == ctx.account.shard
-        return (index, trade, ctx, str(trade.oid) if same_shard else "")
+        return (index, trade, ctx, f"o{trade.oid}" if same_shard else "")
 
     def _context(self, account_id: str, contract: str) -> _Context:
         ctx = self._contexts.get((account_id, contract))
@@ -371,8 +374,8 @@ class RemoteEngine:
             plans = self._plan(items, only)
             batches = {}
             for shard, plan in plans.items():
-                header = [1, self._header, plan.accounts, plan.groups, plan.events, self.id_retention_days]
-                blob = self.store.encode([*header, self._ttl_ms, plan.pairs])
+                tables = (plan.accounts, plan.pairs, plan.groups, plan.events)
+                blob = self.store.encode([1, self._header, *tables, self.id_retention_days, self._ttl_ms, str(plan.t0)])
                 batches[shard] = (hwm[shard] + 1, blob, hashlib.blake2b(blob, digest_size=16).hexdigest())
             aborted: set[int] = set()
             for shard, (status, payload) in self.store.apply(batches).items():
@@ -384,6 +387,8 @@ class RemoteEngine:
                     outcomes[index] = _unknown_order(trade)
                     aborted.add(shard)
                     continue
+                if status == "stale":
+                    raise StoreError(_stale(shard, batches[shard][0], payload))
                 hwm[shard] += 1
                 for record in payload:
                     records.setdefault(positions[record[0] - 1], []).append(record)
@@ -398,13 +403,12 @@ class RemoteEngine:
         stamp = self._stamp
         plans: dict[int, _Plan] = {}
         all_shards = range(self.store.num_shards) if only is None else sorted(only)
-        day_range = self.calendar.day_range
         for index, event, ctx, verify in items:
             if ctx is None:  # tick or reset: every shard
                 entry = self._clock_entry(event)
                 for shard in all_shards:
                     plan = plans.get(shard) or plans.setdefault(shard, _Plan())
-                    plan.events.append(entry)
+                    plan.events += entry
                     plan.positions.append(index)
                 continue
             account = ctx.account
@@ -413,58 +417,62 @@ class RemoteEngine:
             plan = plans.get(account.shard) or plans.setdefault(account.shard, _Plan())
             if ctx.stamp != stamp:
                 self._enter(plan, ctx, stamp)
-            t = event.timestamp
-            if not account.lo <= t < account.hi:
-                account.day, account.lo, account.hi = day_range(t)
-            if isinstance(event, Order):
-                entry = [1, str(event.oid), ctx.local_account, account.day, str(t), ctx.local_pair]
-                for g, r in ctx.order_ops:
-                    if r.kind == "w":
-                        if r.every_order or r.rule.counts_order(event):  # type: ignore[union-attr]
-                            entry += (g, t // r.bucket_ns)
-                    else:
-                        _add_amount(entry, g, r.rule.order_amount(event))  # type: ignore[union-attr]
-            else:
-                assert isinstance(event, Trade)
-                entry = [2, str(event.tid), ctx.local_account, account.day, str(t), verify]
-                for g, r in ctx.trade_ops:
-                    _add_amount(entry, g, r.rule.trade_amount(event, ctx.scope.contract))  # type: ignore[union-attr]
-            plan.events.append(entry)
+            self._add_event(plan, ctx, event, verify)
             plan.positions.append(index)
         return plans
+
+    def _add_event(self, plan: _Plan, ctx: _Context, event: Event, verify: str) -> None:
+        """An order's or a trade's values, appended to the plan's flat event list."""
+        account = ctx.account
+        t = event.timestamp
+        if not account.lo <= t < account.hi:
+            account.day, account.lo, account.hi = self.calendar.day_range(t)
+        if plan.t0 < 0:
+            plan.t0 = t
+        rel = t - plan.t0
+        ts: int | str = rel if -_MAX_BUCKET < rel < _MAX_BUCKET else str(t)
+        events = plan.events
+        if isinstance(event, Order):
+            events += (1, f"o{event.oid}", ctx.local_pair, account.day, ts)
+            for r in ctx.order_rules:
+                if r.kind == "d":
+                    _add_amount(events, r.rule.order_amount(event))  # type: ignore[union-attr]
+                elif r.every_order or r.rule.counts_order(event):  # type: ignore[union-attr]
+                    events.append(t // r.bucket_ns)
+                else:
+                    events.append(-1)
+        else:
+            assert isinstance(event, Trade)
+            events += (2, f"t{event.tid}", ctx.local_pair, account.day, ts, verify)
+            for r in ctx.trade_rules:
+                _add_amount(events, r.rule.trade_amount(event, ctx.scope.contract))  # type: ignore[union-attr]
 
     def _clock_entry(self, event: Event) -> list[Any]:
         t = event.timestamp
         day = self.calendar.day_range(t)[0]
         if isinstance(event, Tick):
-            return [3, day, str(t), [t // r.bucket_ns if r.kind == "w" else 0 for r in self._stateful]]
-        return [4, day, str(t)]
+            return [3, day, *(t // r.bucket_ns if r.kind == "w" else 0 for r in self._stateful)]
+        return [4, day]
 
     @staticmethod
     def _enter(plan: _Plan, ctx: _Context, stamp: int) -> None:
-        """First use of ``ctx`` in this plan: give its account, pair and groups plan indices."""
+        """First use of ``ctx`` in this plan: its account, pair and groups get plan indices."""
         ctx.stamp = stamp
         account = ctx.account
         if account.stamp != stamp:
             account.stamp = stamp
             plan.accounts.append(account.id)
             account.local = len(plan.accounts)
-        ctx.local_account = account.local
-        plan.pairs.append(ctx.pair)
-        ctx.local_pair = len(plan.pairs)
-        ctx.order_ops = []
-        ctx.trade_ops = []
-        for r, key in ctx.refs:
-            g = plan.group_index.get((r.lua, key))
+        pairs = plan.pairs
+        pairs += (account.local, ctx.pair)
+        index = plan.group_index
+        for ref, key in ctx.refs:
+            g = index.get(ref)
             if g is None:
-                plan.groups.append([r.lua, key, account.local])
-                g = plan.group_index[(r.lua, key)] = len(plan.groups)
-            if r.kind == "w":
-                ctx.order_ops.append((g, r))
-            else:
-                ctx.trade_ops.append((g, r))
-                if r.order_amount:
-                    ctx.order_ops.append((g, r))
+                plan.groups.append(key)
+                g = index[ref] = len(plan.groups)
+            pairs.append(g)
+        ctx.local_pair = len(pairs) // (2 + len(ctx.refs))
 
     # ------------------------------------------------------------------ records -> actions
 
@@ -523,9 +531,12 @@ class RemoteEngine:
         return Action(ActionType.RESUME_ORDER, rule.name, scope, t, 0, rule.daily_cap, "manual daily reset")
 
 
-def _add_amount(entry: list[Any], group: int, amount: float | None) -> None:
-    if amount is not None:
-        entry += (group, amount, 1 if type(amount) is float else 0)
+def _add_amount(events: list[Any], amount: float | None) -> None:
+    """A daily rule's value: the amount and its kind (0 int, 1 float, 2 none)."""
+    if amount is None:
+        events += (0, 2)
+    else:
+        events += (amount, 1 if type(amount) is float else 0)
 
 
 def _number(text: str) -> float:
@@ -539,6 +550,15 @@ def _str(value: object) -> str:
 def _unknown_order(trade: Trade) -> EventError:
     missing = "account_id" if trade.account_id is None else "contract_id"
     return EventError(UNKNOWN_ORDER, "oid", f"oid {trade.oid} was never seen and the trade has no {missing}")
+
+
+def _stale(shard: int, seq: int, hwm: int) -> str:
+    why = (
+        "a batch with this number was applied but its reply was lost; resend that batch to get its actions"
+        if hwm == seq
+        else "another writer is applying batches to this shard"
+    )
+    return f"shard {shard}: batch {seq} refused, the shard has applied up to batch {hwm}: {why}"
 
 
 def _raise(outcome: Outcome) -> list[Action]:

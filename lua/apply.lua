@@ -4,29 +4,40 @@
 KEYS[1]  <prefix>:{s<N>}:meta; every other key is derived from it (keys.lua), so all of them
          carry the shard's hash tag and the call touches one Redis Cluster slot.
 ARGV[1]  the plan (msgpack; JSON when ARGV[4] is "j" - fakeredis has no cmsgpack)
-ARGV[2]  batch sequence number (decimal < 2^53): applied only if above the shard's hwm
-ARGV[3]  digest of the plan: the same seq with the same digest is a retry of the last batch
+ARGV[2]  this batch's number (decimal < 2^53), recorded as the shard's high-water mark (hwm)
+ARGV[3]  digest of the plan: the same number with the same digest is a retry of the last batch
 ARGV[4]  "m" or "j": codec of ARGV[1] and of the result
+ARGV[5]  the hwm the sender expects (its previous batch): the batch applies only on top of it
 
-Returns  {"ok", result}         applied; result = encoded list of records (below)
-         {"again", result}      seq == hwm, same digest: applied before (a retried call whose
-                                reply was lost); the stored result, nothing changes
-         {"abort", pos}         event pos is a trade whose order is no longer in the index
-                                (retention expired earlier in this batch): nothing written,
-                                resend without it (it is an unknown_order)
-         {"stale", hwm} / {"conflict", hwm}   seq < hwm, or seq == hwm with another digest:
-                                another writer, or a lost reply followed by a different batch
+Returns  {"ok", result}     applied; result = encoded list of records (below)
+         {"again", result}  number == hwm and same digest: applied before (a retried call whose
+                            reply was lost); the stored result, nothing changes
+         {"abort", pos}     event pos is a trade whose order is no longer in the index
+                            (retention expired earlier in this batch): nothing written;
+                            resend without it (it is an unknown_order)
+         {"stale", hwm}     hwm is not what the sender expects: another writer, an earlier
+                            batch of this sender that did not apply, or a lost reply followed
+                            by a different batch; nothing written
 
-plan = {1, rules, accounts, groups, events, retention_days, ttl_ms, pairs}
-  rules[r]    {"w", name, K, threshold, resume} | {"d", name, cap}     (names escaped)
-  accounts[a] account id; pairs[p] "<account>\31<contract>"; groups[g] {r, scope key, a}
-  events[pos] {1, oid, a, day, ts, p, steps...}        order; steps: window (g, bucket),
-                                                       daily (g, amount, isfloat 0/1)
-              {2, tid, a, day, ts, verify oid or "", steps...}   trade; daily steps
-              {3, day, ts, {bucket per rule r, 0 for daily rules}}   tick
-              {4, day, ts}                                         reset_daily
-  ids are strings (Lua numbers are doubles); day = trading-day ordinal computed by Python.
-record = {pos, code, r, scope key, value}
+plan = {1, rules, accounts, pairs, groups, events, retention_days, ttl_ms, t0}
+  rules[r]    {"w", name, K, threshold, resume, 1} | {"d", name, cap, 0, 0, 1 if orders feed it}
+  accounts[a] account id
+  pairs       flat, 2 + #rules values per (account, contract) pair p:
+              a, "<account>\31<contract>", then its group g for each rule r
+  groups[g]   a group's scope key (its rule is known from the pair that points at it)
+  events      one flat array (cheapest to decode), each event one of
+              1, "o<oid>", p, day, ts, then per rule that orders feed (rules[r][6] == 1):
+                 bucket (-1: not counted) for a window rule, amount, kind (0 int, 1 float,
+                 2 none) for a daily rule
+              2, "t<tid>", p, day, ts, "o<oid>" to check in the index or "", then per daily
+                 rule: amount, kind
+              3, day, then per rule: T // B (0 for daily rules)       tick
+              4, day                                                  reset_daily
+  ts = the event time in ns minus t0 (a decimal string): a number that Lua's doubles hold
+  exactly, or the time itself as a string when it is 2^53 ns or more away; Lua only writes
+  it into the pause registry. day = the trading-day ordinal, computed by Python (Lua has no
+  time zones).
+record = {pos, code, r, scope key, value}   (pos = the event's number in this plan, from 1)
   1 duplicate (no other fields)   2 pause   3 resume (window, by an order)
   4 rollover resume   5 tick resume   6 reset resume (rollover.lua)
 ]]
@@ -41,51 +52,77 @@ record = {pos, code, r, scope key, value}
 
 local meta = KEYS[1]
 local base = keys.base(meta)
-local seq, digest = ARGV[2], ARGV[3]
+local seq, digest, prev = ARGV[2], ARGV[3], ARGV[5]
 local json = ARGV[4] == 'j'
 
 local m = redis.call('HMGET', meta, 'hwm', 'digest', 'clock', 'latest', 'gens')
 local hwm = tonumber(m[1]) or 0
-if tonumber(seq) <= hwm then
-  if tonumber(seq) == hwm then
-    if m[2] == digest then return {'again', redis.call('GET', keys.result(base))} end
-    return {'conflict', m[1]}
-  end
-  return {'stale', m[1]}
-end
+if tonumber(seq) == hwm and m[2] == digest then return {'again', redis.call('GET', keys.result(base))} end
+if tonumber(prev) ~= hwm then return {'stale', string.format('%.0f', hwm)} end
 
 local plan
 if json then plan = cjson.decode(ARGV[1]) else plan = cmsgpack.unpack(ARGV[1]) end
 local X = shard.open(base, plan, tonumber(m[3]) or -1, tonumber(m[4]) or -1, m[5])
-local events = plan[5]
+local ev, nev = plan[6], #plan[6]
+local rules, groups, pairs_ = X.rules, X.groups, X.pairs
+
+local W = 2 + #rules -- values per pair
+
+-- values an order / a trade carries after its fixed fields
+local order_width, trade_width = 0, 0
+for _, rule in ipairs(rules) do
+  if rule[1] == 'w' then
+    order_width = order_width + 1
+  else
+    trade_width = trade_width + 2
+    if rule[6] == 1 then order_width = order_width + 2 end
+  end
+end
+local SPAN = {5 + order_width, 6 + trade_width, 2 + #rules, 2}
+
+-- the scope key of pair p's group for rule r
+local function group(p, r)
+  return groups[pairs_[(p - 1) * W + 2 + r]]
+end
 
 -- Preload what the batch reads: accounts, window groups, day sums, ids (a few variadic calls).
 do
   cache.preload(X.acct, X.accounts)
   local wins, days, idf = {}, {}, {}
-  for _, g in ipairs(X.groups) do
-    if X.rules[g[1]][1] == 'w' then
-      local l = wins[g[1]] or {}
-      wins[g[1]] = l
-      l[#l + 1] = g[2]
+  local np = #pairs_ / W
+  for r, rule in ipairs(rules) do
+    if rule[1] == 'w' then
+      local l, seen = {}, {}
+      for p = 1, np do
+        local key = group(p, r)
+        if not seen[key] then
+          seen[key] = true
+          l[#l + 1] = key
+        end
+      end
+      wins[r] = l
     end
   end
-  for _, ev in ipairs(events) do
-    local kind = ev[1]
+  local i = 1
+  while i <= nev do
+    local kind = ev[i]
     if kind == 1 then
-      idf[#idf + 1] = 'o' .. ev[2]
+      idf[#idf + 1] = ev[i + 1]
     elseif kind == 2 then
-      idf[#idf + 1] = 't' .. ev[2]
-      if ev[6] ~= '' then idf[#idf + 1] = 'o' .. ev[6] end
-      for i = 7, #ev, 3 do
-        local g = X.groups[ev[i]]
-        local byday = days[g[1]] or {}
-        days[g[1]] = byday
-        local l = byday[ev[4]] or {}
-        byday[ev[4]] = l
-        l[#l + 1] = g[2]
+      idf[#idf + 1] = ev[i + 1]
+      if ev[i + 5] ~= '' then idf[#idf + 1] = ev[i + 5] end
+      local d, p = ev[i + 3], ev[i + 2]
+      for r, rule in ipairs(rules) do
+        if rule[1] == 'd' then
+          local byday = days[r] or {}
+          days[r] = byday
+          local l = byday[d] or {}
+          byday[d] = l
+          l[#l + 1] = group(p, r)
+        end
       end
     end
+    i = i + SPAN[kind]
   end
   for r, l in pairs(wins) do cache.preload(X.win[r], l) end
   for r, byday in pairs(days) do
@@ -98,33 +135,42 @@ local function fmt_limit(x)
   return daily.format(x, x ~= math.floor(x))
 end
 
-local function window_step(pos, ev, g, b, a)
-  local r = g[1]
-  local rule = X.rules[r]
-  local w = shard.window(X, r, g[2])
+-- The event time as a decimal string: t0 + ts, in two exact halves (only when pausing).
+local function since(ts)
+  if type(ts) == 'string' then return ts end
+  local t0 = plan[9]
+  local hi = tonumber(string.sub(t0, 1, -10)) or 0
+  local lo = tonumber(string.sub(t0, -9)) + ts
+  local carry = math.floor(lo / 1e9)
+  hi, lo = hi + carry, lo - carry * 1e9
+  if hi > 0 then return string.format('%.0f%09.0f', hi, lo) end
+  return string.format('%.0f', lo)
+end
+
+local function window_step(pos, ts, r, key, b, a)
+  local rule = rules[r]
+  local w = shard.window(X, r, key)
   local code = window.hit(w, b, rule[3], rule[4], rule[5])
   w.dirty = true
   if code == 1 then
-    cache.set(X.reg[r], g[2], string.format('since=%s value=%d limit=%d account=%s', ev[5], w.n, rule[4], a))
-    X.out[#X.out + 1] = {pos, 2, r, g[2], w.n}
+    cache.set(X.reg[r], key, string.format('since=%s value=%d limit=%d account=%s', since(ts), w.n, rule[4], a))
+    X.out[#X.out + 1] = {pos, 2, r, key, w.n}
   elseif code == 2 then
-    cache.del(X.reg[r], g[2])
-    X.out[#X.out + 1] = {pos, 3, r, g[2], w.n}
+    cache.del(X.reg[r], key)
+    X.out[#X.out + 1] = {pos, 3, r, key, w.n}
   end
 end
 
-local function daily_step(pos, ev, g, amount, isfloat, current)
-  local r = g[1]
-  local rule = X.rules[r]
-  local d = ev[4]
-  local e = shard.sum(X, r, d, g[2])
-  daily.add(e, amount, isfloat == 1)
-  if d == current and daily.crosses(e, rule[3]) and not cache.get(X.reg[r], g[2]) then
-    local a = X.accounts[g[3]]
+local function daily_step(pos, ts, d, r, key, a, amount, kind, current)
+  if kind == 2 then return end
+  local rule = rules[r]
+  local e = shard.sum(X, r, d, key)
+  daily.add(e, amount, kind == 1)
+  if d == current and daily.crosses(e, rule[3]) and not cache.get(X.reg[r], key) then
     local value = daily.format(e[1], e[2])
-    shard.pause(X, r, g[2], a, string.format('since=%s value=%s limit=%s day=%s account=%s',
-      ev[5], value, fmt_limit(rule[3]), keys.iso_day(d), a))
-    X.out[#X.out + 1] = {pos, 2, r, g[2], value}
+    shard.pause(X, r, key, a, string.format('since=%s value=%s limit=%s day=%s account=%s',
+      since(ts), value, fmt_limit(rule[3]), keys.iso_day(d), a))
+    X.out[#X.out + 1] = {pos, 2, r, key, value}
   end
 end
 
@@ -135,56 +181,71 @@ local function enter_day(pos, a, d)
   return info.day
 end
 
-local function order(pos, ev)
-  local f = 'o' .. ev[2]
+local function order(pos, i)
+  local f = ev[i + 1]
   if ids.seen(X.ids, f) then
     X.out[#X.out + 1] = {pos, 1}
     return
   end
-  local a = X.accounts[ev[3]]
-  local current = enter_day(pos, a, ev[4])
-  ids.add(X.ids, f, X.pairs[ev[6]])
-  local i, n = 7, #ev
-  while i <= n do
-    local g = X.groups[ev[i]]
-    if X.rules[g[1]][1] == 'w' then
-      window_step(pos, ev, g, ev[i + 1], a)
-      i = i + 2
-    else
-      daily_step(pos, ev, g, ev[i + 1], ev[i + 2], current)
-      i = i + 3
+  local base_p = (ev[i + 2] - 1) * W
+  local a = X.accounts[pairs_[base_p + 1]]
+  local d, ts = ev[i + 3], ev[i + 4]
+  local current = enter_day(pos, a, d)
+  ids.add(X.ids, f, pairs_[base_p + 2])
+  local k = i + 5
+  for r, rule in ipairs(rules) do
+    if rule[1] == 'w' then
+      local b = ev[k]
+      if b >= 0 then window_step(pos, ts, r, groups[pairs_[base_p + 2 + r]], b, a) end
+      k = k + 1
+    elseif rule[6] == 1 then
+      daily_step(pos, ts, d, r, groups[pairs_[base_p + 2 + r]], a, ev[k], ev[k + 1], current)
+      k = k + 2
     end
   end
 end
 
-local function trade(pos, ev)
-  local f = 't' .. ev[2]
+-- Returns true when the trade's order left the index earlier in this batch (abort).
+local function trade(pos, i)
+  local f = ev[i + 1]
   if ids.seen(X.ids, f) then
     X.out[#X.out + 1] = {pos, 1}
-    return
+    return false
   end
-  if ev[6] ~= '' and not ids.seen(X.ids, 'o' .. ev[6]) then return pos end
-  local current = enter_day(pos, X.accounts[ev[3]], ev[4])
+  if ev[i + 5] ~= '' and not ids.seen(X.ids, ev[i + 5]) then return true end
+  local base_p = (ev[i + 2] - 1) * W
+  local a = X.accounts[pairs_[base_p + 1]]
+  local d, ts = ev[i + 3], ev[i + 4]
+  local current = enter_day(pos, a, d)
   ids.add(X.ids, f, '1')
-  for i = 7, #ev, 3 do
-    daily_step(pos, ev, X.groups[ev[i]], ev[i + 1], ev[i + 2], current)
+  local k = i + 6
+  for r, rule in ipairs(rules) do
+    if rule[1] == 'd' then
+      daily_step(pos, ts, d, r, groups[pairs_[base_p + 2 + r]], a, ev[k], ev[k + 1], current)
+      k = k + 2
+    end
   end
+  return false
 end
 
-for pos, ev in ipairs(events) do
-  local kind = ev[1]
+local pos, i = 0, 1
+while i <= nev do
+  pos = pos + 1
+  local kind = ev[i]
   if kind == 1 then
-    order(pos, ev)
+    order(pos, i)
   elseif kind == 2 then
-    local aborted = trade(pos, ev)
-    if aborted then return {'abort', aborted} end
+    if trade(pos, i) then return {'abort', pos} end
   elseif kind == 3 then
-    rollover.clock(X, ev[2], pos)
-    rollover.tick(X, ev[4], pos)
+    rollover.clock(X, ev[i + 1], pos)
+    local buckets = {}
+    for r = 1, #rules do buckets[r] = ev[i + 1 + r] end
+    rollover.tick(X, buckets, pos)
   else
-    rollover.clock(X, ev[2], pos)
-    rollover.reset(X, ev[2], pos)
+    rollover.clock(X, ev[i + 1], pos)
+    rollover.reset(X, ev[i + 1], pos)
   end
+  i = i + SPAN[kind]
 end
 
 -- Every check has passed: write back.

@@ -9,7 +9,7 @@ first write.
 
 X = shard.open(base, plan, meta) holds:
   rules[r]   {"w", name, K, threshold, resume} | {"d", name, cap}  (stateful rules, config order)
-  accounts, groups, pairs      the plan's tables (groups[g] = {r, scope key, account index})
+  accounts, pairs, groups      the plan's tables (apply.lua's header)
   clock      day of the latest tick/reset (-1: none); latest  latest day of any event (-1)
   acc[a]     {day, flag, dirty}: the account's current day D_a, and whether it holds daily pauses
   out        result records {pos, code, r, scope key, value}
@@ -25,8 +25,8 @@ local shard = {}
 
 function shard.open(base, plan, clock, latest, gens)
   local X = {
-    base = base, rules = plan[2], accounts = plan[3], groups = plan[4], pairs = plan[8],
-    retention = plan[6], ttl = plan[7], clock = clock, latest = latest, out = {},
+    base = base, rules = plan[2], accounts = plan[3], pairs = plan[4], groups = plan[5],
+    retention = plan[7], ttl = plan[8], clock = clock, latest = latest, out = {},
     acct = cache.new(keys.acct(base)), acc = {}, reg = {}, win = {}, ws = {}, sums = {}, dpi = nil,
   }
   for r, rule in ipairs(X.rules) do
@@ -48,8 +48,11 @@ function shard.account(X, a)
     local rec = cache.get(X.acct, a)
     info = {day = -1, flag = false, dirty = false}
     if rec then
-      local d, p = string.match(rec, '^(%-?%d+)(p?)$')
-      info.day, info.flag = tonumber(d), p == 'p'
+      if string.byte(rec, -1) == 112 then -- "p": the account holds daily pauses
+        info.day, info.flag = tonumber(string.sub(rec, 1, -2)), true
+      else
+        info.day = tonumber(rec)
+      end
     end
     X.acc[a] = info
   end

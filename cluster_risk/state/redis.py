@@ -65,21 +65,23 @@ def _lua_dir() -> Path:
         return Path(__file__).resolve().parents[2] / "lua"
 
 
-def load_lua(name: str, *, shebang: bool = True) -> str:
+def load_lua(name: str, *, shebang: bool = True, shims: Sequence[str] = ()) -> str:
     """The script ``lua/<name>`` with its ``--@include`` lines expanded (libraries lose their
-    ``#!lua`` line).  ``shebang=False`` drops the script's own first line too, for Lua
-    emulators that do not know it (fakeredis)."""
+    ``#!lua`` line).  For Lua emulators (fakeredis): ``shebang=False`` drops the script's own
+    first line, which they do not understand, and ``shims`` names libraries to put first that
+    stand in for Redis built-ins they lack (``struct_shim.lua``)."""
     folder = _lua_dir()
+
+    def library(file: str) -> str:
+        return (folder / file).read_text(encoding="utf-8").split("\n", 1)[1]
+
     lines = (folder / name).read_text(encoding="utf-8").splitlines(keepends=True)
     if not lines[0].startswith("#!lua"):
         raise StoreError(f"lua/{name}: the first line must be #!lua")
     out = lines[:1] if shebang else []
+    out += [library(shim) for shim in shims]
     for line in lines[1:]:
-        if line.startswith(_INCLUDE):
-            library = (folder / line[len(_INCLUDE) :].strip()).read_text(encoding="utf-8")
-            out.append(library.split("\n", 1)[1])
-        else:
-            out.append(line)
+        out.append(library(line[len(_INCLUDE) :].strip()) if line.startswith(_INCLUDE) else line)
     return "".join(out)
 
 
@@ -168,21 +170,24 @@ class RedisStore:
     # ------------------------------------------------------------------ scripts
 
     def _probe(self) -> None:
-        """Decide the codec and script form once: real Redis has cmsgpack and reads the
-        ``#!lua`` line; fakeredis has neither (JSON, no shebang)."""
+        """Decide the codec and script form once: real Redis has cmsgpack and struct and reads
+        the ``#!lua`` line; fakeredis has none of them (JSON, a struct shim, no shebang)."""
+        probe = "return {type(cmsgpack), type(struct)}"
         try:
-            kind = self.client.eval("#!lua\nreturn type(cmsgpack)", 0)
+            kinds = self.client.eval("#!lua\n" + probe, 0)
             shebang = True
         except ResponseError as exc:
             if "near '#'" not in str(exc):
                 raise StoreError(f"Redis refused a script: {exc}") from exc
-            kind = self.client.eval("return type(cmsgpack)", 0)
+            kinds = self.client.eval(probe, 0)
             shebang = False
         except RedisError as exc:
             raise StoreError(f"Redis is unreachable: {exc}") from exc
-        self.codec = "m" if _text(kind) == "table" else "j"
+        has_msgpack, has_struct = (_text(kind) == "table" for kind in kinds)
+        self.codec = "m" if has_msgpack else "j"
+        shims = () if has_struct else ("struct_shim.lua",)
         for name in ("apply.lua", "lookup_ids.lua"):
-            self._scripts[name] = self.client.register_script(load_lua(name, shebang=shebang))
+            self._scripts[name] = self.client.register_script(load_lua(name, shebang=shebang, shims=shims))
         self.load_scripts()
 
     def load_scripts(self) -> None:
@@ -254,9 +259,10 @@ class RedisStore:
         return {n: int(v) if v is not None else 0 for n, v in enumerate(got)}
 
     def apply(self, batches: Mapping[int, tuple[int, bytes, str]]) -> dict[int, tuple[str, Any]]:
-        """Run ``apply.lua`` for each ``shard -> (seq, plan, digest)``.  Returns per shard
-        ``("ok", records)`` (also for a retry of an applied batch) or ``("abort", pos)``."""
-        calls = [(shard, (plan, seq, digest, self.codec)) for shard, (seq, plan, digest) in batches.items()]
+        """Run ``apply.lua`` for each ``shard -> (seq, plan, digest)`` on top of batch seq - 1.
+        Returns per shard ``("ok", records)`` (also for a retry of an applied batch),
+        ``("abort", pos)`` or ``("stale", hwm)``; nothing is written for the last two."""
+        calls = [(shard, (plan, seq, digest, self.codec, seq - 1)) for shard, (seq, plan, digest) in batches.items()]
         out: dict[int, tuple[str, Any]] = {}
         for (shard, _), reply in zip(calls, self._run("apply.lua", calls), strict=True):
             status = _text(reply[0])
@@ -264,17 +270,8 @@ class RedisStore:
                 if reply[1] is None:
                     raise StoreError(f"shard {shard}: batch was applied but its stored result expired")
                 out[shard] = ("ok", self.decode(reply[1]))
-            elif status == "abort":
-                out[shard] = ("abort", int(reply[1]))
             else:
-                raise StoreError(
-                    f"shard {shard}: batch {batches[shard][0]} refused ({status}, applied up to {_text(reply[1])}): "
-                    + (
-                        "another writer owns this shard"
-                        if status == "stale"
-                        else "an earlier batch with this number was applied but its reply was lost; resend that batch"
-                    )
-                )
+                out[shard] = (status, int(reply[1]))
         return out
 
     def lookup_ids(self, fields: Sequence[str]) -> dict[str, str]:

@@ -102,7 +102,16 @@ class RedisCluster3:
     """Three masters, no replicas, joined with ``redis-cli --cluster create``."""
 
     def __init__(self, folder: Path) -> None:
-        self.nodes = [RedisServer(folder / f"node{i}", cluster=True) for i in range(3)]
+        self.nodes: list[RedisServer] = []
+        try:
+            for i in range(3):
+                self.nodes.append(RedisServer(folder / f"node{i}", cluster=True))
+            self._create()
+        except BaseException:
+            self.stop()  # never leave servers behind
+            raise
+
+    def _create(self) -> None:
         _, cli = binaries()
         addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
         subprocess.run(

@@ -1,0 +1,132 @@
+#!lua
+--[[ emit.lua - library: a worker batch's outputs, written in the same script call as the
+state (apply.lua, after shard.flush): the actions, the dead letters and the input cursor.
+
+KEYS / ARGV: those of fence.lua (W holds them). Reads only X.out, the result records
+{pos, code, r, scope key, value} (codes: 1 duplicate, 2 pause, 3 resume by an order,
+4 rollover resume, 5 tick resume, 6 reset resume), so it does not depend on the plan format.
+
+W.x (the extras, built by cluster_risk/cluster/render.py):
+  x[4] rules[r]    {config index, kind "w"|"d", name JSON, {dimension JSON...}, limit JSON,
+                    pause reason prefix, pause suffix, resume prefix, resume suffix}
+  x[5] events[pos] {timestamp, start of its trading day, its trading day "YYYY-MM-DD"}
+  x[6] stateless   flat list pos, config index, action JSON, ... (verdicts of stateless rules,
+                    computed by Python: dropped when the event turns out to be a duplicate)
+  x[7] dead        {{entry id, index, error, field, reason, raw event}, ...}
+  x[8] maxlen      approximate cap of the actions stream (0: none)
+
+Actions of one event come in the contract's order (SEMANTICS.md): rollover resumes first,
+by (rule, scope values), then the event's own actions in rule (config) order; for a tick or
+a reset, the rollover resumes, then its own resumes, each by (rule, scope values). Each goes
+to the actions stream as one entry {a = action JSON, conformance keys then reason}.
+
+  emit.run(W, X) -> hint {previous action id, id, JSON, id, JSON, ...}: the worker publishes
+  it as a latency hint; a client that had seen `previous` applies it, any other resyncs.
+]]
+
+local emit = {}
+
+local function bytes_lt(a, b) -- byte order (Python's code point order); `<` would use the locale
+  local n = math.min(#a, #b)
+  for i = 1, n do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x < y end
+  end
+  return #a < #b
+end
+
+local function values(key)
+  local out = {}
+  for part in string.gmatch(key .. ':', '([^:]*):') do
+    out[#out + 1] = string.gsub(part, '%%(%x%x)', function(h) return string.char(tonumber(h, 16)) end)
+  end
+  return out
+end
+
+local function scope_lt(p, q) -- p = {config index, values, ...}
+  if p[1] ~= q[1] then return p[1] < q[1] end
+  for i = 1, #p[2] do
+    if p[2][i] ~= q[2][i] then return bytes_lt(p[2][i], q[2][i]) end
+  end
+  return false
+end
+
+local function render(R, kind, vals, ts, value, reason)
+  local scope = {}
+  for i, d in ipairs(R[4]) do scope[i] = d .. ':' .. cjson.encode(vals[i]) end
+  return '{"type":"' .. kind .. '_ORDER","rule":' .. R[3] .. ',"scope":{' .. table.concat(scope, ',')
+    .. '},"timestamp":' .. ts .. ',"value":' .. value .. ',"limit":' .. R[5]
+    .. ',"reason":' .. cjson.encode(reason) .. '}'
+end
+
+local function action(x, rec)
+  local R, ev, code = x[4][rec[3]], x[5][rec[1]], rec[2]
+  local v = rec[5]
+  if type(v) == 'number' then v = string.format('%d', v) end
+  local vals = values(rec[4])
+  local json
+  if code == 2 then
+    json = render(R, 'PAUSE', vals, ev[1], v, R[6] .. v .. R[7])
+  elseif code == 4 then
+    json = render(R, 'RESUME', vals, ev[2], v, 'trading day rolled over to ' .. ev[3])
+  elseif code == 6 then
+    json = render(R, 'RESUME', vals, ev[1], v, 'manual daily reset')
+  else
+    json = render(R, 'RESUME', vals, ev[1], v, R[8] .. v .. R[9])
+  end
+  return {R[1], vals, json}
+end
+
+-- The actions of one event, in order (records: that event's result records).
+local function event_actions(x, records, verdicts)
+  local rolled, own = {}, {}
+  for _, rec in ipairs(records) do
+    if rec[2] == 1 then return {} end -- a duplicate emits nothing, stateless rules included
+    if rec[2] == 4 then rolled[#rolled + 1] = action(x, rec) else own[#own + 1] = action(x, rec) end
+  end
+  for _, v in ipairs(verdicts) do own[#own + 1] = {v[1], {}, v[2]} end
+  table.sort(rolled, scope_lt)
+  table.sort(own, scope_lt)
+  local out = {}
+  for _, a in ipairs(rolled) do out[#out + 1] = a[3] end
+  for _, a in ipairs(own) do out[#out + 1] = a[3] end
+  return out
+end
+
+function emit.run(W, X)
+  local x = W.x
+  local by_pos, verdicts = {}, {}
+  for _, rec in ipairs(X.out) do
+    local l = by_pos[rec[1]] or {}
+    by_pos[rec[1]] = l
+    l[#l + 1] = rec
+  end
+  local sl = x[6]
+  for i = 1, #sl, 3 do
+    local l = verdicts[sl[i]] or {}
+    verdicts[sl[i]] = l
+    l[#l + 1] = {sl[i + 1], sl[i + 2]}
+  end
+  local prev = redis.call('HGET', W.lease, 'aid') or '0-0'
+  local hint, last = {prev}, nil
+  local maxlen = tonumber(x[8]) or 0
+  for pos = 1, #x[5] do
+    for _, json in ipairs(event_actions(x, by_pos[pos] or {}, verdicts[pos] or {})) do
+      if maxlen > 0 then
+        last = redis.call('XADD', W.actions, 'MAXLEN', '~', maxlen, '*', 'a', json)
+      else
+        last = redis.call('XADD', W.actions, '*', 'a', json)
+      end
+      hint[#hint + 1] = last
+      hint[#hint + 1] = json
+    end
+  end
+  for _, d in ipairs(x[7]) do
+    redis.call('XADD', W.dead, '*', 'entry', d[1], 'index', d[2], 'error', d[3], 'field', d[4],
+      'reason', d[5], 'event', d[6])
+  end
+  if x[2] ~= '' then redis.call('HSET', W.lease, 'sid', x[2]) end
+  if last then redis.call('HSET', W.lease, 'aid', last) end
+  redis.call('HINCRBY', W.lease, 'applied', x[3])
+  return hint
+end

@@ -1,0 +1,50 @@
+#!lua
+--[[ fence.lua - library: the cluster worker's guard and input cursor around apply.lua.
+
+Included into apply.lua (`--@include fence.lua`). Only a worker passes these; RemoteEngine's
+own batches (one KEYS entry) skip all of it.
+
+KEYS[2]  <prefix>:{s<N>}:lease   the shard's lease hash: owner, epoch, expires (lua/lease.lua),
+                                 and the worker cursor: sid (last applied input entry id),
+                                 aid (last action entry id), applied (input entries applied)
+KEYS[3]  <prefix>:{s<N>}:actions the shard's actions stream (lua/emit.lua)
+KEYS[4]  <prefix>:{s<N>}:dead    the shard's dead-letter stream (lua/emit.lua)
+ARGV[5]  the caller's lease epoch (decimal)
+ARGV[6]  extras, in the codec of ARGV[1]:
+           {after id, last id, entries, rules, events, stateless, dead, actions maxlen}
+         (the batch covers the input entries after `after` up to `last`, `entries` of them;
+         last = "" when it has none, e.g. a clock tick; the rest is emit.lua's)
+
+The lease hash has no TTL: the epoch must never go back, or a worker paused for long could
+match a fresh epoch.
+
+  fence.open(json) -> W or nil
+  fence.check_epoch(W) -> refusal or nil    {"fenced", epoch now}: the lease moved on; called
+                                            before anything else, so a stale worker writes nothing
+  fence.check_cursor(W) -> refusal or nil   {"gap", sid}: the batch does not start right after
+                                            the last applied entry (another writer moved on, or a
+                                            failover lost applied batches: the worker rereads its
+                                            cursor and reapplies from there). Called after the
+                                            hwm check, so a retried batch gets its stored result.
+]]
+
+local fence = {}
+
+function fence.open(json)
+  if #KEYS < 4 then return nil end
+  local x
+  if json then x = cjson.decode(ARGV[6]) else x = cmsgpack.unpack(ARGV[6]) end
+  return {lease = KEYS[2], actions = KEYS[3], dead = KEYS[4], epoch = ARGV[5], x = x, json = json}
+end
+
+function fence.check_epoch(W)
+  local epoch = redis.call('HGET', W.lease, 'epoch')
+  if epoch ~= W.epoch then return {'fenced', epoch or '0'} end
+  return nil
+end
+
+function fence.check_cursor(W)
+  local sid = redis.call('HGET', W.lease, 'sid') or '0-0'
+  if sid ~= W.x[1] then return {'gap', sid} end
+  return nil
+end
