@@ -39,13 +39,14 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import date
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from cluster_risk.calendar import TradingCalendar
-from cluster_risk.errors import UNKNOWN_ORDER, UNKNOWN_TYPE, ConfigError, EventError
+from cluster_risk.errors import UNKNOWN_ORDER, UNKNOWN_TYPE, ConfigError, EventError, RiskError
 from cluster_risk.events import (
     Action,
     ActionType,
@@ -165,6 +166,27 @@ class _Plan:
         self.t0 = -1  # event times travel as t - t0 (exact in Lua's doubles)
 
 
+class _Batch:
+    """A batch on its way: its items and plans, the calls sent per shard, and a function
+    that waits for the replies."""
+
+    __slots__ = ("calls", "items", "outcomes", "plans", "wait")
+
+    def __init__(
+        self,
+        items: list[_Item],
+        outcomes: list[Outcome],
+        plans: dict[int, _Plan],
+        calls: dict[int, tuple[int, bytes, str]],
+        wait: Callable[[], dict[int, tuple[str, Any]]],
+    ) -> None:
+        self.items = items
+        self.outcomes = outcomes
+        self.plans = plans
+        self.calls = calls
+        self.wait = wait
+
+
 class RemoteEngine:
     """The risk engine over a :class:`RedisStore`: same API and results as ``RiskEngine``,
     plus :meth:`process_batch` / :meth:`apply_batch` (one script call per shard)."""
@@ -197,7 +219,7 @@ class RemoteEngine:
         self._ttl_ms = (store.ttl_s * 1000) if store.ttl_s is not None else (id_retention_days + 1) * _DAY_MS
         self._accounts: dict[str, _Account] = {}
         self._contexts: dict[tuple[str, str], _Context] = {}
-        self._hwm: dict[int, int] | None = None
+        self._next: dict[int, int] | None = None  # per shard: the number of its next batch
         self._stamp = 0
 
     def _add_rule(self, i: int, rule: BaseRule) -> None:
@@ -278,28 +300,57 @@ class RemoteEngine:
 
     def apply_batch(self, events: Sequence[Event]) -> list[Outcome]:
         """Per event, its actions or the :class:`EventError` that rejected it (dead-letter it)."""
-        outcomes: list[Outcome] = [[] for _ in events]
-        items = self._prepare(events, outcomes)
-        records = self._apply(items, outcomes)
-        for item in items:
-            index = item[0]
-            if not isinstance(outcomes[index], EventError):
-                outcomes[index] = self._actions(item, records.get(index, ()))
-        return outcomes
+        return self._finish(self._send(events))
+
+    def process_stream(self, events: Iterable[Event], batch_size: int = 1000) -> Iterator[Outcome]:
+        """Every event's outcome, in order, ``batch_size`` events per batch, with one batch
+        in flight: the next batch is planned and sent while Redis applies the previous one
+        (on a standalone server or Sentinel master; elsewhere batch by batch)."""
+        if batch_size < 1:
+            raise ValueError("batch_size: must be at least 1")
+        pending: _Batch | None = None
+        ready: list[list[Outcome]] = []
+
+        def finish_pending() -> None:
+            nonlocal pending
+            if pending is not None:
+                ready.append(self._finish(pending))
+                pending = None
+
+        try:
+            for chunk in _chunks(events, batch_size):
+                current = self._send(chunk, before_lookup=finish_pending)  # a lookup must see it
+                finish_pending()
+                pending = current
+                for outcomes in ready:
+                    yield from outcomes
+                ready.clear()
+            if pending is not None:
+                last, pending = pending, None
+                yield from self._finish(last)
+        finally:
+            if pending is not None:  # the caller stopped early: still collect what Redis did
+                self._finish(pending)
 
     # ------------------------------------------------------------------ validate and enrich
 
-    def _prepare(self, events: Sequence[Event], outcomes: list[Outcome]) -> list[_Item]:
+    def _prepare(
+        self, events: Sequence[Event], outcomes: list[Outcome], before_lookup: Callable[[], object]
+    ) -> list[_Item]:
         items: list[_Item] = []
         local: dict[int, tuple[str, str]] = {}  # oid -> (account, contract) of this batch's orders
         unresolved: list[tuple[int, int, Trade]] = []  # (position in items, index, trade) needing the index
+        contexts = self._contexts
         for index, event in enumerate(events):
             try:
                 if isinstance(event, Order):
                     check_order(event)
                     if event.oid not in local:
                         local[event.oid] = (event.account_id, event.contract_id)
-                    items.append((index, event, self._context(event.account_id, event.contract_id), ""))
+                    ctx = contexts.get((event.account_id, event.contract_id))
+                    if ctx is None:
+                        ctx = self._context(event.account_id, event.contract_id)
+                    items.append((index, event, ctx, ""))
                 elif isinstance(event, Trade):
                     check_trade(event)
                     if event.account_id is not None and event.contract_id is not None:
@@ -317,6 +368,7 @@ class RemoteEngine:
             except EventError as exc:
                 outcomes[index] = exc
         if unresolved:
+            before_lookup()
             items = self._resolve(items, unresolved, outcomes)
         return items
 
@@ -363,39 +415,65 @@ class RemoteEngine:
 
     # ------------------------------------------------------------------ plan and apply
 
-    def _apply(self, items: list[_Item], outcomes: list[Outcome]) -> dict[int, list[list[Any]]]:
-        """Send the plans; on an abort reject that trade and resend that shard's part."""
-        if self._hwm is None:
-            self._hwm = self.store.high_water_marks()
-        hwm = self._hwm
+    def _send(self, events: Sequence[Event], before_lookup: Callable[[], object] = lambda: None) -> _Batch:
+        """Validate, enrich, plan and start applying ``events`` (see :meth:`_finish`)."""
+        outcomes: list[Outcome] = [[] for _ in events]
+        items = self._prepare(events, outcomes, before_lookup)
+        if self._next is None:
+            self._next = {shard: hwm + 1 for shard, hwm in self.store.high_water_marks().items()}
+        plans = self._plan(items, None)
+        calls = {}
+        for shard, plan in plans.items():
+            calls[shard] = self._encode(plan, self._next[shard])
+            self._next[shard] += 1
+        return _Batch(items, outcomes, plans, calls, self.store.send_apply(calls))
+
+    def _encode(self, plan: _Plan, seq: int) -> tuple[int, bytes, str]:
+        tables = (plan.accounts, plan.pairs, plan.groups, plan.events)
+        blob = self.store.encode([1, self._header, *tables, self.id_retention_days, self._ttl_ms, str(plan.t0)])
+        return seq, blob, hashlib.blake2b(blob, digest_size=16).hexdigest()
+
+    def _finish(self, batch: _Batch) -> list[Outcome]:
+        """Wait for the batch's replies and turn them into outcomes (one per event)."""
+        outcomes = batch.outcomes
         records: dict[int, list[list[Any]]] = {}
-        only: set[int] | None = None
-        while items:
-            plans = self._plan(items, only)
-            batches = {}
-            for shard, plan in plans.items():
-                tables = (plan.accounts, plan.pairs, plan.groups, plan.events)
-                blob = self.store.encode([1, self._header, *tables, self.id_retention_days, self._ttl_ms, str(plan.t0)])
-                batches[shard] = (hwm[shard] + 1, blob, hashlib.blake2b(blob, digest_size=16).hexdigest())
-            aborted: set[int] = set()
-            for shard, (status, payload) in self.store.apply(batches).items():
-                positions = plans[shard].positions
-                if status == "abort":
-                    index = positions[payload - 1]
-                    trade = next(item[1] for item in items if item[0] == index)
-                    assert isinstance(trade, Trade)
-                    outcomes[index] = _unknown_order(trade)
-                    aborted.add(shard)
-                    continue
-                if status == "stale":
-                    raise StoreError(_stale(shard, batches[shard][0], payload))
-                hwm[shard] += 1
-                for record in payload:
-                    records.setdefault(positions[record[0] - 1], []).append(record)
-            if not aborted:
-                break
-            items = [item for item in items if not isinstance(outcomes[item[0]], EventError)]
-            only = aborted
+        try:
+            replies = batch.wait()
+            for shard, reply in replies.items():
+                for record in self._settle(batch, shard, reply):
+                    records.setdefault(batch.plans[shard].positions[record[0] - 1], []).append(record)
+        except RiskError:
+            self._next = None  # unsure what applied: read the high-water marks again next time
+            raise
+        judged = bool(self._stateless)  # stateless rules may act on any order or trade
+        for item in batch.items:
+            index = item[0]
+            if (index in records or judged or item[2] is None) and not isinstance(outcomes[index], EventError):
+                outcomes[index] = self._actions(item, records.get(index, ()))
+        return outcomes
+
+    def _settle(self, batch: _Batch, shard: int, reply: tuple[str, Any]) -> list[list[Any]]:
+        """The shard's records, after resolving what stopped its part: an order that left the
+        index mid-batch (reject that trade, resend the rest) or ``stale`` because an earlier
+        part of this sender's was applied only after this one ran (resend once)."""
+        status, payload = reply
+        resent = False
+        while status != "ok":
+            seq = batch.calls[shard][0]
+            if status == "abort":
+                index = batch.plans[shard].positions[payload - 1]
+                trade = next(item[1] for item in batch.items if item[0] == index)
+                assert isinstance(trade, Trade)
+                batch.outcomes[index] = _unknown_order(trade)
+                batch.items = [item for item in batch.items if item[0] != index]
+                batch.plans[shard] = self._plan(batch.items, {shard}).get(shard, _Plan())
+                batch.calls[shard] = self._encode(batch.plans[shard], seq)
+            elif status == "stale" and not resent:
+                resent = True
+            else:
+                raise StoreError(_stale(shard, seq, payload))
+            status, payload = self.store.apply({shard: batch.calls[shard]})[shard]
+        records: list[list[Any]] = payload
         return records
 
     def _plan(self, items: list[_Item], only: set[int] | None) -> dict[int, _Plan]:
@@ -463,16 +541,18 @@ class RemoteEngine:
             account.stamp = stamp
             plan.accounts.append(account.id)
             account.local = len(plan.accounts)
-        pairs = plan.pairs
-        pairs += (account.local, ctx.pair)
+        entry = [account.local, ctx.pair]
         index = plan.group_index
+        groups = plan.groups
         for ref, key in ctx.refs:
             g = index.get(ref)
             if g is None:
-                plan.groups.append(key)
-                g = index[ref] = len(plan.groups)
-            pairs.append(g)
-        ctx.local_pair = len(pairs) // (2 + len(ctx.refs))
+                groups.append(key)
+                g = index[ref] = len(groups)
+            entry.append(g)
+        pairs = plan.pairs
+        pairs += entry
+        ctx.local_pair = len(pairs) // len(entry)
 
     # ------------------------------------------------------------------ records -> actions
 
@@ -531,6 +611,17 @@ class RemoteEngine:
         return Action(ActionType.RESUME_ORDER, rule.name, scope, t, 0, rule.daily_cap, "manual daily reset")
 
 
+def _chunks(events: Iterable[Event], size: int) -> Iterator[list[Event]]:
+    chunk: list[Event] = []
+    for event in events:
+        chunk.append(event)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
 def _add_amount(events: list[Any], amount: float | None) -> None:
     """A daily rule's value: the amount and its kind (0 int, 1 float, 2 none)."""
     if amount is None:
@@ -578,38 +669,35 @@ def _calendar(trading_day: TradingDay | TradingCalendar | None) -> TradingCalend
 def replay_batched(
     engine: RemoteEngine, lines: Iterable[str | bytes | object], batch_size: int = 1000, *, decoded: bool = False
 ) -> Iterator[dict[str, Any]]:
-    """:func:`cluster_risk.replay.replay_lines` through :meth:`RemoteEngine.apply_batch`:
-    the same records in the same order, ``batch_size`` events per batch.  ``decoded=True``
-    takes already-decoded JSON values (conformance vectors) instead of lines."""
-    if batch_size < 1:
-        raise ValueError("batch_size: must be at least 1")
-    pending: list[tuple[int, Event | EventError]] = []
-    valid = 0
-    for index, line in enumerate(lines):
-        if not decoded:
-            assert isinstance(line, str | bytes)
-            if not line.strip():
+    """:func:`cluster_risk.replay.replay_lines` through :meth:`RemoteEngine.process_stream`:
+    the same records in the same order, ``batch_size`` events per batch, one batch in flight.
+    ``decoded=True`` takes already-decoded JSON values (conformance vectors) instead of lines."""
+    read: deque[tuple[int, EventError | None]] = deque()  # every line read: its index, its error
+
+    def events() -> Iterator[Event]:
+        for index, line in enumerate(lines):
+            if not decoded and isinstance(line, str | bytes) and not line.strip():
                 continue
-        try:
-            event = decode_event(line) if decoded else decode_line(line)  # type: ignore[arg-type]
-        except EventError as exc:
-            pending.append((index, exc))
-            continue
-        pending.append((index, event))
-        valid += 1
-        if valid >= batch_size:
-            yield from _flush(engine, pending)
-            pending, valid = [], 0
-    yield from _flush(engine, pending)
+            try:
+                event = decode_event(line) if decoded else decode_line(line)  # type: ignore[arg-type]
+            except EventError as exc:
+                read.append((index, exc))
+                continue
+            read.append((index, None))
+            yield event
 
+    def errors_first() -> Iterator[dict[str, Any]]:
+        while read and read[0][1] is not None:
+            index, error = read.popleft()
+            assert error is not None
+            yield error.to_dict(index)
 
-def _flush(engine: RemoteEngine, pending: list[tuple[int, Event | EventError]]) -> Iterator[dict[str, Any]]:
-    events = [item for _, item in pending if not isinstance(item, EventError)]
-    outcomes = iter(engine.apply_batch(events))
-    for index, item in pending:
-        outcome = item if isinstance(item, EventError) else next(outcomes)
+    for outcome in engine.process_stream(events(), batch_size):
+        yield from errors_first()
+        index, _ = read.popleft()  # the event this outcome is for
         if isinstance(outcome, EventError):
             yield outcome.to_dict(index)
         else:
             for action in outcome:
                 yield action.to_dict()
+    yield from errors_first()

@@ -5,13 +5,14 @@ KEYS[1]  <prefix>:{s<N>}:meta; every other key is derived from it (keys.lua), so
          carry the shard's hash tag and the call touches one Redis Cluster slot.
 ARGV[1]  the plan (msgpack; JSON when ARGV[4] is "j" - fakeredis has no cmsgpack)
 ARGV[2]  this batch's number (decimal < 2^53), recorded as the shard's high-water mark (hwm)
-ARGV[3]  digest of the plan: the same number with the same digest is a retry of the last batch
+ARGV[3]  digest of the plan: the same number with the same digest is a retry of a batch
+         already applied (one of the last 4: a sender may have one in flight behind another)
 ARGV[4]  "m" or "j": codec of ARGV[1] and of the result
 ARGV[5]  the hwm the sender expects (its previous batch): the batch applies only on top of it
 
 Returns  {"ok", result}     applied; result = encoded list of records (below)
-         {"again", result}  number == hwm and same digest: applied before (a retried call whose
-                            reply was lost); the stored result, nothing changes
+         {"again", result}  a batch applied before (a retried call whose reply was lost): its
+                            stored result; nothing changes
          {"abort", pos}     event pos is a trade whose order is no longer in the index
                             (retention expired earlier in this batch): nothing written;
                             resend without it (it is an unknown_order)
@@ -55,14 +56,18 @@ local base = keys.base(meta)
 local seq, digest, prev = ARGV[2], ARGV[3], ARGV[5]
 local json = ARGV[4] == 'j'
 
-local m = redis.call('HMGET', meta, 'hwm', 'digest', 'clock', 'latest', 'gens')
+local m = redis.call('HMGET', meta, 'hwm', 'clock', 'latest', 'gens')
 local hwm = tonumber(m[1]) or 0
-if tonumber(seq) == hwm and m[2] == digest then return {'again', redis.call('GET', keys.result(base))} end
+if tonumber(seq) <= hwm then
+  local done = redis.call('HMGET', keys.results(base), seq, seq .. ':digest')
+  if done[2] == digest then return {'again', done[1]} end
+  return {'stale', string.format('%.0f', hwm)}
+end
 if tonumber(prev) ~= hwm then return {'stale', string.format('%.0f', hwm)} end
 
 local plan
 if json then plan = cjson.decode(ARGV[1]) else plan = cmsgpack.unpack(ARGV[1]) end
-local X = shard.open(base, plan, tonumber(m[3]) or -1, tonumber(m[4]) or -1, m[5])
+local X = shard.open(base, plan, tonumber(m[2]) or -1, tonumber(m[3]) or -1, m[4])
 local ev, nev = plan[6], #plan[6]
 local rules, groups, pairs_ = X.rules, X.groups, X.pairs
 

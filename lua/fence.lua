@@ -9,8 +9,8 @@ KEYS[2]  <prefix>:{s<N>}:lease   the shard's lease hash: owner, epoch, expires (
                                  aid (last action entry id), applied (input entries applied)
 KEYS[3]  <prefix>:{s<N>}:actions the shard's actions stream (lua/emit.lua)
 KEYS[4]  <prefix>:{s<N>}:dead    the shard's dead-letter stream (lua/emit.lua)
-ARGV[5]  the caller's lease epoch (decimal)
-ARGV[6]  extras, in the codec of ARGV[1]:
+ARGV[n]  the caller's lease epoch (decimal); n = the first ARGV after apply.lua's own
+ARGV[n+1] extras, in the codec of ARGV[1]:
            {after id, last id, entries, rules, events, stateless, dead, actions maxlen}
          (the batch covers the input entries after `after` up to `last`, `entries` of them;
          last = "" when it has none, e.g. a clock tick; the rest is emit.lua's)
@@ -18,7 +18,7 @@ ARGV[6]  extras, in the codec of ARGV[1]:
 The lease hash has no TTL: the epoch must never go back, or a worker paused for long could
 match a fresh epoch.
 
-  fence.open(json) -> W or nil
+  fence.open(json, n) -> W or nil
   fence.check_epoch(W) -> refusal or nil    {"fenced", epoch now}: the lease moved on; called
                                             before anything else, so a stale worker writes nothing
   fence.check_cursor(W) -> refusal or nil   {"gap", sid}: the batch does not start right after
@@ -30,11 +30,11 @@ match a fresh epoch.
 
 local fence = {}
 
-function fence.open(json)
+function fence.open(json, n)
   if #KEYS < 4 then return nil end
   local x
-  if json then x = cjson.decode(ARGV[6]) else x = cmsgpack.unpack(ARGV[6]) end
-  return {lease = KEYS[2], actions = KEYS[3], dead = KEYS[4], epoch = ARGV[5], x = x, json = json}
+  if json then x = cjson.decode(ARGV[n + 1]) else x = cmsgpack.unpack(ARGV[n + 1]) end
+  return {lease = KEYS[2], actions = KEYS[3], dead = KEYS[4], epoch = ARGV[n], x = x, json = json}
 end
 
 function fence.check_epoch(W)

@@ -6,8 +6,8 @@ KEYS / ARGV: none. Included first by apply.lua and lookup_ids.lua. Every key is 
 shard's base "<prefix>:{s<N>}:" (KEYS[1] without its "meta" suffix) plus a suffix, so all of
 a shard's keys share its hash tag and one script touches one Redis Cluster slot.
 
-  base .. "meta"                         shard scalars: hwm, digest, clock, latest, gens
-  base .. "result"                       result of the batch at hwm (returned again on a retry)
+  base .. "meta"                         shard scalars: hwm, clock, latest, gens
+  base .. "results"                      "<seq>" -> result, "<seq>:digest" -> digest, last 4 batches
   base .. "acct"                         account -> current trading day ("<ordinal>[p]")
   base .. "win:" .. rule                 scope -> sliding window state (window.lua)
   base .. "day:" .. YYYY-MM-DD .. ":" .. rule   scope -> that day's sum (daily_sum.lua)
@@ -36,7 +36,7 @@ end
 keys.iso_day = iso_day
 
 function keys.base(meta) return string.sub(meta, 1, -5) end
-function keys.result(base) return base .. 'result' end
+function keys.results(base) return base .. 'results' end
 function keys.acct(base) return base .. 'acct' end
 function keys.win(base, rule) return base .. 'win:' .. rule end
 function keys.day(base, d, rule) return base .. 'day:' .. iso_day(d) .. ':' .. rule end

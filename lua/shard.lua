@@ -158,11 +158,14 @@ function shard.flush(X, meta, seq, digest, result)
     cache.flush(X.reg[r], ttl, true)
   end
   local gens = ids.flush(X.ids, ttl)
-  redis.call('HSET', meta, 'hwm', seq, 'digest', digest, 'clock', string.format('%d', X.clock),
+  redis.call('HSET', meta, 'hwm', seq, 'clock', string.format('%d', X.clock),
     'latest', string.format('%d', X.latest), 'gens', gens)
-  redis.call('SET', keys.result(X.base), result)
+  -- the results of the last 4 batches, for retries (a sender keeps at most one batch in flight)
+  local results, old = keys.results(X.base), string.format('%.0f', tonumber(seq) - 4)
+  redis.call('HSET', results, seq, result, seq .. ':digest', digest)
+  redis.call('HDEL', results, old, old .. ':digest')
   if ttl > 0 then
     redis.call('PEXPIRE', meta, ttl)
-    redis.call('PEXPIRE', keys.result(X.base), ttl)
+    redis.call('PEXPIRE', results, ttl)
   end
 end

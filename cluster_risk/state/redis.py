@@ -6,8 +6,8 @@ of :mod:`cluster_risk.state.memory`) and the planning is :mod:`cluster_risk.remo
 Key layout (readable with ``redis-cli``; ``P`` = prefix, default ``risk``; ``N`` = shard =
 ``crc32(account_id) % num_shards``; the hash tag ``{sN}`` puts a shard in one cluster slot)::
 
-    P:{sN}:meta                        hwm, digest (last applied batch), clock, latest, gens
-    P:{sN}:result                      the result of batch hwm, returned again on a retry
+    P:{sN}:meta                        hwm (last applied batch), clock, latest, gens
+    P:{sN}:results                     <seq> -> result, <seq>:digest: the last 4 batches, for retries
     P:{sN}:acct                        account -> current trading day (ordinal; "p": daily pauses)
     P:{sN}:paused:<rule>               scope -> "since=<ns> value=<v> limit=<l> ... account=<id>"
     P:{sN}:win:<rule>                  scope -> sliding window (lua/window.lua)
@@ -32,7 +32,7 @@ EVALSHA in pipelines grouped per node, and loaded again when a server answers NO
 from __future__ import annotations
 
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any, cast
@@ -110,6 +110,7 @@ class RedisStore:
         self.is_cluster = isinstance(client, RedisCluster)
         self._meta = [f"{prefix}:{{s{n}}}:meta" for n in range(num_shards)]
         self._scripts: dict[str, Script] = {}
+        self._stream = _Stream(client)
         self.codec = ""  # "m" msgpack or "j" JSON; decided by _probe() on first use
 
     @classmethod
@@ -262,9 +263,70 @@ class RedisStore:
         """Run ``apply.lua`` for each ``shard -> (seq, plan, digest)`` on top of batch seq - 1.
         Returns per shard ``("ok", records)`` (also for a retry of an applied batch),
         ``("abort", pos)`` or ``("stale", hwm)``; nothing is written for the last two."""
-        calls = [(shard, (plan, seq, digest, self.codec, seq - 1)) for shard, (seq, plan, digest) in batches.items()]
+        calls = self._apply_calls(batches)
+        return self._results(calls, self._run("apply.lua", calls))
+
+    def send_apply(self, batches: Mapping[int, tuple[int, bytes, str]]) -> Callable[[], dict[int, tuple[str, Any]]]:
+        """Start :meth:`apply` and return a function that waits for its result.
+
+        On a standalone server (or a Sentinel master) the calls go out on one dedicated
+        connection without waiting, so the caller plans its next batch while Redis runs this
+        one; Redis runs a connection's commands in order.  Anything unusual on the way back
+        (a broken connection, NOSCRIPT) is settled by :meth:`apply`, which is safe because a
+        batch that did run is recognised.  Other topologies run at once."""
+        if type(self.client) is not Redis:
+            result = self.apply(batches)
+            return lambda: result
+        self._ready()
+        calls = self._apply_calls(batches)
+        sha = self._scripts["apply.lua"].sha
+        stream = self._stream
+        try:
+            if stream.conn is None:
+                stream.conn = self.client.connection_pool.get_connection()
+            conn = stream.conn
+            conn.send_packed_command(
+                conn.pack_commands([("EVALSHA", sha, 1, self.meta_key(shard), *args) for shard, args in calls])
+            )
+        except RedisError:
+            stream.drop()
+            return lambda: self.apply(batches)
+        generation = stream.generation
+
+        def wait() -> dict[int, tuple[str, Any]]:
+            if generation != stream.generation:  # the connection broke under an earlier batch
+                return self.apply(batches)
+            replies: list[Any] = []
+            try:
+                for _ in calls:
+                    try:
+                        replies.append(conn.read_response())
+                    except ResponseError as exc:  # NOSCRIPT and the like: that call did not run
+                        replies.append(exc)
+            except RedisError:
+                stream.drop()
+                return self.apply(batches)
+            failed = {
+                shard: batches[shard]
+                for (shard, _), reply in zip(calls, replies, strict=True)
+                if isinstance(reply, Exception)
+            }
+            ran = [(call, reply) for call, reply in zip(calls, replies, strict=True) if call[0] not in failed]
+            out = self._results([call for call, _ in ran], [reply for _, reply in ran])
+            if failed:
+                out.update(self.apply(failed))
+            return out
+
+        return wait
+
+    def _apply_calls(self, batches: Mapping[int, tuple[int, bytes, str]]) -> list[tuple[int, Sequence[Any]]]:
+        return [(shard, (plan, seq, digest, self.codec, seq - 1)) for shard, (seq, plan, digest) in batches.items()]
+
+    def _results(
+        self, calls: Sequence[tuple[int, Sequence[Any]]], replies: Sequence[Any]
+    ) -> dict[int, tuple[str, Any]]:
         out: dict[int, tuple[str, Any]] = {}
-        for (shard, _), reply in zip(calls, self._run("apply.lua", calls), strict=True):
+        for (shard, _), reply in zip(calls, replies, strict=True):
             status = _text(reply[0])
             if status in ("ok", "again"):
                 if reply[1] is None:
@@ -285,11 +347,30 @@ class RedisStore:
         return found
 
     def close(self) -> None:
+        self._stream.drop()
         self.client.close()
 
     def __repr__(self) -> str:
         kind = "cluster" if self.is_cluster else "standalone"
         return f"RedisStore({kind}, prefix={self.prefix!r}, num_shards={self.num_shards})"
+
+
+class _Stream:
+    """The connection :meth:`RedisStore.send_apply` writes to without waiting; ``generation``
+    moves on when it is dropped, so replies that will never come are not waited for."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.conn: Any = None
+        self.generation = 0
+
+    def drop(self) -> None:
+        if self.conn is not None:
+            self.conn.disconnect()
+            if isinstance(self.client, Redis):
+                self.client.connection_pool.release(self.conn)
+            self.conn = None
+        self.generation += 1
 
 
 def _text(value: object) -> str:

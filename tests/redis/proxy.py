@@ -25,7 +25,8 @@ class CuttingProxy:
 
     def cut_next_replies(self, count: int = 1, *, hang: bool = False) -> None:
         """The next ``count`` replies (from any connection) are swallowed: with their
-        connection closed (a cut), or ``hang``: kept open and silent (the client times out)."""
+        connection closed (a cut), or ``hang``: the connection stays open and says nothing
+        more (the client times out)."""
         with self._lock:
             self._cuts += count
             self._hang = hang
@@ -49,17 +50,18 @@ class CuttingProxy:
             threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
 
     def _pump(self, source: socket.socket, sink: socket.socket, replies: bool) -> None:
+        hung = False  # after a hang, this connection stays open and silent (as a stalled peer)
         try:
             while True:
                 data = source.recv(65536)
                 if not data:
                     break
-                cut = self._take_cut() if replies else ""
+                cut = self._take_cut() if replies and not hung else ""
                 if cut == "cut":
                     break  # the server did the work; the client never hears of it
-                if cut == "hang":
-                    continue  # nor here, and the connection stays open until the client gives up
-                sink.sendall(data)
+                hung = hung or cut == "hang"
+                if not hung:
+                    sink.sendall(data)
         except OSError:
             pass
         finally:

@@ -58,14 +58,19 @@ def test_a_batch_applied_twice_changes_nothing(
     engine = make_engine(data["config"])
     assert isinstance(engine, RemoteEngine)
     calls: list[tuple[Any, Any]] = []
-    apply = engine.store.apply
+    apply, send = engine.store.apply, engine.store.send_apply
 
     def spy(batches: Any) -> Any:
-        result = apply(batches)
-        calls.append((dict(batches), result))
-        return result
+        wait = send(batches)
 
-    monkeypatch.setattr(engine.store, "apply", spy)
+        def waited() -> Any:
+            result = wait()
+            calls.append((dict(batches), result))
+            return result
+
+        return waited
+
+    monkeypatch.setattr(engine.store, "send_apply", spy)
     assert run(engine, data["events"], 500) == data["expected"]
     batches, first = calls[-1]
     before = snapshot(engine.store)
@@ -157,7 +162,7 @@ def test_restart_with_aof_keeps_state_and_reloads_scripts(redis_binaries: Any, t
 
 
 KEY = re.compile(
-    r"risk:\{s(\d+)\}:(meta|result|acct|win:[^:]+|paused:[^:]+|day:\d{4}-\d\d-\d\d:[^:]+|ids:\d{4}-\d\d-\d\d)"
+    r"risk:\{s(\d+)\}:(meta|results|acct|win:[^:]+|paused:[^:]+|day:\d{4}-\d\d-\d\d:[^:]+|ids:\d{4}-\d\d-\d\d)"
 )
 
 
