@@ -34,6 +34,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
@@ -58,11 +59,14 @@ class StoreError(RiskError):
     """Redis failed or refused a batch; the message says which shard and what to do."""
 
 
-def _lua_dir() -> Path:
+def _lua_text(name: str) -> str:
+    """``lua/<name>``: from the installed package (``cluster_risk/lua`` in the wheel, a
+    namespace package: read through ``importlib.resources``), or from a source checkout."""
     try:
-        return Path(str(resources.files("cluster_risk.lua")))
-    except ModuleNotFoundError:  # a source checkout: lua/ sits next to the package
-        return Path(__file__).resolve().parents[2] / "lua"
+        root: Traversable = resources.files("cluster_risk.lua")
+    except ModuleNotFoundError:
+        root = Path(__file__).resolve().parents[2] / "lua"
+    return root.joinpath(name).read_text(encoding="utf-8")
 
 
 def load_lua(name: str, *, shebang: bool = True, shims: Sequence[str] = ()) -> str:
@@ -70,12 +74,11 @@ def load_lua(name: str, *, shebang: bool = True, shims: Sequence[str] = ()) -> s
     ``#!lua`` line).  For Lua emulators (fakeredis): ``shebang=False`` drops the script's own
     first line, which they do not understand, and ``shims`` names libraries to put first that
     stand in for Redis built-ins they lack (``struct_shim.lua``)."""
-    folder = _lua_dir()
 
     def library(file: str) -> str:
-        return (folder / file).read_text(encoding="utf-8").split("\n", 1)[1]
+        return _lua_text(file).split("\n", 1)[1]
 
-    lines = (folder / name).read_text(encoding="utf-8").splitlines(keepends=True)
+    lines = _lua_text(name).splitlines(keepends=True)
     if not lines[0].startswith("#!lua"):
         raise StoreError(f"lua/{name}: the first line must be #!lua")
     out = lines[:1] if shebang else []
