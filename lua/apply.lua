@@ -56,7 +56,7 @@ local base = keys.base(meta)
 local seq, digest, prev = ARGV[2], ARGV[3], ARGV[5]
 local json = ARGV[4] == 'j'
 
-local m = redis.call('HMGET', meta, 'hwm', 'clock', 'latest', 'gens')
+local m = redis.call('HMGET', meta, 'hwm', 'clock', 'latest', 'gens', 'maxo', 'maxt')
 local hwm = tonumber(m[1]) or 0
 if tonumber(seq) <= hwm then
   local done = redis.call('HMGET', keys.results(base), seq, seq .. ':digest')
@@ -67,7 +67,7 @@ if tonumber(prev) ~= hwm then return {'stale', string.format('%.0f', hwm)} end
 
 local plan
 if json then plan = cjson.decode(ARGV[1]) else plan = cmsgpack.unpack(ARGV[1]) end
-local X = shard.open(base, plan, tonumber(m[2]) or -1, tonumber(m[3]) or -1, m[4])
+local X = shard.open(base, plan, tonumber(m[2]) or -1, tonumber(m[3]) or -1, m[4], m[5] or nil, m[6] or nil)
 local ev, nev = plan[6], #plan[6]
 local rules, groups, pairs_ = X.rules, X.groups, X.pairs
 
@@ -112,9 +112,9 @@ do
   while i <= nev do
     local kind = ev[i]
     if kind == 1 then
-      idf[#idf + 1] = ev[i + 1]
+      if not ids.fresh(X.ids, ev[i + 1]) then idf[#idf + 1] = ev[i + 1] end
     elseif kind == 2 then
-      idf[#idf + 1] = ev[i + 1]
+      if not ids.fresh(X.ids, ev[i + 1]) then idf[#idf + 1] = ev[i + 1] end
       if ev[i + 5] ~= '' then idf[#idf + 1] = ev[i + 5] end
       local d, p = ev[i + 3], ev[i + 2]
       for r, rule in ipairs(rules) do

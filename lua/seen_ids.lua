@@ -10,18 +10,29 @@ Generation g lives in the hash <prefix>:{s<N>}:ids:<YYYY-MM-DD of g>, fields "o<
 latest - g <= retention, and a generation is deleted as the latest day passes that. The live
 generations are listed in the shard's meta hash (field gens, "d1,d2,...").
 
-  ids.open(base, gens, latest, retention) -> I
+The meta hash also keeps the largest oid and tid ever added (maxo "o<oid>", maxt "t<tid>"; never lowered,
+retention or not): an id above it was never seen, so it needs no look-up. Gateways number
+their orders and trades upwards, so most of a batch's ids skip the HMGET.
+
+  ids.open(base, gens, latest, retention, maxo, maxt) -> I
+  ids.fresh(I, field) -> true when the id is above every id of its kind ever added (unseen)
   ids.preload(I, fields)             one HMGET per live generation (newest first)
   ids.seen(I, field) -> value or nil
   ids.add(I, field, value)           into generation I.latest
   ids.advance(I, day)                the shard's latest day moves to `day`; old generations go
-  ids.flush(I, ttl_ms) -> gens       write back; returns the new gens list for the meta hash
+  ids.flush(I, ttl_ms) -> gens, maxo, maxt   write back; the new meta fields
 ]]
 
 local ids = {}
 
-function ids.open(base, gens, latest, retention)
+-- "o"/"t" + decimal digits without leading zeros, same prefix: longer is larger, then bytes
+local function above(a, b)
+  return #a > #b or (#a == #b and a > b)
+end
+
+function ids.open(base, gens, latest, retention, maxo, maxt)
   local I = {base = base, latest = latest, retention = retention, gens = {}, caches = {}, gen = {}, val = {}}
+  I.max = {[111] = maxo or '', [116] = maxt or ''} -- by first byte ("o", "t"): the largest id added
   for d in string.gmatch(gens or '', '(%-?%d+)') do
     I.gens[#I.gens + 1] = tonumber(d)
   end
@@ -58,6 +69,14 @@ function ids.preload(I, fields)
   end
 end
 
+function ids.fresh(I, f)
+  if above(f, I.max[string.byte(f)]) then
+    if I.gen[f] == nil then I.gen[f] = false end
+    return true
+  end
+  return false
+end
+
 function ids.seen(I, f)
   local g = I.gen[f]
   if g == nil then
@@ -74,6 +93,8 @@ function ids.add(I, f, x)
   if I.gens[#I.gens] ~= d then I.gens[#I.gens + 1] = d end
   cache.set(c, f, x)
   I.gen[f], I.val[f] = d, x
+  local kind = string.byte(f)
+  if above(f, I.max[kind]) then I.max[kind] = f end
 end
 
 function ids.advance(I, day)
@@ -95,5 +116,5 @@ function ids.flush(I, ttl_ms)
   end
   local out = {}
   for i, d in ipairs(I.gens) do out[i] = string.format('%d', d) end
-  return table.concat(out, ',')
+  return table.concat(out, ','), I.max[111], I.max[116]
 end

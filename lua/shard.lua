@@ -23,7 +23,7 @@ X = shard.open(base, plan, meta) holds:
 
 local shard = {}
 
-function shard.open(base, plan, clock, latest, gens)
+function shard.open(base, plan, clock, latest, gens, maxo, maxt)
   local X = {
     base = base, rules = plan[2], accounts = plan[3], pairs = plan[4], groups = plan[5],
     retention = plan[7], ttl = plan[8], clock = clock, latest = latest, out = {},
@@ -38,7 +38,7 @@ function shard.open(base, plan, clock, latest, gens)
       X.sums[r] = {}
     end
   end
-  X.ids = ids.open(base, gens, latest, X.retention)
+  X.ids = ids.open(base, gens, latest, X.retention, maxo, maxt)
   return X
 end
 
@@ -157,9 +157,9 @@ function shard.flush(X, meta, seq, digest, result)
     end
     cache.flush(X.reg[r], ttl, true)
   end
-  local gens = ids.flush(X.ids, ttl)
+  local gens, maxo, maxt = ids.flush(X.ids, ttl)
   redis.call('HSET', meta, 'hwm', seq, 'clock', string.format('%d', X.clock),
-    'latest', string.format('%d', X.latest), 'gens', gens)
+    'latest', string.format('%d', X.latest), 'gens', gens, 'maxo', maxo, 'maxt', maxt)
   -- the results of the last 4 batches, for retries (a sender keeps at most one batch in flight)
   local results, old = keys.results(X.base), string.format('%.0f', tonumber(seq) - 4)
   redis.call('HSET', results, seq, result, seq .. ':digest', digest)
