@@ -1,0 +1,120 @@
+"""The Lua twins against their Python originals, primitive by primitive: window.lua against
+memory.SlidingWindow, the trading-day key names against date.isoformat, daily sums' text
+against Python's numbers. On fakeredis and on a real redis-server."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import fakeredis
+import pytest
+import redis
+
+from cluster_risk.state.memory import SlidingWindow
+from tests.redis.servers import RedisServer
+
+LUA = Path(__file__).parents[2] / "lua"
+
+
+def library(name: str) -> str:
+    return (LUA / name).read_text(encoding="utf-8").split("\n", 1)[1]
+
+
+@pytest.fixture(params=["fakeredis", "redis"])
+def run_lua(request: pytest.FixtureRequest) -> Callable[[list[str], str, str], Any]:
+    """``run_lua(libraries, body, arg)``: the libraries, then ``body``, run with ARGV[1] = arg."""
+    if request.param == "fakeredis":
+        client: Any = fakeredis.FakeRedis()
+        shims = [library("struct_shim.lua")]  # fakeredis has no struct
+    else:
+        server: RedisServer = request.getfixturevalue("standalone")
+        client = redis.Redis(port=server.port)
+        shims = []
+
+    def run(libraries: list[str], body: str, arg: str) -> Any:
+        script = "\n".join([*shims, *(library(name) for name in libraries), body])
+        return json.loads(client.eval(script, 0, arg))
+
+    return run
+
+
+WINDOW_HARNESS = """
+local p = cjson.decode(ARGV[1])
+local K, threshold, resume = p[1], p[2], p[3]
+local w, out = window.decode(nil), {}
+for i, op in ipairs(p[4]) do
+  if op[1] == 1 then
+    local code = window.hit(w, op[2], K, threshold, resume)
+    out[#out + 1] = {code, w.n}
+  else
+    local c = op[2]
+    if w.hb and w.hb > c then c = w.hb end
+    out[#out + 1] = {0, window.count_at(w, c, K)}
+  end
+  if i % 3 == 0 then w = window.decode(window.encode(w)) end -- as between two batches
+end
+return cjson.encode(out)
+"""
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_window_lua_is_the_sliding_window(run_lua: Callable[..., Any], seed: int) -> None:
+    rnd = random.Random(seed)
+    bucket = rnd.choice([1024, 1_000_000])
+    k = rnd.choice([1, 2, 5, 10, 100])
+    threshold = rnd.randint(1, 8)
+    resume = rnd.randint(0, threshold)
+    window = SlidingWindow(("A",), k * bucket, bucket, threshold, resume)
+    t = 1_795_000_000_000_000_000 // bucket * bucket
+    ops: list[list[int]] = []
+    expected: list[list[int]] = []
+    for _ in range(400):
+        t += rnd.choice([0, 1, bucket // 3, bucket, 2 * bucket, k * bucket // 2 + 1, 3 * k * bucket])
+        if rnd.random() < 0.15:  # a tick's count at some time at or after the group's high water
+            at = t + rnd.choice([0, bucket, k * bucket])
+            ops.append([2, at // bucket])
+            expected.append([0, window.count_at(at)])
+            continue
+        hit = t - rnd.choice([0, 0, 0, bucket, k * bucket // 2, 2 * k * bucket]) if rnd.random() < 0.3 else t
+        ops.append([1, hit // bucket])
+        code = window.hit(hit)
+        expected.append([code, window.count()])
+    got = run_lua(["window.lua"], WINDOW_HARNESS, json.dumps([k, threshold, resume, ops]))
+    assert got == expected
+
+
+def test_trading_day_keys_name_the_date(run_lua: Callable[..., Any]) -> None:
+    days = [1, 59, 60, 366, 719163, 730119, 738886, 739000, 767011, 3652059]
+    days += random.Random(1).sample(range(1, 3652059), 300)
+    body = (
+        "local out = {} for i, d in ipairs(cjson.decode(ARGV[1])) do out[i] = keys.iso_day(d) end "
+        "return cjson.encode(out)"
+    )
+    assert run_lua(["keys.lua"], body, json.dumps(days)) == [date.fromordinal(d).isoformat() for d in days]
+
+
+def test_daily_sums_keep_their_python_type_and_value(run_lua: Callable[..., Any]) -> None:
+    rnd = random.Random(2)
+    cases = [(rnd.randint(0, 2**40), False) for _ in range(50)]
+    cases += [(rnd.uniform(0, 1e6) * rnd.choice([1, 1e-9, 1e12]), True) for _ in range(200)]
+    cases += [(0.1 + 0.2, True), (200.0, True), (1e20, True), (5e-324, True), (0, False)]
+    body = """
+local out = {}
+for i, c in ipairs(cjson.decode(ARGV[1])) do
+  local s = daily.format(tonumber(c[1]), c[2] == 1)
+  local x, isfloat = daily.parse(s)
+  out[i] = {s, daily.format(x, isfloat)}
+end
+return cjson.encode(out)
+"""
+    arg = json.dumps([[repr(value), int(isfloat)] for value, isfloat in cases])
+    for (value, isfloat), (text, again) in zip(cases, run_lua(["daily_sum.lua"], body, arg), strict=True):
+        assert text == again  # parse(format(x)) == x, type included
+        parsed = float(text) if isfloat else int(text)
+        assert parsed == value and isinstance(parsed, float) == isfloat
+        assert isfloat == any(c in text for c in ".en")
