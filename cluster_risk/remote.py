@@ -22,9 +22,16 @@ the shard's part without it.  (Batch-local orders win over the index: they diffe
 oid is reused for another account, which the contract leaves unspecified.)
 
 Exactly once.  Every shard call carries a batch number (the shard's high-water mark + 1,
-read once per engine) and a digest of its plan.  A call that redis-py retries after a lost
-reply finds its number already applied with the same digest and returns the stored result:
-nothing is counted twice and the actions are not lost.
+read once per engine) and a digest of its plan, and applies only on top of the previous
+number.  A call that redis-py retries after a lost reply finds its number among the last
+four applied with the same digest and gets the stored result: nothing is counted twice and
+no action is lost.
+
+Throughput.  :meth:`RemoteEngine.process_stream` keeps one batch in flight on a standalone
+server: Python plans batch k+1 while Redis applies batch k (on 2 vCPUs about twice the
+events/s of :meth:`~RemoteEngine.process_batch`).  Redis's work per batch grows with the
+distinct accounts and groups in it (each group's window state is read and written once per
+batch), so fewer accounts per batch is cheaper per event.
 
 Ticks and resets go to every shard, so every shard knows the clock day that new accounts
 start from.  Per-account semantics make this the same as one engine; one difference remains:
@@ -216,6 +223,7 @@ class RemoteEngine:
         for i, rule in enumerate(self.rules):
             self._add_rule(i, rule)
         self._header = [r.header(scope_key([r.rule.name])) for r in self._stateful]
+        self._rule_index = {rule.name: i for i, rule in enumerate(self.rules)}
         self._ttl_ms = (store.ttl_s * 1000) if store.ttl_s is not None else (id_retention_days + 1) * _DAY_MS
         self._accounts: dict[str, _Account] = {}
         self._contexts: dict[tuple[str, str], _Context] = {}
@@ -331,6 +339,23 @@ class RemoteEngine:
         finally:
             if pending is not None:  # the caller stopped early: still collect what Redis did
                 self._finish(pending)
+
+    # ------------------------------------------------------------------ inspection
+
+    def paused_scopes(self) -> list[tuple[str, dict[str, str]]]:
+        """Every (rule name, scope) paused now, in rule order then scope order (read from
+        every shard's ``paused:<rule>`` hash)."""
+        out: list[tuple[str, dict[str, str]]] = []
+        for r in self._stateful:
+            rule = r.rule
+            hash_name = scope_key([rule.name])
+            keys: set[tuple[str, ...]] = set()
+            for shard in range(self.store.num_shards):
+                for field in self.store.client.hkeys(self.store.key(shard, f"paused:{hash_name}")):
+                    keys.add(scope_values(_str(field)))
+            out += [(rule.name, dict(zip(rule.dimensions, key, strict=True))) for key in sorted(keys)]
+        out.sort(key=lambda item: self._rule_index[item[0]])
+        return out
 
     # ------------------------------------------------------------------ validate and enrich
 

@@ -161,6 +161,10 @@ class RedisStore:
     def meta_key(self, shard: int) -> str:
         return self._meta[shard]
 
+    def key(self, shard: int, suffix: str) -> str:
+        """A key of the shard: ``key(3, "paused:OrderRateLimitRule")`` (the layout above)."""
+        return f"{self.prefix}:{{s{shard}}}:{suffix}"
+
     def shard_keys(self, shard: int) -> list[str]:
         """Every key the shard holds now (SCAN on its pattern; for ops and tests)."""
         pattern = f"{self.prefix}:{{s{shard}}}:*"

@@ -41,6 +41,7 @@ def test_random_streams_print_what_memory_prints(make_engine: Callable[..., Engi
     batch = [1, 7, 64, 1000][seed % 4]
     assert list(replay_batched(remote, events, batch, decoded=True)) == expected
     assert any(r.get("type") == "PAUSE_ORDER" for r in expected)  # the stream does exercise the rules
+    assert remote.paused_scopes() == memory.paused_scopes()
 
 
 @pytest.mark.parametrize("backend", ["fakeredis", "redis"], indirect=True)
