@@ -73,9 +73,10 @@ from cluster_risk.wire import decode_event, decode_line
 if TYPE_CHECKING:
     from cluster_risk.config import TradingDay
 
-__all__ = ["RemoteEngine", "BatchError", "replay_batched", "scope_key", "scope_values"]
+__all__ = ["RemoteEngine", "BatchError", "ShardSender", "replay_batched", "scope_key", "scope_values"]
 
 Outcome = list[Action] | EventError
+ShardSender = Callable[[bytes, Sequence[int], Mapping[int, Scope], Sequence[Outcome]], tuple[str, Any]]
 _Item = tuple[int, Event, "_Context | None", str]  # (batch index, event, context, oid to verify)
 
 _DUP, _PAUSE, _RESUME, _ROLL, _TICK, _RESET = 1, 2, 3, 4, 5, 6
@@ -340,6 +341,40 @@ class RemoteEngine:
             if pending is not None:  # the caller stopped early: still collect what Redis did
                 self._finish(pending)
 
+    def apply_shard(self, shard: int, events: Sequence[Event], send: ShardSender) -> list[Outcome]:
+        """Apply ``events`` (orders and trades of ``shard``'s accounts, ticks, resets) through
+        the caller's own script call - a cluster worker adds its lease, cursor and output
+        streams.  ``send(plan, positions, scopes, outcomes)`` must run ``apply.lua`` on the
+        shard with ``plan`` as ARGV[1] and return ``("ok", records)`` or ``("abort", pos)``;
+        ``positions[k]`` is the batch index of the plan's event k+1, ``scopes`` maps the
+        batch index of each order and trade to its (enriched) scope, ``outcomes`` already
+        holds the :class:`EventError` of every event rejected so far.  An abort rejects that
+        trade (``unknown_order``) and calls ``send`` again with the rest; ``send`` is called
+        even when nothing is left, so the caller can record the batch (dead letters, cursor).
+        Returns the outcome of every event."""
+        outcomes: list[Outcome] = [[] for _ in events]
+        items = self._prepare(events, outcomes, lambda: None)
+        for item in items:
+            if item[2] is not None and item[2].account.shard != shard:
+                raise ValueError(f"event {item[0]}: account {item[2].account.id!r} is on shard {item[2].account.shard}")
+        while True:
+            plan = self._plan(items, {shard}).get(shard) or _Plan()
+            scopes = {item[0]: item[2].scope for item in items if item[2] is not None}
+            status, payload = send(self._blob(plan), plan.positions, scopes, outcomes)
+            if status == "ok":
+                break
+            if status != "abort":
+                raise StoreError(f"shard {shard}: apply.lua answered {status!r} ({payload})")
+            index = plan.positions[payload - 1]
+            trade = next(item[1] for item in items if item[0] == index)
+            assert isinstance(trade, Trade)
+            outcomes[index] = _unknown_order(trade)
+            items = [item for item in items if item[0] != index]
+        records: dict[int, list[list[Any]]] = {}
+        for record in payload:
+            records.setdefault(plan.positions[record[0] - 1], []).append(record)
+        return self._outcomes(items, outcomes, records)
+
     # ------------------------------------------------------------------ inspection
 
     def paused_scopes(self) -> list[tuple[str, dict[str, str]]]:
@@ -454,9 +489,13 @@ class RemoteEngine:
         return _Batch(items, outcomes, plans, calls, self.store.send_apply(calls))
 
     def _encode(self, plan: _Plan, seq: int) -> tuple[int, bytes, str]:
-        tables = (plan.accounts, plan.pairs, plan.groups, plan.events)
-        blob = self.store.encode([1, self._header, *tables, self.id_retention_days, self._ttl_ms, str(plan.t0)])
+        blob = self._blob(plan)
         return seq, blob, hashlib.blake2b(blob, digest_size=16).hexdigest()
+
+    def _blob(self, plan: _Plan) -> bytes:
+        """ARGV[1] of apply.lua (its header documents the layout)."""
+        tables = (plan.accounts, plan.pairs, plan.groups, plan.events)
+        return self.store.encode([1, self._header, *tables, self.id_retention_days, self._ttl_ms, str(plan.t0)])
 
     def _finish(self, batch: _Batch) -> list[Outcome]:
         """Wait for the batch's replies and turn them into outcomes (one per event)."""
@@ -470,8 +509,13 @@ class RemoteEngine:
         except RiskError:
             self._next = None  # unsure what applied: read the high-water marks again next time
             raise
+        return self._outcomes(batch.items, outcomes, records)
+
+    def _outcomes(
+        self, items: Sequence[_Item], outcomes: list[Outcome], records: Mapping[int, list[list[Any]]]
+    ) -> list[Outcome]:
         judged = bool(self._stateless)  # stateless rules may act on any order or trade
-        for item in batch.items:
+        for item in items:
             index = item[0]
             if (index in records or judged or item[2] is None) and not isinstance(outcomes[index], EventError):
                 outcomes[index] = self._actions(item, records.get(index, ()))

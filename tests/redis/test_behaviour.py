@@ -3,7 +3,9 @@ the in-memory engine (the executable spec), retention, duplicates, big ids, refu
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
+from typing import Any
 
 import fakeredis
 import pytest
@@ -15,6 +17,7 @@ from cluster_risk.remote import BatchError, RemoteEngine, replay_batched, scope_
 from cluster_risk.replay import replay_events
 from cluster_risk.rules import OrderRateLimitRule
 from cluster_risk.state.redis import RedisStore
+from tests.helpers import views
 from tests.redis import streams
 from tests.redis.conftest import Engine
 from tests.redis.servers import RedisServer
@@ -164,3 +167,44 @@ def test_replay_batched_prints_what_the_cli_prints(standalone: RedisServer) -> N
     got = list(replay_batched(RemoteEngine(rules, streams.CONTRACTS, store=store), lines, 100))
     store.close()
     assert got == expected
+
+
+@pytest.mark.parametrize("backend", REMOTE, indirect=True)
+def test_apply_shard_with_the_callers_own_script_call(make_engine: Callable[..., Engine]) -> None:
+    """The hook a cluster worker uses: it plans, the caller sends (here: plain apply.lua)."""
+    import json
+    from pathlib import Path
+
+    from cluster_risk.wire import decode_event
+
+    case = json.loads((Path(__file__).parents[1] / "conformance" / "cases" / "case-12.json").read_text())
+    engine = make_engine(case["config"], num_shards=1)
+    assert isinstance(engine, RemoteEngine)
+    store = engine.store
+    seq = store.high_water_marks()[0]
+    got: list[dict[str, Any]] = []
+    raw = case["events"]
+    for start in range(0, len(raw), 100):
+        decoded: list[tuple[int, Any]] = []
+        for index in range(start, min(start + 100, len(raw))):
+            try:
+                decoded.append((index, decode_event(raw[index])))
+            except EventError as exc:
+                decoded.append((index, exc))
+        events = [e for _, e in decoded if not isinstance(e, EventError)]
+        sent: list[Any] = []
+
+        def send(
+            blob: bytes, positions: Any, scopes: Any, outcomes: Any, sent: Any = sent, number: int = seq + 1
+        ) -> Any:
+            sent.append((list(positions), dict(scopes)))
+            digest = hashlib.blake2b(blob, digest_size=16).hexdigest()
+            return store.apply({0: (number, blob, digest)})[0]
+
+        outcomes = iter(engine.apply_shard(0, events, send))
+        seq += 1
+        for index, item in decoded:
+            outcome = item if isinstance(item, EventError) else next(outcomes)
+            got += [outcome.to_dict(index)] if isinstance(outcome, EventError) else [a.to_dict() for a in outcome]
+        assert sent and all(isinstance(scope.account, str) for _, scopes in sent for scope in scopes.values())
+    assert views(got) == case["expected"]
