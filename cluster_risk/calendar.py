@@ -10,9 +10,10 @@ engine.
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, time, timedelta
+from typing import Protocol
 from zoneinfo import ZoneInfo
 
-__all__ = ["TradingCalendar"]
+__all__ = ["TradingCalendar", "calendar_for"]
 
 _NS = 1_000_000_000
 _DAY_NS = 86_400 * _NS
@@ -61,3 +62,16 @@ class TradingCalendar:
 
     def __repr__(self) -> str:
         return f"TradingCalendar({self.timezone!r}, start={self.start.strftime('%H:%M')})"
+
+
+class _HasCalendar(Protocol):
+    def calendar(self) -> TradingCalendar: ...
+
+
+def calendar_for(trading_day: _HasCalendar | TradingCalendar | None) -> TradingCalendar:
+    """The calendar of a config's ``trading_day`` (default: UTC, days start at 00:00)."""
+    if trading_day is None:
+        return TradingCalendar()
+    if isinstance(trading_day, TradingCalendar):
+        return trading_day
+    return trading_day.calendar()

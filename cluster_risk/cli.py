@@ -14,9 +14,9 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import IO
 
-from cluster_risk.config import load_config
+from cluster_risk.config import EngineConfig, load_config
 from cluster_risk.engine import RiskEngine
-from cluster_risk.errors import ConfigError
+from cluster_risk.errors import ConfigError, RiskError
 from cluster_risk.replay import replay_lines
 
 __all__ = ["main"]
@@ -51,11 +51,11 @@ def _replay(args: argparse.Namespace) -> int:
         config = load_config(args.config)
     except ConfigError as exc:
         return _fail(str(exc))
+    if args.redis_url:
+        return _replay_through_redis(args, config)
     engine = RiskEngine.from_config(config)
-    # Bytes, decoded per line: a line that is not UTF-8 is dead-lettered (invalid_json) like
-    # any other bad line instead of ending the replay.
     try:
-        stream = sys.stdin.buffer if args.events == "-" else open(args.events, "rb")  # noqa: SIM115
+        stream = _open_events(args.events)
     except OSError as exc:
         return _fail(f"{args.events}: cannot read ({exc.strerror})")
     with stream:
@@ -67,6 +67,36 @@ def _replay(args: argparse.Namespace) -> int:
         dumps = json.JSONEncoder(separators=(",", ":")).encode
         for record in replay_lines(engine, lines):
             write(dumps(record) + "\n")
+    return 0
+
+
+def _open_events(path: str) -> IO[bytes]:
+    # Bytes, decoded per line: a line that is not UTF-8 is dead-lettered (invalid_json) like
+    # any other bad line instead of ending the replay.
+    return sys.stdin.buffer if path == "-" else open(path, "rb")
+
+
+def _replay_through_redis(args: argparse.Namespace, config: EngineConfig) -> int:
+    """The same output through a Redis store, ``--batch-size`` events per script call."""
+    from cluster_risk.remote import RemoteEngine, replay_batched
+    from cluster_risk.state.redis import RedisStore
+
+    try:
+        config.require_account_dimension()
+        store = RedisStore.from_url(args.redis_url, num_shards=args.num_shards)
+    except RiskError as exc:
+        return _fail(str(exc))
+    engine = RemoteEngine.from_config(config, store)
+    try:
+        stream = _open_events(args.events)
+    except OSError as exc:
+        return _fail(f"{args.events}: cannot read ({exc.strerror})")
+    with stream:
+        write = sys.stdout.write
+        dumps = json.JSONEncoder(separators=(",", ":")).encode
+        for record in replay_batched(engine, stream, args.batch_size):
+            write(dumps(record) + "\n")
+    store.close()
     return 0
 
 
@@ -84,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--config", required=True, help="engine config (.json, .yaml or .toml)")
     replay.add_argument("events", help="events file (JSON Lines), or - for stdin")
     replay.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    replay.add_argument("--redis-url", help="keep the state in Redis (a fresh database gives the same output)")
+    replay.add_argument("--batch-size", type=int, default=1000, help="events per script call with --redis-url")
+    replay.add_argument("--num-shards", type=int, default=16, help="shards with --redis-url")
     replay.set_defaults(handler=_replay)
 
     bench = commands.add_parser("bench", help="run the benchmark (same as python -m cluster_risk.benchmark)")

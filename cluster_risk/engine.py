@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
-from cluster_risk.calendar import TradingCalendar
-from cluster_risk.errors import UNKNOWN_ORDER, ConfigError, EventError
+from cluster_risk.calendar import TradingCalendar, calendar_for
+from cluster_risk.errors import UNKNOWN_ORDER, ConfigError, EventError, RiskError
 from cluster_risk.events import (
     MAX_ID,
     MAX_INT_PRICE,
@@ -41,6 +41,10 @@ from cluster_risk.state.memory import PAUSED, RESUMED, DailySum, IdRetention, Sl
 
 if TYPE_CHECKING:
     from cluster_risk.config import TradingDay
+    from cluster_risk.state.redis import RedisStore
+
+# With a store, these methods are the store-backed engine's (same results, state in Redis).
+_DELEGATED = ("process", "process_order", "process_trade", "tick", "reset_daily", "process_many", "process_batch")
 
 __all__ = ["RiskEngine"]
 
@@ -130,7 +134,22 @@ class RiskEngine:
         trading_day: TradingDay | TradingCalendar | None = None,
         *,
         id_retention_days: int = 7,
+        store: RedisStore | None = None,
     ) -> None:
+        """``store=RedisStore.from_url(url)`` keeps the state in Redis instead of this process
+        (:class:`cluster_risk.remote.RemoteEngine` does the work; the API and the actions are
+        the same, plus one script call per shard for :meth:`process_batch`)."""
+        self.store = store
+        if store is not None:
+            from cluster_risk.remote import RemoteEngine
+
+            self.remote: RemoteEngine | None = RemoteEngine(
+                rules, contract_to_product, trading_day, store=store, id_retention_days=id_retention_days
+            )
+            for name in _DELEGATED:  # instance attributes win over the in-memory methods: no cost per call
+                setattr(self, name, getattr(self.remote, name))
+        else:
+            self.remote = None
         if id_retention_days < 1:
             raise ConfigError("id_retention_days: must be at least 1 (the contract keeps the previous day)")
         names = [rule.name for rule in rules]
@@ -139,7 +158,7 @@ class RiskEngine:
             raise ConfigError(f"rule names must be unique; repeated: {', '.join(duplicates)}")
         self.rules: tuple[BaseRule, ...] = tuple(rules)
         self.contract_to_product: dict[str, str] = dict(contract_to_product or {})
-        self.calendar = _calendar(trading_day)
+        self.calendar = calendar_for(trading_day)
         self._slots = [_RuleSlot(i, rule) for i, rule in enumerate(self.rules)]
         self._accounts: dict[str, _Account] = {}
         self._contexts: dict[str, dict[str, _Context]] = {}  # account -> contract -> context
@@ -160,13 +179,14 @@ class RiskEngine:
         }
 
     @classmethod
-    def from_config(cls, config: Any) -> RiskEngine:
+    def from_config(cls, config: Any, store: RedisStore | None = None) -> RiskEngine:
         """Build from :func:`cluster_risk.config.build_config`'s result."""
         return cls(
             config.rules,
             config.contract_to_product,
             config.trading_day,
             id_retention_days=config.id_retention_days,
+            store=store,
         )
 
     # ------------------------------------------------------------------ events
@@ -356,6 +376,14 @@ class RiskEngine:
         self._floating_paused.clear()
         return actions
 
+    def process_batch(self, events: Sequence[Event]) -> list[Action]:
+        """All actions of ``events`` in event order.  In memory this is a loop; with a Redis
+        store it is one script call per shard (errors: :class:`cluster_risk.remote.BatchError`)."""
+        out: list[Action] = []
+        for event in events:
+            out.extend(self.process(event))
+        return out
+
     def process_many(self, events: Iterable[Event]) -> list[Action]:
         """Convenience: every event in order, all actions concatenated (errors propagate)."""
         out: list[Action] = []
@@ -367,6 +395,8 @@ class RiskEngine:
 
     def paused_scopes(self) -> list[tuple[str, dict[str, str]]]:
         """Every (rule name, scope) currently paused, in rule order then scope order."""
+        if self.remote is not None:
+            return self.remote.paused_scopes()
         return [
             (slot.rule.name, slot.scope_of(group.key))
             for slot in self._slots
@@ -375,12 +405,14 @@ class RiskEngine:
 
     def window_count(self, rule: str, scope: Mapping[str, str]) -> int:
         """A window rule's count for ``scope`` at the group's own high-water time."""
+        self._in_memory_only()
         slot, key = self._slot_and_key(rule, scope)
         group = slot.groups.get(key)
         return 0 if group is None else int(group.count())
 
     def daily_sum(self, rule: str, scope: Mapping[str, str], day: date | None = None) -> float:
         """A daily rule's sum for ``scope`` on ``day`` (default: that scope's current day)."""
+        self._in_memory_only()
         slot, key = self._slot_and_key(rule, scope)
         group = slot.groups.get(key)
         if group is None:
@@ -393,6 +425,7 @@ class RiskEngine:
 
     def memory_entries(self) -> dict[str, int]:
         """Sizes of the structures that grow with traffic (for tests and ops)."""
+        self._in_memory_only()
         return {
             "orders": len(self._orders),
             "trades": len(self._trades),
@@ -401,6 +434,10 @@ class RiskEngine:
         }
 
     # ------------------------------------------------------------------ internals
+
+    def _in_memory_only(self) -> None:
+        if self.remote is not None:
+            raise RiskError("this inspection reads in-process state; with a Redis store read the keys (README)")
 
     def _slot_and_key(self, rule: str, scope: Mapping[str, str]) -> tuple[_RuleSlot, tuple[str, ...]]:
         for slot in self._slots:
@@ -580,11 +617,3 @@ class RiskEngine:
 def _group_key(group: Any) -> tuple[str, ...]:
     key: tuple[str, ...] = group.key
     return key
-
-
-def _calendar(trading_day: TradingDay | TradingCalendar | None) -> TradingCalendar:
-    if trading_day is None:
-        return TradingCalendar()
-    if isinstance(trading_day, TradingCalendar):
-        return trading_day
-    return trading_day.calendar()
