@@ -80,6 +80,7 @@ ShardSender = Callable[[bytes, Sequence[int], Mapping[int, Scope], Sequence[Outc
 _Item = tuple[int, Event, "_Context | None", str]  # (batch index, event, context, oid to verify)
 
 _DUP, _PAUSE, _RESUME, _ROLL, _TICK, _RESET = 1, 2, 3, 4, 5, 6
+WRONG_SHARD = "wrong_shard"  # a worker's dead letter: the event's account lives on another shard
 _MAX_BUCKET = 1 << 53
 _DAY_MS = 86_400_000
 _ESCAPE = {c: f"%{c:02X}" for c in [*range(32), 127, ord("%"), ord(":")]}
@@ -351,12 +352,16 @@ class RemoteEngine:
         holds the :class:`EventError` of every event rejected so far.  An abort rejects that
         trade (``unknown_order``) and calls ``send`` again with the rest; ``send`` is called
         even when nothing is left, so the caller can record the batch (dead letters, cursor).
+        An order or trade whose account is on another shard is rejected (``wrong_shard``), so
+        a misrouted entry is dead-lettered instead of stopping the worker.
         Returns the outcome of every event."""
         outcomes: list[Outcome] = [[] for _ in events]
         items = self._prepare(events, outcomes, lambda: None)
-        for item in items:
+        for item in items:  # misrouted, or enriched from another shard's order: dead-letter it
             if item[2] is not None and item[2].account.shard != shard:
-                raise ValueError(f"event {item[0]}: account {item[2].account.id!r} is on shard {item[2].account.shard}")
+                detail = f"account {item[2].account.id!r} is on shard {item[2].account.shard}, not {shard}"
+                outcomes[item[0]] = EventError(WRONG_SHARD, "account_id", detail)
+        items = [item for item in items if not isinstance(outcomes[item[0]], EventError)]
         while True:
             plan = self._plan(items, {shard}).get(shard) or _Plan()
             scopes = {item[0]: item[2].scope for item in items if item[2] is not None}

@@ -9,6 +9,8 @@ ARGV[3]  digest of the plan: the same number with the same digest is a retry of 
          already applied (one of the last 4: a sender may have one in flight behind another)
 ARGV[4]  "m" or "j": codec of ARGV[1] and of the result
 ARGV[5]  the hwm the sender expects (its previous batch): the batch applies only on top of it
+KEYS[2..4], ARGV[6..7]  a cluster worker's lease, input cursor and output streams
+         (lua/fence.lua, lua/emit.lua); RemoteEngine's own batches pass none of them
 
 Returns  {"ok", result}     applied; result = encoded list of records (below)
          {"again", result}  a batch applied before (a retried call whose reply was lost): its
@@ -19,6 +21,8 @@ Returns  {"ok", result}     applied; result = encoded list of records (below)
          {"stale", hwm}     hwm is not what the sender expects: another writer, an earlier
                             batch of this sender that did not apply, or a lost reply followed
                             by a different batch; nothing written
+         {"fenced", epoch} / {"gap", sid}   (cluster worker) refused before any write
+         {"ok", result, hint}               (cluster worker) hint: see emit.lua
 
 plan = {1, rules, accounts, pairs, groups, events, retention_days, ttl_ms, t0}
   rules[r]    {"w", name, K, threshold, resume, 1} | {"d", name, cap, 0, 0, 1 if orders feed it}
@@ -50,11 +54,18 @@ record = {pos, code, r, scope key, value}   (pos = the event's number in this pl
 --@include seen_ids.lua
 --@include shard.lua
 --@include rollover.lua
+--@include fence.lua
+--@include emit.lua
 
 local meta = KEYS[1]
 local base = keys.base(meta)
 local seq, digest, prev = ARGV[2], ARGV[3], ARGV[5]
 local json = ARGV[4] == 'j'
+local worker = fence.open(json, 6)
+if worker then
+  local refused = fence.check_epoch(worker)
+  if refused then return refused end
+end
 
 local m = redis.call('HMGET', meta, 'hwm', 'clock', 'latest', 'gens', 'maxo', 'maxt')
 local hwm = tonumber(m[1]) or 0
@@ -64,6 +75,10 @@ if tonumber(seq) <= hwm then
   return {'stale', string.format('%.0f', hwm)}
 end
 if tonumber(prev) ~= hwm then return {'stale', string.format('%.0f', hwm)} end
+if worker then
+  local refused = fence.check_cursor(worker)
+  if refused then return refused end
+end
 
 local plan
 if json then plan = cjson.decode(ARGV[1]) else plan = cmsgpack.unpack(ARGV[1]) end
@@ -257,4 +272,5 @@ end
 local result
 if json then result = cjson.encode(X.out) else result = cmsgpack.pack(X.out) end
 shard.flush(X, meta, seq, digest, result)
+if worker then return {'ok', result, emit.run(worker, X)} end
 return {'ok', result}
