@@ -2,7 +2,7 @@
 
 from cluster_risk.config import EngineConfig, TradingDay, build_config, load_config
 from cluster_risk.engine import RiskEngine
-from cluster_risk.errors import ConfigError, EventError, RiskError
+from cluster_risk.errors import BatchError, ConfigError, EventError, RiskError
 from cluster_risk.events import Action, ActionType, Direction, Order, ResetDaily, Tick, Trade
 from cluster_risk.rules import (
     AccountVolumeLimitRule,
@@ -41,4 +41,5 @@ __all__ = [
     "RiskError",
     "ConfigError",
     "EventError",
+    "BatchError",
 ]

@@ -18,7 +18,7 @@ from datetime import date
 from typing import TYPE_CHECKING, Any
 
 from cluster_risk.calendar import TradingCalendar, calendar_for
-from cluster_risk.errors import UNKNOWN_ORDER, ConfigError, EventError, RiskError
+from cluster_risk.errors import UNKNOWN_ORDER, BatchError, ConfigError, EventError, RiskError
 from cluster_risk.events import (
     MAX_ID,
     MAX_INT_PRICE,
@@ -44,7 +44,16 @@ if TYPE_CHECKING:
     from cluster_risk.state.redis import RedisStore
 
 # With a store, these methods are the store-backed engine's (same results, state in Redis).
-_DELEGATED = ("process", "process_order", "process_trade", "tick", "reset_daily", "process_many", "process_batch")
+_DELEGATED = (
+    "process",
+    "process_order",
+    "process_trade",
+    "tick",
+    "reset_daily",
+    "process_many",
+    "process_batch",
+    "apply_batch",
+)
 
 __all__ = ["RiskEngine"]
 
@@ -376,13 +385,31 @@ class RiskEngine:
         self._floating_paused.clear()
         return actions
 
-    def process_batch(self, events: Sequence[Event]) -> list[Action]:
-        """All actions of ``events`` in event order.  In memory this is a loop; with a Redis
-        store it is one script call per shard (errors: :class:`cluster_risk.remote.BatchError`)."""
-        out: list[Action] = []
+    def apply_batch(self, events: Sequence[Event]) -> list[list[Action] | EventError]:
+        """Per event, its actions or the error that rejected it (a rejected event changes
+        nothing and does not stop the batch).  With a Redis store: one script call per shard."""
+        outcomes: list[list[Action] | EventError] = []
         for event in events:
-            out.extend(self.process(event))
-        return out
+            try:
+                outcomes.append(self.process(event))
+            except EventError as exc:
+                outcomes.append(exc)
+        return outcomes
+
+    def process_batch(self, events: Sequence[Event]) -> list[Action]:
+        """All actions of ``events`` in event order.  Rejected events do not stop the batch; if
+        there were any, :class:`BatchError` is raised afterwards with every error (and index)
+        and every action.  In memory this is a loop; with a Redis store one call per shard."""
+        actions: list[Action] = []
+        errors: list[tuple[int, EventError]] = []
+        for index, outcome in enumerate(self.apply_batch(events)):
+            if isinstance(outcome, EventError):
+                errors.append((index, outcome))
+            else:
+                actions.extend(outcome)
+        if errors:
+            raise BatchError(errors, actions)
+        return actions
 
     def process_many(self, events: Iterable[Event]) -> list[Action]:
         """Convenience: every event in order, all actions concatenated (errors propagate)."""

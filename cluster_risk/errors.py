@@ -5,7 +5,8 @@
     RiskError
     ├── ConfigError          an unusable engine config (names the place: ``rules[1].daily_cap``)
     └── EventError           a rejected event; carries the contract's ``code`` and ``field``
-        (codes: invalid_field, unknown_order, unknown_type, invalid_json)
+        │                    (codes: invalid_field, unknown_order, unknown_type, invalid_json)
+        └── BatchError       some events of a batch were rejected; the valid ones were applied
 
 ``ConfigError`` and ``EventError`` are also ``ValueError`` so that callers who only know the
 standard library still catch them.  A rejected event never changes engine state.
@@ -13,7 +14,12 @@ standard library still catch them.  A rejected event never changes engine state.
 
 from __future__ import annotations
 
-__all__ = ["RiskError", "ConfigError", "EventError"]
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cluster_risk.events import Action
+
+__all__ = ["BatchError", "ConfigError", "EventError", "RiskError"]
 
 INVALID_FIELD = "invalid_field"
 UNKNOWN_ORDER = "unknown_order"
@@ -51,3 +57,16 @@ class EventError(RiskError, ValueError):
 
 def invalid(field: str, detail: str) -> EventError:
     return EventError(INVALID_FIELD, field, detail)
+
+
+class BatchError(EventError):
+    """Some events of a batch were rejected; the valid ones were applied.
+
+    ``errors`` lists ``(index, EventError)``; ``actions`` holds every action of the batch.
+    The code and field are those of the first rejected event."""
+
+    def __init__(self, errors: list[tuple[int, EventError]], actions: list[Action]) -> None:
+        index, first = errors[0]
+        super().__init__(first.code, first.field, f"event {index}: {first.detail}")
+        self.errors = errors
+        self.actions = actions

@@ -52,8 +52,8 @@ from datetime import date
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
-from cluster_risk.calendar import TradingCalendar
-from cluster_risk.errors import UNKNOWN_ORDER, UNKNOWN_TYPE, ConfigError, EventError, RiskError
+from cluster_risk.calendar import TradingCalendar, calendar_for
+from cluster_risk.errors import UNKNOWN_ORDER, UNKNOWN_TYPE, BatchError, ConfigError, EventError, RiskError
 from cluster_risk.events import (
     Action,
     ActionType,
@@ -93,19 +93,6 @@ def scope_key(values: Iterable[str]) -> str:
 
 def scope_values(key: str) -> tuple[str, ...]:
     return tuple(unquote(part) for part in key.split(":"))
-
-
-class BatchError(EventError):
-    """Some events of a batch were rejected; the valid ones were applied.
-
-    ``errors`` lists ``(index, EventError)``; ``actions`` holds every action of the batch.
-    The code and field are those of the first rejected event."""
-
-    def __init__(self, errors: list[tuple[int, EventError]], actions: list[Action]) -> None:
-        index, first = errors[0]
-        super().__init__(first.code, first.field, f"event {index}: {first.detail}")
-        self.errors = errors
-        self.actions = actions
 
 
 class _Rule:
@@ -213,7 +200,7 @@ class RemoteEngine:
             raise ConfigError("id_retention_days: must be at least 1 (the contract keeps the previous day)")
         self.rules: tuple[BaseRule, ...] = tuple(rules)
         self.contract_to_product = dict(contract_to_product or {})
-        self.calendar = _calendar(trading_day)
+        self.calendar = calendar_for(trading_day)
         self.store = store
         self.id_retention_days = id_retention_days
         self._stateful: list[_Rule] = []
@@ -730,14 +717,6 @@ def _raise(outcome: Outcome) -> list[Action]:
     if isinstance(outcome, EventError):
         raise outcome
     return outcome
-
-
-def _calendar(trading_day: TradingDay | TradingCalendar | None) -> TradingCalendar:
-    if trading_day is None:
-        return TradingCalendar()
-    if isinstance(trading_day, TradingCalendar):
-        return trading_day
-    return trading_day.calendar()
 
 
 def replay_batched(

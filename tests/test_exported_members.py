@@ -30,6 +30,7 @@ EXPORTED = [
     "RiskError",
     "ConfigError",
     "EventError",
+    "BatchError",
 ]
 
 

@@ -125,3 +125,21 @@ def test_two_classes_under_one_name_are_refused() -> None:
     with pytest.raises(ValueError, match=name):
         register_rule(Other)
     assert rule_types()[name] is Clash
+
+
+def test_a_batch_applies_every_valid_event_and_reports_the_rejected_ones() -> None:
+    from cluster_risk import BatchError, Direction, Order, OrderRateLimitRule, RiskEngine
+
+    engine = RiskEngine([OrderRateLimitRule(threshold=1)])
+    good = [Order(i, "A1", "T2303", Direction.BID, 1.0, 1, 1_000 + i) for i in (1, 2)]
+    bad = Order(3, "A1", "T2303", Direction.BID, 1.0, 0, 1_003)
+    outcomes = engine.apply_batch([good[0], bad, good[1]])
+    assert outcomes[0] == [] and isinstance(outcomes[1], Exception) and len(outcomes[2]) == 1
+    engine = RiskEngine([OrderRateLimitRule(threshold=1)])
+    try:
+        engine.process_batch([good[0], bad, good[1]])
+    except BatchError as exc:
+        assert [(i, e.field) for i, e in exc.errors] == [(1, "volume")]
+        assert [a.type.value for a in exc.actions] == ["PAUSE_ORDER"]  # the third order still counted
+    else:
+        raise AssertionError("a batch with a rejected event raises BatchError")
