@@ -189,13 +189,19 @@ def _print_table(result: dict[str, Any]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args_in = list(sys.argv[1:] if argv is None else argv)
+    if args_in[:1] == ["redis"]:  # python -m cluster_risk.benchmark redis [...]: the Redis store
+        from cluster_risk import redis_benchmark
+
+        return redis_benchmark.main(args_in[1:])
     parser = argparse.ArgumentParser(prog="python -m cluster_risk.benchmark", description=__doc__.splitlines()[0])
     parser.add_argument("--orders", type=int, default=300_000)
     parser.add_argument("--trades", type=int, default=75_000)
     parser.add_argument("--accounts", type=int, default=1_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    args = parser.parse_args(argv)
+    parser.epilog = "python -m cluster_risk.benchmark redis --help: the Redis-backed engine through one Redis"
+    args = parser.parse_args(args_in)
     result = run(args.orders, args.trades, args.accounts, args.repeat)
     if args.json:
         print(json.dumps(result))
