@@ -122,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="run the benchmark (same as python -m cluster_risk.benchmark)")
     bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments for the benchmark")
     bench.set_defaults(handler=_bench)
+
+    from cluster_risk.cluster.commands import register_cluster_commands
+
+    register_cluster_commands(commands)  # worker, publish, actions, status, up
     return parser
 
 

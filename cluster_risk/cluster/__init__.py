@@ -31,3 +31,19 @@ effects, and the gateway client.  Choices made, and why:
   asyncio face): publishes, and keeps the pause cache that answers in memory; fails closed
   after ``fail_after_s`` without Redis.
 """
+
+from cluster_risk.cluster.client import AsyncRiskClient, RiskClient
+from cluster_risk.cluster.shards import Deployment, DeploymentError, Keys
+from cluster_risk.cluster.streams import Publisher
+from cluster_risk.cluster.worker import Durability, Worker
+
+__all__ = [
+    "AsyncRiskClient",
+    "Deployment",
+    "DeploymentError",
+    "Durability",
+    "Keys",
+    "Publisher",
+    "RiskClient",
+    "Worker",
+]

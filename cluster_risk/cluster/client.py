@@ -1,0 +1,294 @@
+"""RiskClient: what a gateway links in.  It publishes events into the shards' streams and
+keeps a local copy of every current pause - the hot cache that answers ``is_paused`` and
+``check(order)`` in memory, without a Redis round trip.
+
+The cache starts from a snapshot of each shard (its pause hashes and the id of its last
+action, read in one atomic step: ``lua/snapshot.lua``) and is kept current from the shards'
+actions streams.  Workers publish a hint for each batch (``shard, previous action id, then
+id/JSON pairs``); a hint whose previous id is the one the cache has seen is applied at once,
+any other, and every ``poll_s``, makes the cache read the stream from where it is (XRANGE),
+so a lost hint costs latency, never an action.
+
+Fail closed.  Every successful exchange with Redis (a hint, a poll) stamps the cache; when
+the last stamp is older than ``fail_after_s``, every scope counts as paused (``fail_open=True``
+keeps answering from the last known pauses instead).  The switch is logged once each way and
+shown by :attr:`RiskClient.failing` and the ``cluster_risk_client_fail_closed`` metric.
+
+:class:`AsyncRiskClient` is the asyncio face of the same client: the cache is shared memory
+(``is_paused``/``check`` are plain calls), publishing runs the sync publisher in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from redis.exceptions import RedisError
+
+from cluster_risk.cluster.shards import Client, Deployment, Keys, Scripts, text
+from cluster_risk.cluster.streams import Publisher
+from cluster_risk.config import EngineConfig
+from cluster_risk.events import Event, Order
+from cluster_risk.remote import scope_values
+from cluster_risk.rules.base import DailyCapRule, WindowRule
+
+__all__ = ["AsyncRiskClient", "PausedSet", "RiskClient"]
+
+log = logging.getLogger("cluster_risk.cluster.client")
+
+Pause = tuple[str, tuple[tuple[str, str], ...]]  # (rule, ((dimension, value), ...))
+UNREACHABLE: Pause = ("redis_unreachable", ())
+
+
+class PausedSet:
+    """The current pauses, by account (every cluster rule groups by account)."""
+
+    def __init__(self, shards: int) -> None:
+        self.by_account: dict[str, set[Pause]] = {}
+        self.last = ["0-0"] * shards  # per shard: the last action applied
+
+    def apply(self, action: Mapping[str, Any]) -> None:
+        scope = tuple((str(k), str(v)) for k, v in action["scope"].items())
+        pause: Pause = (str(action["rule"]), scope)
+        account = dict(scope).get("account", "")
+        if action["type"] == "PAUSE_ORDER":
+            self.by_account.setdefault(account, set()).add(pause)
+        elif action["type"] == "RESUME_ORDER":
+            self.by_account.get(account, set()).discard(pause)
+
+    def matching(self, account: str, contract: str | None = None, product: str | None = None) -> list[Pause]:
+        given = {"account": account, "contract": contract, "product": product}
+        return [p for p in self.by_account.get(account, ()) if all(given.get(d) == v for d, v in p[1])]
+
+    def all(self) -> list[Pause]:
+        return sorted(p for pauses in self.by_account.values() for p in pauses)
+
+
+class RiskClient:
+    """Sync gateway client; ``start()`` loads the cache and follows it in a daemon thread."""
+
+    def __init__(
+        self,
+        client: Client,
+        *,
+        prefix: str = "risk",
+        config: EngineConfig | None = None,
+        fail_after_s: float = 2.0,
+        fail_open: bool = False,
+        poll_s: float = 0.2,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.client = client
+        deployment = Deployment(client, prefix)
+        self.keys: Keys = deployment.ensure(None)
+        self.rules: list[dict[str, Any]] = (
+            [{"name": r.name, "dimensions": list(r.dimensions)} for r in config.rules if _stateful(r)]
+            if config is not None
+            else deployment.rules()
+        )
+        self.products = dict(config.contract_to_product) if config is not None else {}
+        self.fail_after_s = fail_after_s
+        self.fail_open = fail_open
+        self.poll_s = poll_s
+        self.cache = PausedSet(self.keys.shards)
+        self.publisher = Publisher(client, prefix=prefix, shards=self.keys.shards)
+        self.publisher.store.encode([])  # settle the codec the workers' hints use
+        self._scripts = Scripts(client)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._ok_at = 0.0
+        self.failing = False
+        registry = registry or CollectorRegistry()
+        self._fail_gauge = Gauge("cluster_risk_client_fail_closed", "1 while failing", registry=registry)
+        self._fail_count = Counter("cluster_risk_client_fail_switches", "Switches to failing", registry=registry)
+
+    # ------------------------------------------------------------------ gateway API
+
+    def publish(self, event: Event) -> None:
+        self.publisher.publish([(None, event)])
+
+    def publish_many(self, events: Sequence[Event]) -> None:
+        self.publisher.publish([(None, e) for e in events])
+
+    def is_paused(self, account: str, contract: str | None = None, product: str | None = None) -> bool:
+        """Would an order in this scope be refused?  (Pauses of every rule whose dimensions
+        are all given and equal; ``product`` defaults to the contract's product.)"""
+        return bool(self.pauses(account, contract, product))
+
+    def check(self, order: Order) -> list[Pause]:
+        """The pauses that refuse ``order`` (empty: admit it)."""
+        return self.pauses(order.account_id, order.contract_id)
+
+    def pauses(self, account: str, contract: str | None = None, product: str | None = None) -> list[Pause]:
+        if self._unreachable() and not self.fail_open:
+            return [UNREACHABLE]
+        if product is None and contract is not None:
+            product = self.products.get(contract, contract)
+        with self._lock:
+            return self.cache.matching(account, contract, product)
+
+    def _unreachable(self) -> bool:
+        down = time.monotonic() - self._ok_at > self.fail_after_s
+        if down != self.failing:
+            self.failing = down
+            self._fail_gauge.set(1 if down else 0)
+            if down:
+                self._fail_count.inc()
+                log.warning(
+                    "no answer from Redis for %.1f s: %s",
+                    self.fail_after_s,
+                    "failing open (last known pauses)" if self.fail_open else "failing closed (every scope paused)",
+                )
+            else:
+                log.warning("Redis reachable again: pauses from the cluster")
+        return down
+
+    # ------------------------------------------------------------------ following
+
+    def start(self) -> RiskClient:
+        self.resync()
+        self._thread = threading.Thread(target=self._follow, name="risk-client", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> RiskClient:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def resync(self) -> None:
+        """Reload every shard's pauses and action position (one atomic read per shard)."""
+        fresh = PausedSet(self.keys.shards)
+        for shard in range(self.keys.shards):
+            keys = [self.keys.actions(shard)] + [self.keys.paused(shard, r["name"]) for r in self.rules]
+            reply = self._scripts("snapshot.lua", keys, [])
+            pauses: list[Pause] = []
+            for rule, flat in zip(self.rules, reply[1:], strict=True):
+                for field in flat[::2]:
+                    values = scope_values(text(field))
+                    pauses.append((rule["name"], tuple(zip(rule["dimensions"], values, strict=False))))
+            fresh.last[shard] = text(reply[0])
+            for pause in pauses:
+                fresh.by_account.setdefault(dict(pause[1]).get("account", ""), set()).add(pause)
+        with self._lock:
+            self.cache = fresh
+        self._ok_at = time.monotonic()
+
+    def _follow(self) -> None:
+        pubsub = None
+        next_poll = 0.0
+        while not self._stop.is_set():
+            try:
+                if pubsub is None:
+                    pubsub = self.client.pubsub()  # type: ignore[no-untyped-call]
+                    pubsub.subscribe(self.keys.channel)
+                    self.catch_up(range(self.keys.shards))
+                message = pubsub.get_message(ignore_subscribe_messages=True, timeout=min(0.05, self.poll_s))
+                if message is not None and message.get("type") == "message":
+                    self._hint(message["data"])
+                if time.monotonic() >= next_poll:
+                    self.catch_up(range(self.keys.shards))
+                    next_poll = time.monotonic() + self.poll_s
+            except RedisError as exc:
+                log.debug("follower: %s", exc)
+                if pubsub is not None:
+                    _close_quietly(pubsub)
+                pubsub = None
+                self._stop.wait(min(0.2, self.poll_s))
+        if pubsub is not None:
+            _close_quietly(pubsub)
+
+    def _hint(self, data: bytes) -> None:
+        hint = self.publisher.store.decode(data)
+        shard, previous, rest = int(hint[0]), text(hint[1]), hint[2:]
+        with self._lock:
+            in_order = self.cache.last[shard] == previous
+            if in_order:
+                for entry_id, action in zip(rest[::2], rest[1::2], strict=True):
+                    self.cache.apply(json.loads(action))
+                    self.cache.last[shard] = text(entry_id)
+        self._ok_at = time.monotonic()
+        if not in_order:
+            self.catch_up([shard])
+
+    def catch_up(self, shards: Iterable[int]) -> None:
+        """Read each shard's actions after the cache's position (pipelined, 1,000 at a time)."""
+        todo = list(shards)
+        while todo:
+            pipe = self.client.pipeline(transaction=False)
+            for shard in todo:
+                pipe.xrange(self.keys.actions(shard), min=f"({self.cache.last[shard]}", count=1000)
+            replies = pipe.execute()
+            more = []
+            with self._lock:
+                for shard, entries in zip(todo, replies, strict=True):
+                    for entry_id, fields in entries:
+                        self.cache.apply(json.loads(fields[b"a"]))
+                        self.cache.last[shard] = text(entry_id)
+                    if len(entries) == 1000:
+                        more.append(shard)
+            todo = more
+        self._ok_at = time.monotonic()
+
+
+def _stateful(rule: object) -> bool:
+    return isinstance(rule, WindowRule | DailyCapRule)
+
+
+def _close_quietly(pubsub: Any) -> None:
+    with contextlib.suppress(RedisError):
+        pubsub.close()
+
+
+class AsyncRiskClient:
+    """asyncio face of :class:`RiskClient` (same cache; Redis I/O in a thread)."""
+
+    def __init__(self, client: Client, **options: Any) -> None:
+        self._options = options
+        self._client = client
+        self.sync: RiskClient | None = None
+
+    async def start(self) -> AsyncRiskClient:
+        self.sync = await asyncio.to_thread(lambda: RiskClient(self._client, **self._options).start())
+        return self
+
+    async def close(self) -> None:
+        if self.sync is not None:
+            await asyncio.to_thread(self.sync.close)
+
+    async def __aenter__(self) -> AsyncRiskClient:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _ready(self) -> RiskClient:
+        if self.sync is None:
+            raise RuntimeError("AsyncRiskClient: call start() first (or use 'async with')")
+        return self.sync
+
+    async def publish(self, event: Event) -> None:
+        await asyncio.to_thread(self._ready().publish, event)
+
+    async def publish_many(self, events: Sequence[Event]) -> None:
+        await asyncio.to_thread(self._ready().publish_many, events)
+
+    def is_paused(self, account: str, contract: str | None = None, product: str | None = None) -> bool:
+        return self._ready().is_paused(account, contract, product)
+
+    def check(self, order: Order) -> list[Pause]:
+        return self._ready().check(order)

@@ -1,0 +1,98 @@
+"""What a worker adds to a shard batch so the apply script can write the batch's actions,
+dead letters and cursor in the same atomic step as the state (``lua/fence.lua``,
+``lua/emit.lua``).
+
+The script renders each action's JSON itself (the values only exist inside the script), from
+constant pieces computed here once per engine: rule name, dimension names and limit as JSON,
+the reason's text around the value.  Stateless rules need no state, so their verdicts are
+rendered here and the script keeps them unless the event turns out to be a duplicate.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import date
+from typing import Any
+
+from cluster_risk.calendar import TradingCalendar
+from cluster_risk.errors import EventError
+from cluster_risk.events import Action, Event, Order, Trade
+from cluster_risk.rules.base import BaseRule, DailyCapRule, Scope, StatelessRule, WindowRule
+
+__all__ = ["DeadLetter", "Renderer"]
+
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
+
+# (stream entry id, line index or "", error code, field, reason, raw event)
+DeadLetter = tuple[str, str, str, str, str, str]
+
+
+def rule_table(rules: Sequence[BaseRule]) -> list[list[Any]]:
+    """emit.lua's ``rules[r]`` for the stateful rules, in the script's order (config order)."""
+    out: list[list[Any]] = []
+    for i, rule in enumerate(rules):
+        dims = [_dumps(d) for d in rule.dimensions]
+        if isinstance(rule, WindowRule):
+            window = f" orders in {rule.window_ns} ns"
+            pause = f"{window} > threshold {rule.threshold}"
+            resume = f"{window} <= resume threshold {rule.resume_threshold}"
+            out.append([i, "w", _dumps(rule.name), dims, _dumps(rule.threshold), "", pause, "", resume])
+        elif isinstance(rule, DailyCapRule):
+            metric = getattr(rule, "metric", "sum")
+            pause = f" > cap {rule.daily_cap}"
+            out.append([i, "d", _dumps(rule.name), dims, _dumps(rule.daily_cap), f"daily {metric} ", pause, "", ""])
+    return out
+
+
+class Renderer:
+    """Builds the extras (ARGV[6] of apply.lua in cluster mode) for one batch."""
+
+    def __init__(self, rules: Sequence[BaseRule], calendar: TradingCalendar, actions_maxlen: int = 0) -> None:
+        self.rules = rule_table(rules)
+        self.stateless = [(i, r) for i, r in enumerate(rules) if isinstance(r, StatelessRule)]
+        self.calendar = calendar
+        self.actions_maxlen = actions_maxlen
+
+    def extras(
+        self,
+        after: str,
+        last: str,
+        entries: int,
+        events: Sequence[Event],
+        positions: Sequence[int],
+        scopes: Mapping[int, Scope],
+        dead: Iterable[DeadLetter],
+    ) -> list[Any]:
+        """``positions[k]``: the batch index of the plan's event k+1; ``scopes``: batch index ->
+        the (enriched) scope of an order or trade."""
+        per_event: list[list[str]] = []
+        verdicts: list[Any] = []
+        day_range = self.calendar.day_range
+        for pos, index in enumerate(positions, 1):
+            event = events[index]
+            t = event.timestamp
+            day, lo, _ = day_range(t)
+            per_event.append([str(t), str(lo), date.fromordinal(day).isoformat()])
+            scope = scopes.get(index)
+            if scope is not None and self.stateless:
+                for i, action in self._verdicts(event, scope):
+                    verdicts += (pos, i, _dumps(action.to_dict()))
+        return [after, last, entries, self.rules, per_event, verdicts, list(dead), self.actions_maxlen]
+
+    def _verdicts(self, event: Event, scope: Scope) -> Iterable[tuple[int, Action]]:
+        for i, rule in self.stateless:
+            if isinstance(event, Order):
+                verdict = rule.evaluate_order(event, scope)
+            elif isinstance(event, Trade):
+                verdict = rule.evaluate_trade(event, scope)
+            else:
+                continue
+            if verdict is not None:
+                dims: dict[str, str] = dict(zip(rule.dimensions, rule.scope_key(scope), strict=True))
+                t = event.timestamp
+                yield i, Action(verdict.type, rule.name, dims, t, verdict.value, verdict.limit, verdict.reason)
+
+
+def dead_letter(entry_id: str, index: str, error: EventError, raw: str) -> DeadLetter:
+    return (entry_id, index, error.code, error.field, error.detail or error.code, raw)

@@ -1,0 +1,242 @@
+"""Publishing events into the shards' input streams (the gateway side of the pipe).
+
+Each valid event becomes one entry ``{e: wire JSON (encode_event), i: line index}`` of
+``P:{sN}:in``, N = the shard of its account; a tick or a reset goes to every shard, in the
+order it came.  Invalid events are returned, never sent.
+
+Routing a trade without ``account_id``: by the account of its order.  The publisher writes
+``oid -> account`` for every order it sends (``P:{rM}:route:<day>``, M = crc32(oid) mod S,
+one hash per UTC day of the order, kept id-retention + 2 days) *after* the order's entry is in
+its stream, so a fill arriving at another gateway finds the route only once the order is
+ahead of it in the same stream.  Lookup order: this publisher's own recent orders (memory),
+the route hashes, then the order index of the state (``lookup_ids.lua``).  A trade found
+nowhere goes to the shard of its oid; the worker then decides exactly as the engine does
+(duplicate, or ``unknown_order`` dead-lettered).
+
+Retries: a pipeline that fails is sent again (after a cluster map refresh) for up to
+``retry_s``.  An entry may
+then be in its stream twice: orders and trades are deduplicated by id; a repeated tick is
+harmless; a repeated reset_daily is not, which is written down in the package docs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+from redis.cluster import RedisCluster
+from redis.exceptions import RedisError
+
+from cluster_risk.cluster.shards import Client, Deployment, Keys, text
+from cluster_risk.errors import EventError, invalid
+from cluster_risk.events import Event, Order, Trade
+from cluster_risk.state.redis import RedisStore, StoreError
+from cluster_risk.wire import decode_line, encode_event
+
+__all__ = ["Publisher"]
+
+_DAY_NS = 86_400_000_000_000
+_T = TypeVar("_T")
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
+
+
+class Publisher:
+    """Validates, routes and appends events; ``replicas`` > 0 waits for that many replicas
+    (``WAIT``) after each chunk, on the connection that wrote it."""
+
+    def __init__(
+        self,
+        client: Client,
+        *,
+        prefix: str = "risk",
+        shards: int | None = None,
+        retention_days: int = 7,
+        replicas: int = 0,
+        wait_timeout_ms: int = 1000,
+        memory: int = 1_000_000,
+        retry_s: float = 30.0,
+    ) -> None:
+        self.client = client
+        self.keys: Keys = Deployment(client, prefix).ensure(shards)
+        self.retention_days = retention_days
+        self.replicas = replicas
+        self.wait_timeout_ms = wait_timeout_ms
+        self._memory = memory
+        self._routes: dict[int, str] = {}  # oid -> account of orders sent here (insertion order)
+        self.store = RedisStore(client, prefix=prefix, num_shards=self.keys.shards)
+        self.not_replicated = 0
+        self.retry_s = retry_s
+
+    # ------------------------------------------------------------------ lines
+
+    def publish_lines(
+        self, lines: Iterable[str | bytes], *, rate: float | None = None, chunk: int = 500
+    ) -> Iterable[tuple[int, EventError]]:
+        """Publish a JSON Lines stream; yields (line index, error) for each rejected line."""
+        pending: list[tuple[int, Event]] = []
+        started = time.monotonic()
+        sent = 0
+        for index, line in enumerate(lines):
+            if not line.strip():
+                continue
+            try:
+                event = decode_line(line)
+                _check_text(event)
+            except EventError as exc:
+                yield index, exc
+                continue
+            pending.append((index, event))
+            if len(pending) >= (min(chunk, max(1, int(rate // 100))) if rate else chunk):
+                self.publish(pending)
+                sent += len(pending)
+                pending = []
+                if rate:
+                    _pace(started, sent, rate)
+        if pending:
+            self.publish(pending)
+
+    # ------------------------------------------------------------------ events
+
+    def publish(self, events: Sequence[tuple[int | None, Event]]) -> None:
+        """Append already-valid events (with their line index, or None) in order."""
+        routed = self._route(events)
+        entries: list[tuple[str, dict[str, Any]]] = []
+        for (index, event), shards in zip(events, routed, strict=True):
+            body: dict[str, Any] = {"e": _dumps(encode_event(event))}
+            if index is not None:
+                body["i"] = index
+            entries.extend((self.keys.input(s), body) for s in shards)
+        self._send([("XADD", key, "*", *_flat(body)) for key, body in entries])
+        routes = [
+            ("HSET", self.keys.route(e.oid, e.timestamp // _DAY_NS), str(e.oid), e.account_id)
+            for _, e in events
+            if isinstance(e, Order)
+        ]
+        if routes:
+            ttl = (self.retention_days + 2) * 86_400
+            keys = {cmd[1] for cmd in routes}
+            self._send(routes + [("EXPIRE", key, ttl, "NX") for key in keys])
+            for _, e in events:
+                if isinstance(e, Order):
+                    self._remember(e.oid, e.account_id)
+
+    def _route(self, events: Sequence[tuple[int | None, Event]]) -> list[range | list[int]]:
+        every = range(self.keys.shards)
+        out: list[range | list[int]] = []
+        unknown: dict[int, Trade] = {}
+        local: dict[int, str] = {}
+        for _, event in events:
+            if isinstance(event, Order):
+                local.setdefault(event.oid, event.account_id)
+            elif isinstance(event, Trade) and event.account_id is None:
+                unknown[event.oid] = event
+        for oid in [oid for oid in unknown if oid in local or oid in self._routes]:
+            del unknown[oid]
+        found = self._lookup(list(unknown.values())) if unknown else {}
+        for _, event in events:
+            if isinstance(event, Order):
+                out.append([self.keys.shard_of(event.account_id)])
+            elif isinstance(event, Trade):
+                account = event.account_id or local.get(event.oid) or self._routes.get(event.oid)
+                account = account or found.get(event.oid)
+                if account is None:  # the worker decides: duplicate or unknown_order
+                    out.append([self.keys.route_shard(event.oid)])
+                else:
+                    out.append([self.keys.shard_of(account)])
+            else:
+                out.append(every)
+        return out
+
+    def _lookup(self, trades: list[Trade]) -> dict[int, str]:
+        """Accounts of these trades' orders: the route hashes, then the state's order index."""
+        calls = []
+        for trade in trades:
+            day = trade.timestamp // _DAY_NS
+            for d in range(day + 1, day - self.retention_days - 2, -1):
+                calls.append((trade.oid, ("HGET", self.keys.route(trade.oid, d), str(trade.oid))))
+        found: dict[int, str] = {}
+        for (oid, _), value in zip(calls, self._send([c for _, c in calls]), strict=True):
+            if value is not None and oid not in found:
+                found[oid] = text(value)
+        missing = [t.oid for t in trades if t.oid not in found]
+        if missing:
+            indexed = self._retrying(lambda: self.store.lookup_ids([f"o{oid}" for oid in missing]))
+            for oid in missing:
+                value = indexed.get(f"o{oid}")
+                if value is not None:
+                    found[oid] = value.split("\x1f", 1)[0]
+        return found
+
+    def _remember(self, oid: int, account: str) -> None:
+        self._routes[oid] = account
+        if len(self._routes) > self._memory:
+            for old in list(self._routes)[: self._memory // 10]:
+                del self._routes[old]
+
+    # ------------------------------------------------------------------ sending
+
+    def _send(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Pipelined, per server (so WAIT follows the writes on their connection); on a Redis
+        error, sent again (after a cluster map refresh) until ``retry_s`` has passed."""
+        return self._retrying(lambda: self._send_once(commands))
+
+    def _retrying(self, call: Callable[[], _T]) -> _T:
+        deadline = time.monotonic() + self.retry_s
+        while True:
+            try:
+                return call()
+            except (RedisError, StoreError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+                if isinstance(self.client, RedisCluster):
+                    with contextlib.suppress(RedisError):
+                        self.client.nodes_manager.initialize()
+
+    def _send_once(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        groups: dict[str, tuple[Any, list[int]]] = {}
+        cluster = self.client if isinstance(self.client, RedisCluster) else None
+        for i, command in enumerate(commands):
+            if cluster is None:
+                name, node = "", self.client
+            else:
+                target = cluster.get_node_from_key(command[1])  # type: ignore[no-untyped-call]
+                name, node = target.name, cluster.get_redis_connection(target)
+            groups.setdefault(name, (node, []))[1].append(i)
+        replies: list[Any] = [None] * len(commands)
+        for node, indices in groups.values():
+            pipe = node.pipeline(transaction=False)
+            for i in indices:
+                pipe.execute_command(*commands[i])
+            if self.replicas:
+                pipe.execute_command("WAIT", self.replicas, self.wait_timeout_ms)
+            got = pipe.execute()
+            if self.replicas and int(got[-1]) < self.replicas:
+                self.not_replicated += 1
+            for i, value in zip(indices, got, strict=False):
+                replies[i] = value
+        return replies
+
+
+def _flat(body: dict[str, Any]) -> list[Any]:
+    return [x for pair in body.items() for x in pair]
+
+
+def _check_text(event: Event) -> None:
+    """Ids must be encodable (a lone surrogate from a JSON escape is not): refuse here."""
+    for name in ("account_id", "contract_id"):
+        value = getattr(event, name, None)
+        if isinstance(value, str):
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                raise invalid(name, "is not valid Unicode text") from None
+
+
+def _pace(started: float, sent: int, rate: float) -> None:
+    ahead = sent / rate - (time.monotonic() - started)
+    if ahead > 0:
+        time.sleep(ahead)
