@@ -2,7 +2,8 @@
 
 Each valid event becomes one entry ``{e: wire JSON (encode_event), i: line index}`` of
 ``P:{sN}:in``, N = the shard of its account; a tick or a reset goes to every shard, in the
-order it came.  Invalid events are returned, never sent.
+order it came.  Invalid events are returned, never sent.  A chunk costs one
+``lua/publish.lua`` call per shard (a Redis command per event cost 4x more CPU here).
 
 Routing a trade without ``account_id``: by the account of its order.  The publisher writes
 ``oid -> account`` for every order it sends (``P:{rM}:route:<day>``, M = crc32(oid) mod S,
@@ -33,7 +34,7 @@ from redis.exceptions import RedisError
 from cluster_risk.cluster.shards import Client, Deployment, Keys, text
 from cluster_risk.errors import EventError, invalid
 from cluster_risk.events import Event, Order, Trade
-from cluster_risk.state.redis import RedisStore, StoreError
+from cluster_risk.state.redis import RedisStore, StoreError, load_lua
 from cluster_risk.wire import decode_line, encode_event
 
 __all__ = ["Publisher"]
@@ -69,6 +70,8 @@ class Publisher:
         self.store = RedisStore(client, prefix=prefix, num_shards=self.keys.shards)
         self.not_replicated = 0
         self.retry_s = retry_s
+        self._script = load_lua("publish.lua")
+        self._expiring: set[str] = set()  # route keys this publisher has given their TTL
 
     # ------------------------------------------------------------------ lines
 
@@ -101,27 +104,25 @@ class Publisher:
     # ------------------------------------------------------------------ events
 
     def publish(self, events: Sequence[tuple[int | None, Event]]) -> None:
-        """Append already-valid events (with their line index, or None) in order."""
-        routed = self._route(events)
-        entries: list[tuple[str, dict[str, Any]]] = []
-        for (index, event), shards in zip(events, routed, strict=True):
-            body: dict[str, Any] = {"e": _dumps(encode_event(event))}
-            if index is not None:
-                body["i"] = index
-            entries.extend((self.keys.input(s), body) for s in shards)
-        self._send([("XADD", key, "*", *_flat(body)) for key, body in entries])
-        routes = [
-            ("HSET", self.keys.route(e.oid, e.timestamp // _DAY_NS), str(e.oid), e.account_id)
-            for _, e in events
-            if isinstance(e, Order)
-        ]
+        """Append already-valid events (with their line index, or None) in order: one
+        ``lua/publish.lua`` call per shard, then the orders' routes (one HSET per route key)."""
+        per_shard: dict[int, list[str]] = {}
+        for (index, event), shards in zip(events, self._route(events), strict=True):
+            body = (_dumps(encode_event(event)), "" if index is None else str(index))
+            for shard in shards:
+                per_shard.setdefault(shard, []).extend(body)
+        self._send([("EVAL", self._script, 1, self.keys.input(s), *args) for s, args in per_shard.items()])
+        routes: dict[str, list[str]] = {}
+        for _, e in events:
+            if isinstance(e, Order):
+                routes.setdefault(self.keys.route(e.oid, e.timestamp // _DAY_NS), []).extend((str(e.oid), e.account_id))
+                self._remember(e.oid, e.account_id)
         if routes:
             ttl = (self.retention_days + 2) * 86_400
-            keys = {cmd[1] for cmd in routes}
-            self._send(routes + [("EXPIRE", key, ttl, "NX") for key in keys])
-            for _, e in events:
-                if isinstance(e, Order):
-                    self._remember(e.oid, e.account_id)
+            fresh = [key for key in routes if key not in self._expiring]
+            commands = [("HSET", key, *pairs) for key, pairs in routes.items()]
+            self._send(commands + [("EXPIRE", key, ttl, "NX") for key in fresh])
+            self._expiring.update(fresh)  # a route key's TTL is set once (NX), by its first writer
 
     def _route(self, events: Sequence[tuple[int | None, Event]]) -> list[range | list[int]]:
         every = range(self.keys.shards)
@@ -203,7 +204,8 @@ class Publisher:
             if cluster is None:
                 name, node = "", self.client
             else:
-                target = cluster.get_node_from_key(command[1])  # type: ignore[no-untyped-call]
+                key = command[3] if command[0] == "EVAL" else command[1]  # EVAL script 1 key ...
+                target = cluster.get_node_from_key(key)  # type: ignore[no-untyped-call]
                 name, node = target.name, cluster.get_redis_connection(target)
             groups.setdefault(name, (node, []))[1].append(i)
         replies: list[Any] = [None] * len(commands)
@@ -219,10 +221,6 @@ class Publisher:
             for i, value in zip(indices, got, strict=False):
                 replies[i] = value
         return replies
-
-
-def _flat(body: dict[str, Any]) -> list[Any]:
-    return [x for pair in body.items() for x in pair]
 
 
 def _check_text(event: Event) -> None:

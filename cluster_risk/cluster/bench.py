@@ -1,0 +1,255 @@
+"""``python -m cluster_risk.cluster.bench``: the cluster's figures on this machine, with a
+local redis-server and worker processes (the benchmark's seed workload).
+
+- **throughput**: N events (the seed's two rules) published as fast as one publisher can,
+  applied by 1 and by 2 workers; events/s from the first publish to the last entry applied
+  (lag 0).  Publisher, workers and Redis share the machine's cores.
+- **latency** at a fixed publish rate: probe orders (one every 10 ms, volume over the
+  ``MaxOrderVolumeRule`` cap, so each yields one action at once) among the seed load; the
+  time from just before a probe is sent to its action arriving at a subscriber of the
+  workers' pub/sub hints (what a gateway's cache sees), p50/p99/max.
+- **failover**: one of two workers is killed (SIGKILL) under load; the time until every one of
+  its shards is held by the survivor (new epoch) and applied again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import msgpack  # type: ignore[import-untyped]
+import redis
+
+from cluster_risk.benchmark import SEED_CONFIG, make_workload
+from cluster_risk.cluster.launcher import RedisProcess, start_worker
+from cluster_risk.cluster.shards import Deployment, Keys, text
+from cluster_risk.cluster.status import total_lag
+from cluster_risk.cluster.streams import Publisher
+from cluster_risk.events import Event, Order
+
+__all__ = ["main"]
+
+CONFIG: dict[str, Any] = {
+    **SEED_CONFIG,
+    "rules": [*SEED_CONFIG["rules"], {"type": "MaxOrderVolumeRule", "max_volume": 100}],
+}
+_PROBE = 1_000_000
+
+
+class _Fleet:
+    def __init__(
+        self, folder: Path, shards: int, workers: int, lease_ms: int = 2000, config: dict[str, Any] = SEED_CONFIG
+    ) -> None:
+        self.folder = folder
+        self.server = RedisProcess(folder / "redis")
+        self.url = self.server.url
+        self.client = redis.Redis.from_url(self.url)
+        self.keys: Keys = Deployment(self.client).ensure(shards)
+        path = folder / "config.json"
+        path.write_text(json.dumps(config), encoding="utf-8")
+        self.procs = []
+        for i in range(workers):
+            with open(folder / f"worker-{i}.log", "ab") as log:
+                args = ("--tick-ms", "0", "--lease-ms", str(lease_ms))
+                self.procs.append(start_worker(str(path), self.url, f"b{i}", *args, stdout=log, stderr=log))
+        self.wait(lambda: len(self.owners()) == shards and len(set(self.owners().values())) == workers, 30)
+
+    def owners(self) -> dict[int, str]:
+        pipe = self.client.pipeline(transaction=False)
+        for shard in range(self.keys.shards):
+            pipe.hget(self.keys.lease(shard), "owner")
+        return {s: text(o) for s, o in enumerate(pipe.execute()) if o}
+
+    def epochs(self) -> list[int]:
+        pipe = self.client.pipeline(transaction=False)
+        for shard in range(self.keys.shards):
+            pipe.hget(self.keys.lease(shard), "epoch")
+        return [int(e or 0) for e in pipe.execute()]
+
+    @staticmethod
+    def wait(condition: Any, timeout: float, step: float = 0.005) -> float:
+        started = time.monotonic()
+        while not condition():
+            if time.monotonic() - started > timeout:
+                raise TimeoutError("the benchmark fleet did not get there in time")
+            time.sleep(step)
+        return time.monotonic() - started
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        self.server.stop()
+
+
+def _throughput(folder: Path, events: Sequence[Event], shards: int, workers: int) -> dict[str, float]:
+    fleet = _Fleet(folder, shards, workers)
+    try:
+        publisher = Publisher(fleet.client, shards=shards)
+        started = time.monotonic()
+        for i in range(0, len(events), 1000):
+            publisher.publish([(None, e) for e in events[i : i + 1000]])
+        fleet.wait(lambda: total_lag(fleet.client, fleet.keys) == 0, 600, step=0.01)
+        elapsed = time.monotonic() - started
+        return {"workers": workers, "events": len(events), "events_per_s": len(events) / elapsed}
+    finally:
+        fleet.close()
+
+
+def _latency(
+    folder: Path, load: Sequence[Event], shards: int, rate: float, seconds: float, workers: int
+) -> dict[str, float]:
+    fleet = _Fleet(folder, shards, workers, config=CONFIG)
+    arrived: dict[int, int] = {}
+    stop = threading.Event()
+    pubsub = fleet.client.pubsub()  # type: ignore[no-untyped-call]
+    pubsub.subscribe(fleet.keys.channel)
+
+    def listen() -> None:
+        while not stop.is_set():
+            message = pubsub.get_message(ignore_subscribe_messages=True, timeout=0.05)
+            if message is None or message.get("type") != "message":
+                continue
+            now = time.monotonic_ns()
+            hint = msgpack.unpackb(message["data"], raw=False)
+            for action in hint[3::2]:
+                value = json.loads(action)["value"]
+                if value >= _PROBE:
+                    arrived.setdefault(int(value) - _PROBE, now)
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    try:
+        publisher = Publisher(redis.Redis.from_url(fleet.url), shards=shards)
+        sent: dict[int, int] = {}
+        per_ms = rate / 1000
+        started = time.monotonic()
+        done = 0.0
+        probe = 0
+        source = iter(load)
+        base = load[-1].timestamp + 1_000_000 if load else 0
+        while time.monotonic() - started < seconds:
+            elapsed_ms = (time.monotonic() - started) * 1000
+            due = int(elapsed_ms * per_ms) - int(done)
+            batch: list[tuple[int | None, Event]] = [(None, e) for e in _take(source, due)]
+            done += len(batch)
+            if elapsed_ms >= probe * 10:
+                order = Order(10**12 + probe, f"ACC{probe % 1000:04d}", "T2303", "BID", 100.0, _PROBE + probe, base)
+                batch.append((None, order))
+                sent[probe] = time.monotonic_ns()
+                probe += 1
+            if batch:
+                publisher.publish(batch)
+            time.sleep(0.0005)
+        fleet.wait(lambda: len(arrived) >= len(sent), 30, step=0.01)
+        latencies = sorted((arrived[k] - sent[k]) / 1e6 for k in sent)
+        return {
+            "workers": workers,
+            "rate": rate,
+            "achieved_rate": done / seconds,
+            "probes": len(latencies),
+            "p50_ms": statistics.median(latencies),
+            "p99_ms": latencies[int(0.99 * (len(latencies) - 1))],
+            "max_ms": latencies[-1],
+        }
+    finally:
+        stop.set()
+        listener.join(5)
+        fleet.close()
+
+
+def _take(source: Any, n: int) -> list[Event]:
+    out = []
+    for _ in range(max(0, n)):
+        try:
+            out.append(next(source))
+        except StopIteration:
+            break
+    return out
+
+
+def _failover(folder: Path, load: Sequence[Event], shards: int, lease_ms: int) -> dict[str, float]:
+    fleet = _Fleet(folder, shards, 2, lease_ms)
+    try:
+        publisher = Publisher(redis.Redis.from_url(fleet.url), shards=shards)
+        stop = threading.Event()
+
+        def feed() -> None:
+            for i in range(0, len(load), 200):
+                if stop.is_set():
+                    return
+                publisher.publish([(None, e) for e in load[i : i + 200]])
+                time.sleep(0.02)
+
+        feeder = threading.Thread(target=feed, daemon=True)
+        feeder.start()
+        time.sleep(1.0)
+        victim = fleet.procs[0]
+        mine = [s for s, owner in fleet.owners().items() if owner == "b0"]
+        before = fleet.epochs()
+        victim.kill()
+        moved = fleet.wait(
+            lambda: all(fleet.owners().get(s) == "b1" and fleet.epochs()[s] > before[s] for s in mine), 60, 0.01
+        )
+        stop.set()
+        feeder.join(10)
+        fleet.wait(lambda: total_lag(fleet.client, fleet.keys) == 0, 120, step=0.01)
+        return {"lease_ms": lease_ms, "shards_moved": len(mine), "failover_s": moved}
+    finally:
+        fleet.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cluster_risk.cluster.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--orders", type=int, default=160_000)
+    parser.add_argument("--trades", type=int, default=40_000)
+    parser.add_argument("--accounts", type=int, default=1_000)
+    parser.add_argument("--shards", type=int, default=16)
+    parser.add_argument("--rate", type=float, default=20_000, help="publish rate of the latency run (events/s)")
+    parser.add_argument("--seconds", type=float, default=10, help="length of the latency run")
+    parser.add_argument("--lease-ms", type=int, default=2000)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    _, events = make_workload(args.orders, args.trades, args.accounts)
+    results: dict[str, Any] = {"throughput": []}
+    with tempfile.TemporaryDirectory(prefix="cluster-bench-") as tmp:
+        folder = Path(tmp)
+        for workers in (1, 2):
+            results["throughput"].append(_throughput(folder / f"t{workers}", events, args.shards, workers))
+        results["latency"] = [
+            _latency(folder / f"lat{w}", events, args.shards, args.rate, args.seconds, w) for w in (1, 2)
+        ]
+        results["failover"] = _failover(folder / "fail", events, args.shards, args.lease_ms)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    for row in results["throughput"]:
+        print(f"end to end, {row['workers']} worker(s): {row['events_per_s']:,.0f} events/s ({row['events']:,} events)")
+    for lat in results["latency"]:
+        print(
+            f"event -> action at {lat['achieved_rate']:,.0f} events/s, {lat['workers']} worker(s): "
+            f"p50 {lat['p50_ms']:.2f} ms, p99 {lat['p99_ms']:.2f} ms, max {lat['max_ms']:.2f} ms "
+            f"({lat['probes']} probes)"
+        )
+    fail = results["failover"]
+    print(f"failover (lease {fail['lease_ms']} ms): {fail['failover_s']:.2f} s from kill -9 to all shards moved")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
