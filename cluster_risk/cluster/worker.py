@@ -170,6 +170,10 @@ class Worker:
         self.stats = WorkerStats()
         self.metrics = metrics
         self.turned_at = time.monotonic()  # the loop's last turn (liveness probe)
+        # A round that applied fewer entries than this waits gather_s before reading again:
+        # each script call has a fixed cost, so tiny batches under load fall behind.
+        self.gather_below = 64
+        self.gather_s = 0.002
         self.cursors: dict[int, _Cursor] = {}
         self._stop = threading.Event()
         self._next_beat = 0.0
@@ -199,6 +203,8 @@ class Worker:
                     next_tick = now + self.tick_ms / 1000
                 applied = self._round(block=idle > 0)
                 idle = 0 if applied else idle + 1
+                if 0 < applied < self.gather_below:
+                    self._stop.wait(self.gather_s)  # a trickle: let a bigger batch gather
                 if self.max_events is not None and self.stats.entries >= self.max_events:
                     break
                 if self.drain and not applied and self.leases.held and self._deployment_lag() == 0:
