@@ -6,7 +6,9 @@ effects, and the gateway client.  Choices made, and why:
   the hash tag ``{sN}``, so each script touches one Redis Cluster slot.
 - **Input.** One stream per shard, ``{sN}:in``; an entry is the wire JSON of one event
   (``encode_event``) plus its line index, so a worker decodes and dead-letters exactly as
-  ``cluster-risk replay`` does.  Ticks and resets go to every shard.  No consumer groups: a
+  ``cluster-risk replay`` does.  Ticks and resets go to every shard.  The publisher appends
+  a chunk with one ``lua/publish.lua`` call per shard; a fill without account goes to the
+  shard of its order's account (:mod:`.streams`: routes written after the order's entry).  No consumer groups: a
   shard has one writer at a time (its lease), and its cursor lives with its state (below),
   which a group's pending list cannot give.
 - **Exactly once.** The worker applies a shard's batch with ``lua/apply.lua`` plus
@@ -15,6 +17,10 @@ effects, and the gateway client.  Choices made, and why:
   writes the state, the cursor, the actions (``{sN}:actions``) and the dead letters
   (``{sN}:dead``).  A crash anywhere leaves either all of it or none; a retried call (lost
   reply) is recognised by RemoteEngine's batch number and digest and gets the stored result.
+- **Batches.** A worker reads every shard it holds (one blocking XREAD on a standalone
+  server; a pipeline of non-blocking reads, polled every 2 ms when idle, on a cluster) and
+  applies shard by shard; after a round that applied only a trickle it waits 2 ms so the
+  next batch gathers (each script call has a fixed cost).  Applied input is trimmed.
 - **Fencing.** ``{sN}:lease`` holds owner, epoch and expiry (server time); taking a shard bumps
   the epoch (:mod:`.leases`); a batch carrying an older epoch is refused before any write, so a
   worker that was paused past its lease (SIGSTOP, GC, partition) cannot write late.

@@ -86,3 +86,30 @@ def test_up_starts_redis_and_workers_and_ctrl_c_stops_all(redis_binaries: None) 
         proc.communicate(timeout=30)
         if client is not None:
             client.close()
+
+
+def test_actions_follow_prints_new_actions(server: RedisProcess, tmp_path: Path) -> None:
+    from cluster_risk import build_config
+    from cluster_risk.cluster.streams import Publisher
+    from cluster_risk.cluster.worker import Worker
+    from tests.cluster.conftest import connect, lines
+
+    config = build_config(CONFIG)
+    publisher = Publisher(connect(server.url), shards=4)
+    follow = subprocess.Popen(
+        [*CLI, "actions", "--redis-url", server.url, "--follow"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        burst = [
+            {"type": "order", "oid": i, "account_id": "F", "contract_id": "C1", "direction": "BID", "price": 1.0}
+            | {"volume": 1, "timestamp": 1_795_000_000_000_000_000 + i}
+            for i in range(1, 15)
+        ]
+        assert not list(publisher.publish_lines(lines(burst)))
+        Worker(config, connect(server.url), worker_id="w", tick_ms=0, drain=True).run()
+        assert follow.stdout is not None
+        first = json.loads(follow.stdout.readline())
+        assert first["type"] == "PAUSE_ORDER" and first["scope"] == {"account": "F"}
+    finally:
+        follow.terminate()
+        follow.communicate(timeout=10)
