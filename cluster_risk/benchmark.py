@@ -194,13 +194,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         from cluster_risk import redis_benchmark
 
         return redis_benchmark.main(args_in[1:])
+    if args_in[:1] == ["cluster"]:  # ... cluster [...]: publisher -> workers -> actions, end to end
+        from cluster_risk.cluster import bench
+
+        return bench.main(args_in[1:])
     parser = argparse.ArgumentParser(prog="python -m cluster_risk.benchmark", description=__doc__.splitlines()[0])
     parser.add_argument("--orders", type=int, default=300_000)
     parser.add_argument("--trades", type=int, default=75_000)
     parser.add_argument("--accounts", type=int, default=1_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.epilog = "python -m cluster_risk.benchmark redis --help: the Redis-backed engine through one Redis"
+    parser.epilog = "subcommands: 'redis' (the Redis store through one Redis), 'cluster' (workers end to end)"
     args = parser.parse_args(args_in)
     result = run(args.orders, args.trades, args.accounts, args.repeat)
     if args.json:
