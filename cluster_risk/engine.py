@@ -400,16 +400,7 @@ class RiskEngine:
         """All actions of ``events`` in event order.  Rejected events do not stop the batch; if
         there were any, :class:`BatchError` is raised afterwards with every error (and index)
         and every action.  In memory this is a loop; with a Redis store one call per shard."""
-        actions: list[Action] = []
-        errors: list[tuple[int, EventError]] = []
-        for index, outcome in enumerate(self.apply_batch(events)):
-            if isinstance(outcome, EventError):
-                errors.append((index, outcome))
-            else:
-                actions.extend(outcome)
-        if errors:
-            raise BatchError(errors, actions)
-        return actions
+        return BatchError.collect(self.apply_batch(events))
 
     def process_many(self, events: Iterable[Event]) -> list[Action]:
         """Convenience: every event in order, all actions concatenated (errors propagate)."""

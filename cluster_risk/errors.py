@@ -70,3 +70,17 @@ class BatchError(EventError):
         super().__init__(first.code, first.field, f"event {index}: {first.detail}")
         self.errors = errors
         self.actions = actions
+
+    @classmethod
+    def collect(cls, outcomes: list[list[Action] | EventError]) -> list[Action]:
+        """Every action of a batch's outcomes, in order; raise this error if any were rejected."""
+        actions: list[Action] = []
+        errors: list[tuple[int, EventError]] = []
+        for index, outcome in enumerate(outcomes):
+            if isinstance(outcome, EventError):
+                errors.append((index, outcome))
+            else:
+                actions.extend(outcome)
+        if errors:
+            raise cls(errors, actions)
+        return actions

@@ -283,17 +283,7 @@ class RemoteEngine:
         Rejected events change nothing and do not stop the batch (a stream cannot stop at one
         bad event); if there were any, :class:`BatchError` is raised after the batch, carrying
         the errors with their indices and every action of the batch."""
-        outcomes = self.apply_batch(events)
-        actions: list[Action] = []
-        errors: list[tuple[int, EventError]] = []
-        for index, outcome in enumerate(outcomes):
-            if isinstance(outcome, EventError):
-                errors.append((index, outcome))
-            else:
-                actions.extend(outcome)
-        if errors:
-            raise BatchError(errors, actions)
-        return actions
+        return BatchError.collect(self.apply_batch(events))
 
     def apply_batch(self, events: Sequence[Event]) -> list[Outcome]:
         """Per event, its actions or the :class:`EventError` that rejected it (dead-letter it)."""
