@@ -184,7 +184,7 @@ class RiskEngine:
             Order: self.process_order,
             Trade: self.process_trade,
             Tick: lambda event: self.tick(event.timestamp),
-            ResetDaily: lambda event: self.reset_daily(event.timestamp),
+            ResetDaily: lambda event: self.reset_daily(event.timestamp, event.account_id),
         }
 
     @classmethod
@@ -365,10 +365,18 @@ class RiskEngine:
                     actions.append(self._window_action(slot, group, RESUMED, now))
         return actions
 
-    def reset_daily(self, now_ns: int | None = None) -> list[Action]:
+    def reset_daily(self, now_ns: int | None = None, account: str | None = None) -> list[Action]:
         """Manual daily reset: rollover as a tick would, then zero ``day(now)`` and lift every
-        daily pause (RESUME, value 0).  Rate-rule state is untouched."""
+        daily pause (RESUME, value 0).  Rate-rule state is untouched.
+
+        ``account`` (an ops extension, not in the contract): only that account.  The reset
+        then acts on the account as its own event at ``now`` would (its day moves to
+        ``day(now)`` if that is later, with the usual rollover RESUMEs; other accounts and the
+        tick clock do not move), then zeroes ``day(now)`` of the scopes that include the
+        account and lifts their daily pauses (RESUME, value 0, timestamp ``now``)."""
         now = time.time_ns() if now_ns is None else check_timestamp(now_ns)
+        if account is not None:
+            return self._reset_account(now, account)
         actions = self._advance_clock(now)
         day = self.calendar.day_of(now)
         for slot in self._slots:
@@ -380,9 +388,28 @@ class RiskEngine:
                 group.paused = False
                 actions.append(self._daily_action(slot, group, RESUMED, now, 0, "manual daily reset"))
             slot.paused.clear()
-        for account in self._accounts.values():
-            account.daily_paused.clear()
+        for known in self._accounts.values():
+            known.daily_paused.clear()
         self._floating_paused.clear()
+        return actions
+
+    def _reset_account(self, now: int, account_id: str) -> list[Action]:
+        if not isinstance(account_id, str) or not account_id:
+            raise EventError("invalid_field", "account_id", "must be a non-empty string")
+        account = self._account(account_id)
+        actions = self._advance(account, now)[1]
+        day = self.calendar.day_of(now)
+        for slot in self._slots:
+            if slot.kind != _DAILY:
+                continue
+            for group in slot.groups.values():
+                if group.account == account_id:
+                    group.zero(day)
+            for group in sorted((g for g in slot.paused if g.account == account_id), key=_group_key):
+                group.paused = False
+                slot.paused.discard(group)
+                actions.append(self._daily_action(slot, group, RESUMED, now, 0, "manual daily reset"))
+        account.daily_paused.clear()
         return actions
 
     def apply_batch(self, events: Sequence[Event]) -> list[list[Action] | EventError]:
@@ -467,6 +494,10 @@ class RiskEngine:
         raise KeyError(f"no rule named {rule!r}")
 
     def _context(self, account_id: str, contract: str) -> _Context:
+        account = self._accounts.get(account_id) or self._account(account_id)
+        return account.contexts.get(contract) or self._new_context(account, contract)
+
+    def _account(self, account_id: str) -> _Account:
         account = self._accounts.get(account_id)
         if account is None:
             account = _Account(account_id)
@@ -474,7 +505,7 @@ class RiskEngine:
                 self._set_day(account, self._clock_day)
             self._accounts[account_id] = account
             self._contexts[account_id] = account.contexts
-        return account.contexts.get(contract) or self._new_context(account, contract)
+        return account
 
     @staticmethod
     def _set_range(account: _Account, day: int, lo: int, hi: int) -> None:

@@ -80,9 +80,12 @@ class Tick:
 
 @dataclass(slots=True)
 class ResetDaily:
-    """Manual daily reset at ``timestamp`` (``engine.reset_daily``)."""
+    """Manual daily reset at ``timestamp`` (``engine.reset_daily``).  With ``account_id``
+    (an ops extension, not in the contract; wire type ``reset_account``): only that
+    account's daily sums and daily pauses (``engine.reset_daily(t, account=...)``)."""
 
     timestamp: int
+    account_id: str | None = None
 
 
 Event = Order | Trade | Tick | ResetDaily

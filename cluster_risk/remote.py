@@ -266,9 +266,10 @@ class RemoteEngine:
         """Time-driven checks at ``now_ns`` (default: the wall clock), on every shard."""
         return self.process(Tick(time.time_ns() if now_ns is None else now_ns))
 
-    def reset_daily(self, now_ns: int | None = None) -> list[Action]:
-        """Manual daily reset at ``now_ns`` (default: the wall clock), on every shard."""
-        return self.process(ResetDaily(time.time_ns() if now_ns is None else now_ns))
+    def reset_daily(self, now_ns: int | None = None, account: str | None = None) -> list[Action]:
+        """Manual daily reset at ``now_ns`` (default: the wall clock), on every shard; with
+        ``account`` only that account, on its shard (``RiskEngine.reset_daily``)."""
+        return self.process(ResetDaily(time.time_ns() if now_ns is None else now_ns, account))
 
     def process_many(self, events: Iterable[Event]) -> list[Action]:
         """Every event in order, one script call each, all actions concatenated (errors propagate)."""
@@ -403,7 +404,7 @@ class RemoteEngine:
                         unresolved.append((len(items), index, event))
                         items.append((index, event, None, ""))
                 elif isinstance(event, Tick | ResetDaily):
-                    check_timestamp(event.timestamp)
+                    _check_clock(event)
                     items.append((index, event, None, ""))
                 else:
                     raise EventError(UNKNOWN_TYPE, "type", f"not an event: {type(event).__name__}")
@@ -533,9 +534,13 @@ class RemoteEngine:
         plans: dict[int, _Plan] = {}
         all_shards = range(self.store.num_shards) if only is None else sorted(only)
         for index, event, ctx, verify in items:
-            if ctx is None:  # tick or reset: every shard
+            if ctx is None:  # tick or reset: every shard (a reset of one account: its shard)
                 entry = self._clock_entry(event)
-                for shard in all_shards:
+                account_id = _reset_account(event)
+                shards = all_shards if account_id is None else [self.store.shard_of(account_id)]
+                for shard in shards:
+                    if only is not None and shard not in only:
+                        continue
                     plan = plans.get(shard) or plans.setdefault(shard, _Plan())
                     plan.events += entry
                     plan.positions.append(index)
@@ -581,7 +586,12 @@ class RemoteEngine:
         day = self.calendar.day_range(t)[0]
         if isinstance(event, Tick):
             return [3, day, *(t // r.bucket_ns if r.kind == "w" else 0 for r in self._stateful)]
-        return [4, day]
+        account_id = _reset_account(event)
+        if account_id is None:
+            return [4, day]
+        # one account (ops extension): {day, account, escaped account, its place in each rule's scope}
+        places = [r.rule.dimensions.index("account") + 1 for r in self._stateful]
+        return [4, [day, account_id, scope_key([account_id]), places]]
 
     @staticmethod
     def _enter(plan: _Plan, ctx: _Context, stamp: int) -> None:
@@ -660,6 +670,18 @@ class RemoteEngine:
             reason = f"trading day rolled over to {date.fromordinal(day).isoformat()}"
             return Action(ActionType.RESUME_ORDER, rule.name, scope, day_start, value, rule.daily_cap, reason)
         return Action(ActionType.RESUME_ORDER, rule.name, scope, t, 0, rule.daily_cap, "manual daily reset")
+
+
+def _check_clock(event: Tick | ResetDaily) -> None:
+    check_timestamp(event.timestamp)
+    account = _reset_account(event)
+    if account is not None and (not isinstance(account, str) or not account):
+        raise EventError("invalid_field", "account_id", "must be a non-empty string")
+
+
+def _reset_account(event: Event) -> str | None:
+    """The account of a one-account reset (an ops extension), else None."""
+    return event.account_id if isinstance(event, ResetDaily) else None
 
 
 def _chunks(events: Iterable[Event], size: int) -> Iterator[list[Event]]:

@@ -25,6 +25,11 @@ from cluster_risk.events import (
 
 __all__ = ["decode_event", "decode_line", "encode_event", "encode_action"]
 
+# Not in the contract: a reset of one account's daily sums and daily pauses, written by
+# `cluster-risk reset-daily --account` into that account's shard stream.  A `reset_daily`
+# carrying an `account_id` stays a full reset (unknown fields are ignored, SEMANTICS.md).
+RESET_ACCOUNT = "reset_account"
+
 _ORDER_FIELDS = ("oid", "account_id", "contract_id", "direction", "price", "volume", "timestamp")
 _TRADE_FIELDS = ("tid", "oid", "price", "volume", "timestamp")
 
@@ -58,6 +63,12 @@ def decode_event(obj: object) -> Event:
         return Tick(check_timestamp(obj.get("timestamp")))
     if kind == "reset_daily":
         return ResetDaily(check_timestamp(obj.get("timestamp")))
+    if kind == RESET_ACCOUNT:  # ops extension (cluster-risk reset-daily --account)
+        timestamp = check_timestamp(obj.get("timestamp"))
+        account = obj.get("account_id")
+        if not isinstance(account, str) or not account:
+            raise invalid("account_id", "must be a non-empty string")
+        return ResetDaily(timestamp, account)
     raise EventError(UNKNOWN_TYPE, "type", f"unknown event type {kind!r}")
 
 
@@ -99,8 +110,11 @@ def encode_event(event: Event) -> dict[str, Any]:
         if event.contract_id is not None:
             out["contract_id"] = event.contract_id
         return out
-    kind = "tick" if isinstance(event, Tick) else "reset_daily"
-    return {"type": kind, "timestamp": event.timestamp}
+    if isinstance(event, Tick):
+        return {"type": "tick", "timestamp": event.timestamp}
+    if event.account_id is not None:
+        return {"type": RESET_ACCOUNT, "timestamp": event.timestamp, "account_id": event.account_id}
+    return {"type": "reset_daily", "timestamp": event.timestamp}
 
 
 def encode_action(action: Action) -> str:

@@ -38,6 +38,8 @@ plan = {1, rules, accounts, pairs, groups, events, retention_days, ttl_ms, t0}
                  rule: amount, kind
               3, day, then per rule: T // B (0 for daily rules)       tick
               4, day                                                  reset_daily
+              4, {day, account, escaped account, {its place in the scope of each rule}}
+                                                    reset of one account (ops extension)
   ts = the event time in ns minus t0 (a decimal string): a number that Lua's doubles hold
   exactly, or the time itself as a string when it is 2^53 ns or more away; Lua only writes
   it into the pause registry. day = the trading-day ordinal, computed by Python (Lua has no
@@ -261,6 +263,8 @@ while i <= nev do
     local buckets = {}
     for r = 1, #rules do buckets[r] = ev[i + 1 + r] end
     rollover.tick(X, buckets, pos)
+  elseif type(ev[i + 1]) == 'table' then
+    rollover.reset_account(X, ev[i + 1], pos)
   else
     rollover.clock(X, ev[i + 1], pos)
     rollover.reset(X, ev[i + 1], pos)

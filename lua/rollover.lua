@@ -14,6 +14,10 @@ action timestamps (start of the new day, T) are Python's too: Lua never sees nan
   rollover.clock(X, d, pos)              a tick or reset on day d: every account moves to >= d
   rollover.tick(X, buckets, pos)         window resumes; buckets[r] = T // B of window rule r
   rollover.reset(X, d, pos)              zero day d of every daily rule, lift every daily pause
+  rollover.reset_account(X, r, pos)      one account (ops extension; r = {d, account, escaped
+                                         account, {its place in each rule's scope}}): as its own
+                                         event on day d would, then zero day d of its scopes and
+                                         lift its daily pauses (code 6)
 ]]
 
 local rollover = {}
@@ -88,4 +92,38 @@ function rollover.reset(X, d, pos)
     info.flag, info.dirty = false, true
   end
   X.dpi = {}
+end
+
+-- Does scope key `key` hold `account` (escaped) at place `place` (1-based)?
+local function holds(key, account, place)
+  local i = 0
+  for part in string.gmatch(key .. ':', '([^:]*):') do
+    i = i + 1
+    if i == place then return part == account end
+  end
+  return false
+end
+
+function rollover.reset_account(X, req, pos)
+  local d, a, esc, places = req[1], req[2], req[3], req[4]
+  local info = shard.account(X, a)
+  if d > info.day then rollover.account(X, a, info, d, pos) end
+  local lifted = shard.daily_pauses(X)[a] or {}
+  for r, rule in ipairs(X.rules) do
+    if rule[1] == 'd' then
+      local s = shard.sums(X, r, d)
+      local found = {}
+      for _, key in ipairs(cache.fields(s.c)) do found[key] = true end
+      for key in pairs(s.v) do found[key] = true end -- written earlier in this batch
+      for key in pairs(found) do
+        if holds(key, esc, places[r]) then
+          cache.del(s.c, key)
+          s.v[key] = nil
+        end
+      end
+    end
+  end
+  for _, p in ipairs(lifted) do lift(X, pos, 6, p[1], p[2], nil) end
+  X.dpi[a] = nil
+  info.flag, info.dirty = false, true
 end

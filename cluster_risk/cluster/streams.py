@@ -2,7 +2,8 @@
 
 Each valid event becomes one entry ``{e: wire JSON (encode_event), i: line index}`` of
 ``P:{sN}:in``, N = the shard of its account; a tick or a reset goes to every shard, in the
-order it came.  Invalid events are returned, never sent.  A chunk costs one
+order it came (a reset of one account, ``reset_account``, to that account's shard).
+Invalid events are returned, never sent.  A chunk costs one
 ``lua/publish.lua`` call per shard (a Redis command per event cost 4x more CPU here).
 
 Routing a trade without ``account_id``: by the account of its order.  The publisher writes
@@ -33,7 +34,7 @@ from redis.exceptions import RedisError
 
 from cluster_risk.cluster.shards import Client, Deployment, Keys, text
 from cluster_risk.errors import EventError, invalid
-from cluster_risk.events import Event, Order, Trade
+from cluster_risk.events import Event, Order, ResetDaily, Trade
 from cluster_risk.state.redis import RedisStore, StoreError, load_lua
 from cluster_risk.wire import decode_line, encode_event
 
@@ -147,6 +148,8 @@ class Publisher:
                     out.append([self.keys.route_shard(event.oid)])
                 else:
                     out.append([self.keys.shard_of(account)])
+            elif isinstance(event, ResetDaily) and event.account_id is not None:
+                out.append([self.keys.shard_of(event.account_id)])  # one account's reset: its shard only
             else:
                 out.append(every)
         return out
