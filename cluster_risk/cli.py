@@ -126,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     from cluster_risk.cluster.commands import register_cluster_commands
 
     register_cluster_commands(commands)  # worker, publish, actions, status, up
+    from cluster_risk.cluster.opscli import register_ops_commands
+
+    register_ops_commands(commands)  # inspect, pause, resume, audit, reset-daily
     return parser
 
 

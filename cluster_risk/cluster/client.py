@@ -2,12 +2,13 @@
 keeps a local copy of every current pause - the hot cache that answers ``is_paused`` and
 ``check(order)`` in memory, without a Redis round trip.
 
-The cache starts from a snapshot of each shard (its pause hashes and the id of its last
-action, read in one atomic step: ``lua/snapshot.lua``) and is kept current from the shards'
-actions streams.  Workers publish a hint for each batch (``shard, previous action id, then
-id/JSON pairs``); a hint whose previous id is the one the cache has seen is applied at once,
-any other, and every ``poll_s``, makes the cache read the stream from where it is (XRANGE),
-so a lost hint costs latency, never an action.
+The cache starts from a snapshot of each shard (its pause hashes, manual pauses included,
+and the id of its last action, read in one atomic step: ``lua/snapshot.lua``) and is kept
+current from the shards' actions streams, where manual pauses and resumes (``lua/manual.lua``,
+rule ``manual``) come in order with the workers' actions.  Workers publish a hint for each
+batch (``shard, previous action id, then id/JSON pairs``); a hint whose previous id is the
+one the cache has seen is applied at once, any other, and every ``poll_s``, makes the cache
+read the stream from where it is (XRANGE), so a lost hint costs latency, never an action.
 
 Fail closed.  Every successful exchange with Redis (a hint, a poll) stamps the cache; when
 the last stamp is older than ``fail_after_s``, every scope counts as paused (``fail_open=True``
@@ -32,7 +33,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from redis.exceptions import RedisError
 
-from cluster_risk.cluster.shards import Client, Deployment, Keys, Scripts, text
+from cluster_risk.cluster.ops import manual_scope
+from cluster_risk.cluster.shards import MANUAL, Client, Deployment, Keys, Scripts, text
 from cluster_risk.cluster.streams import Publisher
 from cluster_risk.config import EngineConfig
 from cluster_risk.events import Event, Order
@@ -171,16 +173,19 @@ class RiskClient:
         self.close()
 
     def resync(self) -> None:
-        """Reload every shard's pauses and action position (one atomic read per shard)."""
+        """Reload every shard's pauses and action position (one atomic read per shard); the
+        manual pauses (kill switches, rule ``manual``) come with the rules' pauses."""
         fresh = PausedSet(self.keys.shards)
         for shard in range(self.keys.shards):
             keys = [self.keys.actions(shard)] + [self.keys.paused(shard, r["name"]) for r in self.rules]
-            reply = self._scripts("snapshot.lua", keys, [])
+            reply = self._scripts("snapshot.lua", [*keys, self.keys.manual(shard)], [])
             pauses: list[Pause] = []
-            for rule, flat in zip(self.rules, reply[1:], strict=True):
+            for rule, flat in zip(self.rules, reply[1:-1], strict=True):
                 for field in flat[::2]:
                     values = scope_values(text(field))
                     pauses.append((rule["name"], tuple(zip(rule["dimensions"], values, strict=False))))
+            for field in reply[-1][::2]:
+                pauses.append((MANUAL, tuple(manual_scope(text(field)).items())))
             fresh.last[shard] = text(reply[0])
             for pause in pauses:
                 fresh.by_account.setdefault(dict(pause[1]).get("account", ""), set()).add(pause)

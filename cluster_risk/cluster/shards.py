@@ -14,6 +14,8 @@ Keys of shard N (hash tag ``{sN}``: one Redis Cluster slot; the state keys are
     P:{sN}:lease     lease and cursor: owner, epoch, expires, sid, aid, applied (lua/lease.lua)
     P:{sN}:actions   actions stream: entries {a: action JSON}
     P:{sN}:dead      dead letters: entry, index, error, field, reason, event
+    P:{sN}:paused:manual  manual pauses (kill switches): field -> JSON (lua/manual.lua)
+    P:{sN}:audit     audit stream of manual pauses and resumes: when, who, why, what, scope, account, action
     P:{rN}:route:D   oid -> account of the orders published on UTC day D (by crc32(oid) mod S)
     P:workers        live workers (lua/heartbeat.lua); P:actions: the pub/sub hint channel
 """
@@ -34,9 +36,10 @@ from cluster_risk.remote import scope_key
 from cluster_risk.rules.base import BaseRule, DailyCapRule, WindowRule
 from cluster_risk.state.redis import load_lua
 
-__all__ = ["DEFAULT_SHARDS", "Deployment", "DeploymentError", "Keys", "Scripts", "text"]
+__all__ = ["DEFAULT_SHARDS", "MANUAL", "Deployment", "DeploymentError", "Keys", "Scripts", "text"]
 
 DEFAULT_SHARDS = 16
+MANUAL = "manual"  # the rule name of manual pauses; no configured rule may take it in the cluster
 Client = Redis | RedisCluster
 
 
@@ -85,6 +88,13 @@ class Keys:
     def paused(self, shard: int, rule_name: str) -> str:
         return self.base(shard) + "paused:" + scope_key([rule_name])
 
+    def manual(self, shard: int) -> str:
+        """Manual pauses (kill switches) of the shard's accounts (``lua/manual.lua``)."""
+        return self.base(shard) + "paused:" + MANUAL
+
+    def audit(self, shard: int) -> str:
+        return self.base(shard) + "audit"
+
     def route(self, oid: int, day: int) -> str:
         return f"{self.prefix}:{{r{self.route_shard(oid)}}}:route:{day}"
 
@@ -121,6 +131,9 @@ class Deployment:
         return Keys(self.prefix, stored)
 
     def store_rules(self, rules: Sequence[BaseRule]) -> None:
+        for rule in rules:
+            if rule.name == MANUAL:
+                raise DeploymentError(f"rule name {MANUAL!r} is reserved in the cluster for manual pauses")
         self.client.hset(f"{self.prefix}:deployment", "rules", json.dumps(rule_dimensions(rules)))
 
     def rules(self) -> list[dict[str, Any]]:
@@ -129,10 +142,21 @@ class Deployment:
 
 
 def rule_dimensions(rules: Sequence[BaseRule]) -> list[dict[str, Any]]:
-    """The stateful rules (the ones with pause hashes) with their dimensions, config order."""
-    return [
-        {"name": r.name, "dimensions": list(r.dimensions)} for r in rules if isinstance(r, WindowRule | DailyCapRule)
-    ]
+    """The stateful rules (the ones with pause hashes) with their dimensions, config order, and
+    what ``cluster-risk inspect`` needs to read their state without the engine config (kind,
+    window and threshold, or cap and metric)."""
+    out: list[dict[str, Any]] = []
+    for r in rules:
+        record: dict[str, Any] = {"name": r.name, "dimensions": list(r.dimensions)}
+        if isinstance(r, WindowRule):
+            record |= {"kind": "window", "window_ns": r.window_ns, "bucket_ns": r.bucket_ns}
+            record |= {"threshold": r.threshold, "resume_threshold": r.resume_threshold}
+        elif isinstance(r, DailyCapRule):
+            record |= {"kind": "daily", "daily_cap": r.daily_cap, "metric": getattr(r, "metric", "sum")}
+        else:
+            continue
+        out.append(record)
+    return out
 
 
 class Scripts:

@@ -12,7 +12,8 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
-from cluster_risk.cluster.shards import Client, Deployment, Keys, text
+from cluster_risk.cluster.ops import manual_scope
+from cluster_risk.cluster.shards import MANUAL, Client, Deployment, Keys, text
 from cluster_risk.remote import scope_values
 
 __all__ = ["fleet_status", "shard_lags", "total_lag"]
@@ -68,6 +69,7 @@ def fleet_status(client: Client, prefix: str = "risk") -> dict[str, Any]:
         pipe.hgetall(keys.lease(shard))
         for rule in rules:
             pipe.hgetall(keys.paused(shard, rule["name"]))
+        pipe.hgetall(keys.manual(shard))
     replies = iter(pipe.execute())
     rows = []
     paused = []
@@ -86,6 +88,8 @@ def fleet_status(client: Client, prefix: str = "risk") -> dict[str, Any]:
             for field, why in sorted(next(replies).items()):
                 scope = dict(zip(rule["dimensions"], scope_values(text(field)), strict=False))
                 paused.append({"rule": rule["name"], "scope": scope, "shard": shard, "detail": text(why)})
+        for field, why in sorted(next(replies).items()):  # kill switches (cluster_risk.cluster.ops)
+            paused.append({"rule": MANUAL, "scope": manual_scope(text(field)), "shard": shard, "detail": text(why)})
     return {
         "deployment": {"prefix": prefix, "shards": shards},
         "workers": workers,

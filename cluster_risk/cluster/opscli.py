@@ -1,0 +1,241 @@
+"""The operator's subcommands of ``cluster-risk`` (registered by :func:`register_ops_commands`
+from ``cluster_risk.cli``): inspect, pause, resume, audit, reset-daily (:mod:`.ops` does the
+work).  A table for people, ``--json`` for scripts.
+
+Exit codes: 0 done; 1 refused because of the state, nothing changed (``pause`` of a scope
+already paused by hand, ``resume`` of one that is not); 2 unusable arguments, config or Redis
+(one line on stderr), as the other commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import UTC, date, datetime
+from typing import Any
+
+from cluster_risk.cluster.commands import _connect, _fail, _guarded
+
+__all__ = ["register_ops_commands", "when"]
+
+REFUSED = 1
+
+
+def when(ns: int | None) -> str:
+    """Wall-clock ns as UTC text with the nanoseconds kept."""
+    if ns is None:
+        return "-"
+    seconds, rest = divmod(int(ns), 1_000_000_000)
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S") + f".{rest:09d} UTC"
+
+
+def _ops(args: argparse.Namespace) -> Any:
+    from cluster_risk.cluster.ops import Ops
+
+    return Ops(_connect(args.redis_url), args.prefix)
+
+
+def _config(args: argparse.Namespace) -> Any:
+    if not getattr(args, "config", None):
+        return None
+    from cluster_risk.config import load_config
+
+    config = load_config(args.config)
+    config.require_account_dimension()
+    return config
+
+
+def _text(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def _scope(scope: dict[str, str]) -> str:
+    from cluster_risk.cluster.ops import scope_text
+
+    return scope_text(scope)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    for row in [header, *rows]:
+        print("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+# ---------------------------------------------------------------------- inspect
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    if not args.account:
+        return _fail("--account: must not be empty")
+    ops = _ops(args)
+    report = ops.inspect(args.account, ops.rules(_config(args)), args.at)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"account {report['account']}   shard {report['shard']}   trading day {report['day'] or '-'}")
+    print(f"window counts at {when(report['at'])}:")
+    if report["windows"]:
+        rows = [
+            [w["rule"], _scope(w["scope"]), str(w["count"]), str(w["threshold"]), str(w["resume"])]
+            for w in report["windows"]
+        ]
+        _table(["rule", "scope", "count", "threshold", "resume at"], rows)
+    else:
+        print("  (none)")
+    print(f"daily sums of {report['day'] or '-'}:")
+    if report["sums"]:
+        rows = [[s["rule"], _scope(s["scope"]), str(s["sum"]), str(s["cap"])] for s in report["sums"]]
+        _table(["rule", "scope", "sum", "cap"], rows)
+    else:
+        print("  (none)")
+    print("pauses:")
+    if report["pauses"]:
+        rows = []
+        for p in report["pauses"]:
+            reason = p["reason"] if p["rule"] != "manual" else f"{p['reason']} (by {p['who']})"
+            rows.append([p["rule"], _scope(p["scope"]), when(p["since"]), _text(p["value"]), _text(p["limit"]), reason])
+        _table(["rule", "scope", "since", "value", "limit", "reason"], rows)
+    else:
+        print("  (none)")
+    return 0
+
+
+# ---------------------------------------------------------------------- pause / resume
+
+
+def _manual_scope(args: argparse.Namespace) -> dict[str, str] | str:
+    if not args.account:
+        return "--account: must not be empty"
+    scope = {"account": args.account}
+    if args.contract is not None:
+        if not args.contract:
+            return "--contract: must not be empty"
+        scope["contract"] = args.contract
+    elif args.product is not None:
+        if not args.product:
+            return "--product: must not be empty"
+        scope["product"] = args.product
+    return scope
+
+
+def _manual(args: argparse.Namespace) -> int:
+    from cluster_risk.cluster.ops import operator
+
+    scope = _manual_scope(args)
+    if isinstance(scope, str):
+        return _fail(scope)
+    if not args.reason.strip():
+        return _fail("--reason: must not be empty (it goes to the audit stream)")
+    who = args.who or operator()
+    ops = _ops(args)
+    do = ops.pause if args.command == "pause" else ops.resume
+    result = do(scope, args.reason, who)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    if result.status == "already":
+        current = result.current
+        print(
+            f"cluster-risk: {_scope(result.scope)} is already paused by hand since {when(current.get('since'))} "
+            f"(by {current.get('who')}: {current.get('reason')}); nothing changed",
+            file=sys.stderr,
+        )
+        return REFUSED
+    if result.status == "not_paused":
+        print(
+            f"cluster-risk: {_scope(result.scope)} has no manual pause to resume; nothing changed "
+            "(rule pauses are lifted by their rules, or by reset-daily for daily caps)",
+            file=sys.stderr,
+        )
+        return REFUSED
+    if not args.json:
+        verb = "paused" if args.command == "pause" else "resumed"
+        print(f"{verb} {_scope(result.scope)} (shard {result.shard}) by {who}: {args.reason}")
+        print(f"  action {result.action_id}: {json.dumps(result.action)}")
+        print(f"  audit  {result.audit_id}")
+    return 0
+
+
+# ---------------------------------------------------------------------- audit
+
+
+def _audit(args: argparse.Namespace) -> int:
+    records = _ops(args).audit(args.account or None)
+    if args.json:
+        for record in records:
+            print(json.dumps(record))
+        return 0
+    if not records:
+        print("no audit records")
+        return 0
+    rows = [[when(r["when"]), r["who"], r["what"], _scope(r["scope"]), r["why"]] for r in records]
+    _table(["when", "who", "what", "scope", "why"], rows)
+    return 0
+
+
+# ---------------------------------------------------------------------- reset-daily
+
+
+def _reset_daily(args: argparse.Namespace) -> int:
+    if args.account is not None and not args.account:
+        return _fail("--account: must not be empty")
+    config = _config(args)
+    done = _ops(args).reset_daily(args.account, args.at)
+    if config is not None:
+        from cluster_risk.calendar import calendar_for
+
+        done["day"] = date.fromordinal(calendar_for(config.trading_day).day_of(done["timestamp"])).isoformat()
+    if args.json:
+        print(json.dumps(done))
+        return 0
+    what = "every account" if args.account is None else f"account {args.account}"
+    day = f" (trading day {done['day']})" if "day" in done else ""
+    shards = ", ".join(str(s) for s in done["shards"])
+    print(f"reset_daily of {what} at {when(done['timestamp'])}{day} published to shard(s) {shards}")
+    print("  the workers apply it in order with the shards' events; see `cluster-risk actions` for the RESUMEs")
+    return 0
+
+
+# ---------------------------------------------------------------------- registration
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--redis-url", required=True, help="redis://, rediss://, unix:// or redis+sentinel://")
+    parser.add_argument("--prefix", default="risk", help="key prefix of the deployment (default risk)")
+
+
+def register_ops_commands(commands: Any) -> None:
+    """Add inspect, pause, resume, audit and reset-daily to the ``cluster-risk`` subparsers."""
+    inspect = commands.add_parser("inspect", help="one account: window counts, today's sums, pauses")
+    inspect.add_argument("--account", required=True)
+    _common(inspect)
+    inspect.add_argument("--config", help="engine config (default: the rules the workers stored)")
+    inspect.add_argument("--at", type=int, help="count the windows at this time, ns (default: now)")
+    inspect.add_argument("--json", action="store_true", help="one JSON document")
+    inspect.set_defaults(handler=_guarded(_inspect))
+
+    for name, verb in (("pause", "pause an account's orders by hand (kill switch)"), ("resume", "lift a manual pause")):
+        manual = commands.add_parser(name, help=verb)
+        manual.add_argument("--account", required=True)
+        scope = manual.add_mutually_exclusive_group()
+        scope.add_argument("--contract", help="only this contract of the account")
+        scope.add_argument("--product", help="only this product of the account")
+        manual.add_argument("--reason", required=True, help="why (recorded in the audit stream)")
+        manual.add_argument("--who", help="who (default: $USER@hostname)")
+        _common(manual)
+        manual.add_argument("--json", action="store_true", help="one JSON document")
+        manual.set_defaults(handler=_guarded(_manual))
+
+    audit = commands.add_parser("audit", help="manual pauses and resumes: who, why, when, what")
+    _common(audit)
+    audit.add_argument("--account", help="only this account")
+    audit.add_argument("--json", action="store_true", help="JSON Lines")
+    audit.set_defaults(handler=_guarded(_audit))
+
+    reset = commands.add_parser("reset-daily", help="publish a daily reset (every account, or --account)")
+    _common(reset)
+    reset.add_argument("--config", help="engine config (checked; shows the trading day reset)")
+    reset.add_argument("--account", help="only this account (ops extension, not in the contract)")
+    reset.add_argument("--at", type=int, help="the reset's timestamp, ns (default: now)")
+    reset.add_argument("--json", action="store_true", help="one JSON document")
+    reset.set_defaults(handler=_guarded(_reset_daily))
