@@ -73,9 +73,10 @@ from cluster_risk.wire import decode_event, decode_line
 if TYPE_CHECKING:
     from cluster_risk.config import TradingDay
 
-__all__ = ["RemoteEngine", "BatchError", "ShardSender", "replay_batched", "scope_key", "scope_values"]
+__all__ = ["RemoteEngine", "BatchError", "ShardBatch", "ShardSender", "replay_batched", "scope_key", "scope_values"]
 
 Outcome = list[Action] | EventError
+KnownIds = tuple[set[str], dict[str, str]]  # index fields asked, and the values found
 ShardSender = Callable[[bytes, Sequence[int], Mapping[int, Scope], Sequence[Outcome]], tuple[str, Any]]
 _Item = tuple[int, Event, "_Context | None", str]  # (batch index, event, context, oid to verify)
 
@@ -183,6 +184,29 @@ class _Batch:
         self.wait = wait
 
 
+class ShardBatch:
+    """One shard's part of a batch, planned (:meth:`RemoteEngine.plan_shard`): ``blob`` is
+    apply.lua's ARGV[1]; ``outcomes`` holds every rejection found so far."""
+
+    __slots__ = ("blob", "items", "outcomes", "plan", "shard")
+
+    def __init__(self, shard: int, items: list[_Item], outcomes: list[Outcome]) -> None:
+        self.shard = shard
+        self.items = items
+        self.outcomes = outcomes
+        self.plan = _Plan()
+        self.blob = b""
+
+    @property
+    def positions(self) -> list[int]:
+        """The batch index of the plan's event k+1, at k."""
+        return self.plan.positions
+
+    def scopes(self) -> dict[int, Scope]:
+        """Batch index -> the (enriched) scope of each order and trade in the plan."""
+        return {item[0]: item[2].scope for item in self.items if item[2] is not None}
+
+
 class RemoteEngine:
     """The risk engine over a :class:`RedisStore`: same API and results as ``RiskEngine``,
     plus :meth:`process_batch` / :meth:`apply_batch` (one script call per shard)."""
@@ -217,6 +241,7 @@ class RemoteEngine:
         self._accounts: dict[str, _Account] = {}
         self._contexts: dict[tuple[str, str], _Context] = {}
         self._next: dict[int, int] | None = None  # per shard: the number of its next batch
+        self._known: KnownIds | None = None  # look-ups done beforehand (plan_shard)
         self._stamp = 0
 
     def _add_rule(self, i: int, rule: BaseRule) -> None:
@@ -332,31 +357,107 @@ class RemoteEngine:
         even when nothing is left, so the caller can record the batch (dead letters, cursor).
         An order or trade whose account is on another shard is rejected (``wrong_shard``), so
         a misrouted entry is dead-lettered instead of stopping the worker.
-        Returns the outcome of every event."""
-        outcomes: list[Outcome] = [[] for _ in events]
-        items = self._prepare(events, outcomes, lambda: None)
-        for item in items:  # misrouted, or enriched from another shard's order: dead-letter it
-            if item[2] is not None and item[2].account.shard != shard:
-                detail = f"account {item[2].account.id!r} is on shard {item[2].account.shard}, not {shard}"
-                outcomes[item[0]] = EventError(WRONG_SHARD, "account_id", detail)
-        items = [item for item in items if not isinstance(outcomes[item[0]], EventError)]
+        Returns the outcome of every event.  (:meth:`plan_shard`, :meth:`drop_aborted` and
+        :meth:`shard_outcomes` are the same steps for a caller that sends many shards' plans
+        at once.)"""
+        batch = self.plan_shard(shard, events)
         while True:
-            plan = self._plan(items, {shard}).get(shard) or _Plan()
-            scopes = {item[0]: item[2].scope for item in items if item[2] is not None}
-            status, payload = send(self._blob(plan), plan.positions, scopes, outcomes)
+            status, payload = send(batch.blob, batch.plan.positions, batch.scopes(), batch.outcomes)
             if status == "ok":
                 break
             if status != "abort":
                 raise StoreError(f"shard {shard}: apply.lua answered {status!r} ({payload})")
-            index = plan.positions[payload - 1]
-            trade = next(item[1] for item in items if item[0] == index)
-            assert isinstance(trade, Trade)
-            outcomes[index] = _unknown_order(trade)
-            items = [item for item in items if item[0] != index]
-        records: dict[int, list[list[Any]]] = {}
-        for record in payload:
-            records.setdefault(plan.positions[record[0] - 1], []).append(record)
-        return self._outcomes(items, outcomes, records)
+            self.drop_aborted(batch, payload)
+        return self.shard_outcomes(batch, payload)
+
+    def plan_shard(
+        self, shard: int, events: Sequence[Event], *, checked: bool = False, known: KnownIds | None = None
+    ) -> ShardBatch:
+        """Validate, enrich and plan ``events`` for ``shard`` (see :meth:`apply_shard`); send
+        ``batch.blob`` as ARGV[1] of apply.lua.  ``checked=True``: the orders and trades have
+        already passed ``check_order`` / ``check_trade`` (e.g. decoded by ``decode_event``).
+        ``known``: the index look-ups of these events, done beforehand (:meth:`lookup_ids`);
+        without it (or when it lacks a field) every shard is asked here."""
+        outcomes: list[Outcome] = [[] for _ in events]
+        self._known = known
+        try:
+            items = self._prepare(events, outcomes, lambda: None, checked)
+        finally:
+            self._known = None
+        wrong = False
+        for item in items:  # misrouted, or enriched from another shard's order: dead-letter it
+            if item[2] is not None and item[2].account.shard != shard:
+                detail = f"account {item[2].account.id!r} is on shard {item[2].account.shard}, not {shard}"
+                outcomes[item[0]] = EventError(WRONG_SHARD, "account_id", detail)
+                wrong = True
+        if wrong:
+            items = [item for item in items if not isinstance(outcomes[item[0]], EventError)]
+        batch = ShardBatch(shard, items, outcomes)
+        self._replan(batch)
+        return batch
+
+    def _replan(self, batch: ShardBatch) -> None:
+        batch.plan = self._plan(batch.items, {batch.shard}).get(batch.shard) or _Plan()
+        batch.blob = self._blob(batch.plan)
+
+    def drop_aborted(self, batch: ShardBatch, pos: int) -> None:
+        """apply.lua answered ``("abort", pos)``: reject that trade (``unknown_order``) and
+        plan the rest again (nothing was written)."""
+        index = batch.plan.positions[pos - 1]
+        trade = next(item[1] for item in batch.items if item[0] == index)
+        assert isinstance(trade, Trade)
+        batch.outcomes[index] = _unknown_order(trade)
+        batch.items = [item for item in batch.items if item[0] != index]
+        self._replan(batch)
+
+    def shard_outcomes(self, batch: ShardBatch, records: Sequence[list[Any]]) -> list[Outcome]:
+        """The outcome of every event of ``batch`` from apply.lua's records."""
+        positions = batch.plan.positions
+        by_index: dict[int, list[list[Any]]] = {}
+        for record in records:
+            by_index.setdefault(positions[record[0] - 1], []).append(record)
+        return self._outcomes(batch.items, batch.outcomes, by_index)
+
+    @staticmethod
+    def lookup_fields(events: Sequence[Event]) -> list[str]:
+        """The index fields (``o<oid>``, ``t<tid>``, in pairs) that planning ``events`` would
+        look up: trades without account or contract whose order is not earlier among them."""
+        local: set[int] = set()
+        out: list[str] = []
+        for event in events:
+            if isinstance(event, Order):
+                local.add(event.oid)
+            elif (
+                isinstance(event, Trade)
+                and (event.account_id is None or event.contract_id is None)
+                and event.oid not in local
+            ):
+                out += (f"o{event.oid}", f"t{event.tid}")
+        return out
+
+    def lookup_ids(self, wanted: Mapping[int, Sequence[str]]) -> dict[int, KnownIds]:
+        """The look-ups of many shards' batches (``shard -> lookup_fields``) in one pipelined
+        round on their own shards, where a fill's order is when the publisher routed it by its
+        order; a pair whose order is not there is then asked of every shard, as
+        :meth:`plan_shard` would (the order may be on another shard, its tid seen anywhere)."""
+        calls = [(shard, list(fields)) for shard, fields in wanted.items() if fields]
+        out: dict[int, KnownIds] = {}
+        missed: list[tuple[dict[str, str], list[str]]] = []  # per shard: its values, pairs to ask everywhere
+        replies = self.store._run("lookup_ids.lua", calls) if calls else []  # the store's pipelined call
+        for (shard, fields), reply in zip(calls, replies, strict=True):
+            values = {f: _str(v) for f, v in zip(fields, reply, strict=True) if v}
+            out[shard] = (set(fields), values)
+            pairs = [f for k in range(0, len(fields) - 1, 2) if fields[k] not in values for f in fields[k : k + 2]]
+            if pairs:
+                missed.append((values, pairs))
+        if missed:
+            everywhere = self.store.lookup_ids(sorted({f for _, pairs in missed for f in pairs}))
+            for values, pairs in missed:
+                for f in pairs:
+                    values.pop(f, None)
+                    if f in everywhere:
+                        values[f] = everywhere[f]
+        return out
 
     # ------------------------------------------------------------------ inspection
 
@@ -378,16 +479,22 @@ class RemoteEngine:
     # ------------------------------------------------------------------ validate and enrich
 
     def _prepare(
-        self, events: Sequence[Event], outcomes: list[Outcome], before_lookup: Callable[[], object]
+        self,
+        events: Sequence[Event],
+        outcomes: list[Outcome],
+        before_lookup: Callable[[], object],
+        checked: bool = False,
     ) -> list[_Item]:
         items: list[_Item] = []
         local: dict[int, tuple[str, str]] = {}  # oid -> (account, contract) of this batch's orders
         unresolved: list[tuple[int, int, Trade]] = []  # (position in items, index, trade) needing the index
         contexts = self._contexts
+        order_check: Callable[[Order], None] = _checked if checked else check_order
+        trade_check: Callable[[Trade], None] = _checked if checked else check_trade
         for index, event in enumerate(events):
             try:
                 if isinstance(event, Order):
-                    check_order(event)
+                    order_check(event)
                     if event.oid not in local:
                         local[event.oid] = (event.account_id, event.contract_id)
                     ctx = contexts.get((event.account_id, event.contract_id))
@@ -395,7 +502,7 @@ class RemoteEngine:
                         ctx = self._context(event.account_id, event.contract_id)
                     items.append((index, event, ctx, ""))
                 elif isinstance(event, Trade):
-                    check_trade(event)
+                    trade_check(event)
                     if event.account_id is not None and event.contract_id is not None:
                         items.append((index, event, self._context(event.account_id, event.contract_id), ""))
                     elif event.oid in local:
@@ -423,7 +530,8 @@ class RemoteEngine:
         fields = sorted(
             {f"o{trade.oid}" for _, _, trade in unresolved} | {f"t{trade.tid}" for _, _, trade in unresolved}
         )
-        found = self.store.lookup_ids(fields)
+        known = self._known
+        found = known[1] if known is not None and known[0].issuperset(fields) else self.store.lookup_ids(fields)
         for k, index, trade in unresolved:
             indexed = found.get(f"o{trade.oid}")
             if indexed is not None:
@@ -693,6 +801,10 @@ def _chunks(events: Iterable[Event], size: int) -> Iterator[list[Event]]:
             chunk = []
     if chunk:
         yield chunk
+
+
+def _checked(event: Event) -> None:
+    """Nothing to check: the caller has (``plan_shard(checked=True)``)."""
 
 
 def _add_amount(events: list[Any], amount: float | None) -> None:

@@ -10,12 +10,18 @@ local redis-server and worker processes (the benchmark's seed workload).
   workers' pub/sub hints (what a gateway's cache sees), p50/p99/max.
 - **failover**: one of two workers is killed (SIGKILL) under load; the time until every one of
   its shards is held by the survivor (new epoch) and applied again.
+
+Each throughput and latency run also reports CPU time per event of the workers (``/proc``),
+the publisher (this process) and Redis (``INFO cpu``): on a shared, noisy machine these are
+steadier than the wall clock, and they say who would need a core of its own.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import os
 import signal
 import statistics
 import subprocess
@@ -64,6 +70,20 @@ class _Fleet:
                 self.procs.append(start_worker(str(path), self.url, f"b{i}", *args, stdout=log, stderr=log))
         self.wait(lambda: len(self.owners()) == shards and len(set(self.owners().values())) == workers, 30)
 
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds so far: the workers (together), Redis, and this process."""
+        ticks = os.sysconf("SC_CLK_TCK")
+        workers = 0.0
+        for proc in self.procs:
+            try:
+                fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+                workers += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+            except (OSError, IndexError, ValueError):
+                pass
+        info = self.client.info("cpu")
+        redis_s = float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+        return {"workers": workers, "redis": redis_s, "publisher": time.process_time()}
+
     def owners(self) -> dict[int, str]:
         pipe = self.client.pipeline(transaction=False)
         for shard in range(self.keys.shards):
@@ -101,14 +121,29 @@ def _throughput(folder: Path, events: Sequence[Event], shards: int, workers: int
     fleet = _Fleet(folder, shards, workers)
     try:
         publisher = Publisher(fleet.client, shards=shards)
+        cpu = fleet.cpu()
         started = time.monotonic()
         for i in range(0, len(events), 1000):
             publisher.publish([(None, e) for e in events[i : i + 1000]])
+        published = time.monotonic() - started
+        cpu_published = time.process_time()
         fleet.wait(lambda: total_lag(fleet.client, fleet.keys) == 0, 600, step=0.01)
         elapsed = time.monotonic() - started
-        return {"workers": workers, "events": len(events), "events_per_s": len(events) / elapsed}
+        used = _per_event(cpu, fleet.cpu(), len(events))
+        used["publisher_us"] = (cpu_published - cpu["publisher"]) / len(events) * 1e6  # not the lag polling
+        return {
+            "workers": workers,
+            "events": len(events),
+            "events_per_s": len(events) / elapsed,
+            "publish_events_per_s": len(events) / published,
+            **used,
+        }
     finally:
         fleet.close()
+
+
+def _per_event(before: dict[str, float], after: dict[str, float], events: int) -> dict[str, float]:
+    return {f"{k}_us": (after[k] - before[k]) / max(1, events) * 1e6 for k in ("workers", "redis", "publisher")}
 
 
 def _latency(
@@ -136,6 +171,7 @@ def _latency(
     listener.start()
     try:
         publisher = Publisher(redis.Redis.from_url(fleet.url), shards=shards)
+        cpu = fleet.cpu()
         sent: dict[int, int] = {}
         per_ms = rate / 1000
         started = time.monotonic()
@@ -157,6 +193,7 @@ def _latency(
                 publisher.publish(batch)
             time.sleep(0.0005)
         fleet.wait(lambda: len(arrived) >= len(sent), 30, step=0.01)
+        used = _per_event(cpu, fleet.cpu(), int(done) + probe)
         latencies = sorted((arrived[k] - sent[k]) / 1e6 for k in sent)
         return {
             "workers": workers,
@@ -166,6 +203,7 @@ def _latency(
             "p50_ms": statistics.median(latencies),
             "p99_ms": latencies[int(0.99 * (len(latencies) - 1))],
             "max_ms": latencies[-1],
+            **used,
         }
     finally:
         stop.set()
@@ -214,6 +252,13 @@ def _failover(folder: Path, load: Sequence[Event], shards: int, lease_ms: int) -
         fleet.close()
 
 
+def _cpu(row: dict[str, Any]) -> str:
+    return (
+        f"CPU per event: workers {row['workers_us']:.1f} us, publisher {row['publisher_us']:.1f} us, "
+        f"redis {row['redis_us']:.1f} us"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cluster_risk.cluster.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--orders", type=int, default=160_000)
@@ -226,6 +271,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     _, events = make_workload(args.orders, args.trades, args.accounts)
+    gc.collect()
+    gc.freeze()  # the workload is the harness's, not the publisher's: keep the collector off it
     results: dict[str, Any] = {"throughput": []}
     with tempfile.TemporaryDirectory(prefix="cluster-bench-") as tmp:
         folder = Path(tmp)
@@ -239,12 +286,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(results, indent=2))
         return 0
     for row in results["throughput"]:
-        print(f"end to end, {row['workers']} worker(s): {row['events_per_s']:,.0f} events/s ({row['events']:,} events)")
+        print(
+            f"end to end, {row['workers']} worker(s): {row['events_per_s']:,.0f} events/s ({row['events']:,} events; "
+            f"published at {row['publish_events_per_s']:,.0f}/s); {_cpu(row)}"
+        )
     for lat in results["latency"]:
         print(
             f"event -> action at {lat['achieved_rate']:,.0f} events/s, {lat['workers']} worker(s): "
             f"p50 {lat['p50_ms']:.2f} ms, p99 {lat['p99_ms']:.2f} ms, max {lat['max_ms']:.2f} ms "
-            f"({lat['probes']} probes)"
+            f"({lat['probes']} probes); {_cpu(lat)}"
         )
     fail = results["failover"]
     print(f"failover (lease {fail['lease_ms']} ms): {fail['failover_s']:.2f} s from kill -9 to all shards moved")

@@ -69,13 +69,20 @@ class Renderer:
         per_event: list[list[str]] = []
         verdicts: list[Any] = []
         day_range = self.calendar.day_range
+        lo = hi = 0
+        start, iso = "", ""
+        stateless = bool(self.stateless)
         for pos, index in enumerate(positions, 1):
             event = events[index]
             t = event.timestamp
-            day, lo, _ = day_range(t)
-            per_event.append([str(t), str(lo), date.fromordinal(day).isoformat()])
+            if not lo <= t < hi:  # a batch's events are mostly of one trading day
+                day, lo, hi = day_range(t)
+                start, iso = str(lo), date.fromordinal(day).isoformat()
+            per_event.append([str(t), start, iso])
+            if not stateless:
+                continue
             scope = scopes.get(index)
-            if scope is not None and self.stateless:
+            if scope is not None:
                 for i, action in self._verdicts(event, scope):
                     verdicts += (pos, i, _dumps(action.to_dict()))
         return [after, last, entries, self.rules, per_event, verdicts, list(dead), self.actions_maxlen]

@@ -3,6 +3,13 @@ script call (state, cursor, actions, dead letters: ``lua/apply.lua`` with ``fenc
 ``emit.lua``), then publishes a latency hint.  Stateless: everything it knows is in Redis,
 so any worker can die at any instruction and another carries on from the shard's cursor.
 
+A round: one ``XREAD`` of every held shard (per Redis node on a cluster, where a read cannot
+span slots), the entries of each shard decoded and planned, then every shard's script call
+of the round in one pipeline per node (the shards are independent: each call is atomic on
+its own), then the hints in one pipeline.  When a round found nothing, the next read blocks
+briefly (standalone) or the worker polls after 1 ms (cluster); there is no waiting under
+load, so a thin input makes small batches at low latency and a heavy one bigger batches.
+
 Failure handling, by what the worker can know:
 
 - the script refused the batch as ``fenced``: another worker took the shard; drop it;
@@ -10,7 +17,9 @@ Failure handling, by what the worker can know:
   batches), a lost reply that the client's own retry could not recover, a connection error:
   the outcome is unknown, so the worker rereads the shard's cursor and batch number from Redis
   and goes on from there - a batch that was applied is not applied again (the cursor moved,
-  or the retried batch number and digest are recognised), one that was not is applied now.
+  or the retried batch number and digest are recognised), one that was not is applied now;
+- ``abort`` (a trade whose order left the index in the same batch): nothing was written; the
+  trade is rejected and the shard's batch sent again in the next pipeline of the round.
 
 Entries read for a shard are applied only if the shard's cursor is still the one they were
 read after (a lease lost and taken back meanwhile means reading again).  Every 64 batches a
@@ -23,12 +32,15 @@ leases then expire and move on.
 
 from __future__ import annotations
 
+import gc
 import hashlib
+import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from json import scanner as _json_scanner
 from typing import Any
 
 from redis.cluster import RedisCluster
@@ -40,18 +52,24 @@ from cluster_risk.cluster.render import DeadLetter, Renderer, dead_letter
 from cluster_risk.cluster.shards import Client, Deployment, Keys, text
 from cluster_risk.config import EngineConfig
 from cluster_risk.errors import EventError
-from cluster_risk.events import Event, Tick
+from cluster_risk.events import MAX_ID, MAX_INT_PRICE, MAX_TIMESTAMP, MAX_VOLUME, Event, Order, Tick, Trade
 from cluster_risk.observability import WorkerMetrics
-from cluster_risk.remote import RemoteEngine, ShardSender
-from cluster_risk.rules.base import Scope
+from cluster_risk.remote import KnownIds, RemoteEngine, ShardBatch
 from cluster_risk.state.redis import RedisStore, StoreError, load_lua
-from cluster_risk.wire import decode_line
+from cluster_risk.wire import decode_event, decode_line
 
-__all__ = ["Durability", "ShardLost", "Worker", "WorkerStats"]
+__all__ = ["Durability", "ShardLost", "Worker", "WorkerStats", "decode_entries"]
 
 log = logging.getLogger("cluster_risk.cluster.worker")
 
 _TRIM_EVERY = 64  # batches of a shard between two trims of its input stream
+# b"XREAD", not "XREAD": redis-py looks its reply callback up by the command's name, and the
+# callback turns every entry's fields into a dict; the worker reads the raw reply instead.
+_XREAD = b"XREAD"
+_scan: Callable[[str, int], tuple[Any, int]] = _json_scanner.c_make_scanner(json.JSONDecoder())  # type: ignore[attr-defined]
+_NONE = object()
+_SIDES = frozenset(("BID", "ASK"))
+_PRICE = MAX_INT_PRICE
 
 
 class ShardLost(RedisError):
@@ -65,9 +83,9 @@ class ShardLost(RedisError):
 
 @dataclass(frozen=True, kw_only=True)
 class Durability:
-    """``replicas=0``: fast (asynchronous replication).  ``replicas=n``: every apply is
-    followed by ``WAIT n timeout_ms`` on the same connection, and nothing more is done for the
-    shard (no hint, no next batch) until it returns."""
+    """``replicas=0``: fast (asynchronous replication).  ``replicas=n``: every round's script
+    calls are followed by ``WAIT n timeout_ms`` on the same connection, and nothing more is
+    done for those shards (no hint, no next batch) until it returns."""
 
     replicas: int = 0
     timeout_ms: int = 1000
@@ -87,6 +105,131 @@ class WorkerStats:
     held: list[int] = field(default_factory=list)
 
 
+# ---------------------------------------------------------------------- decoding entries
+
+
+def _order_ok(o: Order) -> bool:
+    """check_order's rules as one expression (the common case); False: let check_order name
+    the culprit."""
+    oid, price, volume, t, a, c = o.oid, o.price, o.volume, o.timestamp, o.account_id, o.contract_id
+    return (
+        type(oid) is int
+        and 0 <= oid < MAX_ID
+        and type(a) is str
+        and a != ""
+        and type(c) is str
+        and c != ""
+        and type(o.direction) is str
+        and o.direction in _SIDES
+        and (
+            (type(price) is float and price - price == 0.0)
+            or (type(price) is int and -MAX_INT_PRICE < price < MAX_INT_PRICE)
+        )
+        and type(volume) is int
+        and 0 < volume < MAX_VOLUME
+        and type(t) is int
+        and 0 <= t < MAX_TIMESTAMP
+    )
+
+
+def _trade_ok(e: Trade) -> bool:
+    tid, oid, price, volume, t, a, c = e.tid, e.oid, e.price, e.volume, e.timestamp, e.account_id, e.contract_id
+    return (
+        type(tid) is int
+        and 0 <= tid < MAX_ID
+        and type(oid) is int
+        and 0 <= oid < MAX_ID
+        and (
+            (type(price) is float and price - price == 0.0)
+            or (type(price) is int and -MAX_INT_PRICE < price < MAX_INT_PRICE)
+        )
+        and type(volume) is int
+        and 0 < volume < MAX_VOLUME
+        and type(t) is int
+        and 0 <= t < MAX_TIMESTAMP
+        and (a is None or (type(a) is str and a != ""))
+        and (c is None or (type(c) is str and c != ""))
+    )
+
+
+def _event(obj: Any) -> Event:
+    """decode_event, with a fast path for a valid order or trade (same result)."""
+    if type(obj) is dict:
+        kind = obj.get("type")
+        try:
+            if kind == "order":
+                o = Order(
+                    obj["oid"],
+                    obj["account_id"],
+                    obj["contract_id"],
+                    obj["direction"],
+                    obj["price"],
+                    obj["volume"],
+                    obj["timestamp"],
+                )
+                if _order_ok(o):
+                    return o
+            elif kind == "trade":
+                get = obj.get
+                e = Trade(
+                    obj["tid"],
+                    obj["oid"],
+                    obj["price"],
+                    obj["volume"],
+                    obj["timestamp"],
+                    get("account_id"),
+                    get("contract_id"),
+                )
+                if _trade_ok(e):
+                    return e
+        except KeyError:
+            pass
+    return decode_event(obj)
+
+
+def decode_entries(raws: Sequence[bytes]) -> list[Event | EventError]:
+    """``decode_line`` of each raw entry (the event or its error), fast: an ASCII batch is
+    joined and scanned value by value with json's C scanner; a value is taken only if it
+    spans exactly its entry (anything else - whitespace around it, a broken entry - goes
+    through ``decode_line`` alone, for the exact answer)."""
+    joined = b"\n".join(raws)  # a newline cannot occur inside a JSON string: values stay apart
+    text_all = joined.decode("ascii") if joined.isascii() else None
+    out: list[Event | EventError] = []
+    pos = 0
+    for raw in raws:
+        obj: Any = _NONE
+        if text_all is not None:
+            n = len(raw)
+            try:
+                obj, end = _scan(text_all, pos)
+                if end != pos + n:
+                    obj = _NONE
+            except (StopIteration, ValueError, RecursionError):
+                obj = _NONE
+            pos += n + 1
+        try:
+            out.append(decode_line(raw) if obj is _NONE else _event(obj))
+        except EventError as exc:
+            out.append(exc)
+    return out
+
+
+def _fields(raw: Any) -> tuple[bytes, str]:
+    """An entry's event (``e``) and line index (``i``) from its field list (or dict)."""
+    if type(raw) is list:
+        n = len(raw)
+        if n == 4 and raw[0] == b"e" and raw[2] == b"i":
+            return raw[1], raw[3].decode()
+        if n == 2 and raw[0] == b"e":
+            return raw[1], ""
+        raw = dict(zip(raw[::2], raw[1::2], strict=False))
+    elif not isinstance(raw, dict):
+        return b"", ""
+    got = {text(k): v for k, v in raw.items()}
+    event = got.get("e", b"")
+    return (event.encode() if isinstance(event, str) else event), text(got.get("i", ""))
+
+
 class _Batch:
     """A shard's entries decoded: the events, and for each entry its event or dead letter."""
 
@@ -94,22 +237,22 @@ class _Batch:
         self.events: list[Event] = []
         self.entries = len(entries)
         self.last = text(entries[-1][0]) if entries else ""
-        self._origin: list[tuple[str, str, str]] = []  # per event: entry id, line index, raw
+        self._origin: list[tuple[Any, str, bytes]] = []  # per event: entry id, line index, raw
         self._slots: list[DeadLetter | int] = []  # per entry: its dead letter, or its event's index
-        for entry_id, fields in entries:
-            raw = fields.get(b"e", b"")
-            index = text(fields.get(b"i", b""))
-            eid = text(entry_id)
-            try:
-                event = decode_line(raw)
-            except EventError as exc:
-                self._slots.append(dead_letter(eid, index, exc, raw.decode("utf-8", "replace")))
+        parsed = [_fields(fields) for _, fields in entries]
+        decoded = decode_entries([raw for raw, _ in parsed])
+        events = self.events
+        origin = self._origin
+        slots = self._slots
+        for (entry_id, _), (raw, index), event in zip(entries, parsed, decoded, strict=True):
+            if isinstance(event, EventError):
+                slots.append(dead_letter(text(entry_id), index, event, raw.decode("utf-8", "replace")))
                 continue
-            self._slots.append(len(self.events))
-            self.events.append(event)
-            self._origin.append((eid, index, raw.decode("utf-8", "replace")))
+            slots.append(len(events))
+            events.append(event)
+            origin.append((entry_id, index, raw))
         if tick is not None:
-            self.events.append(tick)
+            events.append(tick)
 
     def dead_letters(self, outcomes: Sequence[Any]) -> list[DeadLetter]:
         """Every rejected entry, in stream order: undecodable, or refused by the engine."""
@@ -119,7 +262,7 @@ class _Batch:
                 dead.append(slot)
             elif isinstance(outcomes[slot], EventError):
                 eid, index, raw = self._origin[slot]
-                dead.append(dead_letter(eid, index, outcomes[slot], raw))
+                dead.append(dead_letter(text(eid), index, outcomes[slot], raw.decode("utf-8", "replace")))
         return dead
 
 
@@ -130,8 +273,22 @@ class _Cursor:
     sid: str  # the last applied input entry id
 
 
+class _Job:
+    """One shard's batch in a round: decoded, planned, and its script call's arguments."""
+
+    __slots__ = ("args", "batch", "cursor", "keys", "planned", "shard")
+
+    def __init__(self, shard: int, cursor: _Cursor, batch: _Batch, planned: ShardBatch, keys: list[str]) -> None:
+        self.shard = shard
+        self.cursor = cursor
+        self.batch = batch
+        self.planned = planned
+        self.keys = keys
+        self.args: list[Any] = []
+
+
 class Worker:
-    """One worker process's loop (``run``); ``stop()`` ends it after the current batch."""
+    """One worker process's loop (``run``); ``stop()`` ends it after the current round."""
 
     def __init__(
         self,
@@ -170,10 +327,8 @@ class Worker:
         self.stats = WorkerStats()
         self.metrics = metrics
         self.turned_at = time.monotonic()  # the loop's last turn (liveness probe)
-        # A round that applied fewer entries than this waits gather_s before reading again:
-        # each script call has a fixed cost, so tiny batches under load fall behind.
-        self.gather_below = 64
-        self.gather_s = 0.002
+        self.block_ms = 20  # an idle round's XREAD blocks this long (standalone)
+        self.poll_s = 0.001  # an idle round's wait on a cluster (no multi-slot blocking read)
         self.cursors: dict[int, _Cursor] = {}
         self._stop = threading.Event()
         self._next_beat = 0.0
@@ -189,6 +344,12 @@ class Worker:
     def run(self) -> WorkerStats:
         """Work until ``stop()``, ``max_events`` entries applied, or (``drain``) nothing left."""
         self.store.encode([])  # decide the codec (msgpack on a real server)
+        # Every batch allocates thousands of short-lived objects; with the default thresholds
+        # the collector ran every 700 of them and walked the engine's long-lived state each
+        # time (about 40% of the worker's CPU).  Start-up objects are frozen, collections rarer.
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(max(gc.get_threshold()[0], 20_000), 20, 100)
         shebang = self.store.codec == "m"
         self._script = load_lua("apply.lua", shebang=shebang)
         self._sha = hashlib.sha1(self._script.encode()).hexdigest()
@@ -203,8 +364,6 @@ class Worker:
                     next_tick = now + self.tick_ms / 1000
                 applied = self._round(block=idle > 0)
                 idle = 0 if applied else idle + 1
-                if 0 < applied < self.gather_below:
-                    self._stop.wait(self.gather_s)  # a trickle: let a bigger batch gather
                 if self.max_events is not None and self.stats.entries >= self.max_events:
                     break
                 if self.drain and not applied and self.leases.held and self._deployment_lag() == 0:
@@ -220,7 +379,7 @@ class Worker:
             log.warning("could not release leases: %s", exc)
 
     def _maybe_beat(self) -> None:
-        """Beat when due: called between shard batches too, so a slow round (WAIT timeouts,
+        """Beat when due: called between node pipelines too, so a slow round (WAIT timeouts,
         a failover) does not let the leases expire."""
         now = time.monotonic()
         if now >= self._next_beat:
@@ -251,18 +410,38 @@ class Worker:
             return None
         cursor = self.cursors.get(shard)
         if cursor is None or cursor.epoch != epoch:
-            hwm = self.client.hget(self.keys.meta(shard), "hwm")
-            sid = self.client.hget(self.keys.lease(shard), "sid")
-            cursor = _Cursor(epoch, int(text(hwm)) + 1 if hwm else 1, text(sid) if sid else "0-0")
-            self.cursors[shard] = cursor
+            self._load_cursors([shard])
+            cursor = self.cursors[shard]
         return cursor
+
+    def _load_cursors(self, shards: Sequence[int]) -> None:
+        """Read the cursors (batch number, last applied entry) of these held shards."""
+        if self._is_cluster:
+            replies = []
+            for shard in shards:
+                replies += [self.client.hget(self.keys.meta(shard), "hwm")]
+                replies += [self.client.hget(self.keys.lease(shard), "sid")]
+        else:
+            pipe = self.client.pipeline(transaction=False)
+            for shard in shards:
+                pipe.hget(self.keys.meta(shard), "hwm")
+                pipe.hget(self.keys.lease(shard), "sid")
+            replies = pipe.execute()
+        for k, shard in enumerate(shards):
+            hwm, sid = replies[2 * k], replies[2 * k + 1]
+            epoch = self.leases.held[shard]
+            self.cursors[shard] = _Cursor(epoch, int(text(hwm)) + 1 if hwm else 1, text(sid) if sid else "0-0")
 
     # ------------------------------------------------------------------ reading
 
     def _round(self, block: bool) -> int:
         """Read every held shard once and apply what came; the number of entries applied."""
         try:
-            wanted = {s: c.sid for s in sorted(self.leases.held) if (c := self._cursor(s)) is not None}
+            held = self.leases.held
+            stale = [s for s, epoch in held.items() if (c := self.cursors.get(s)) is None or c.epoch != epoch]
+            if stale:
+                self._load_cursors(sorted(stale))
+            wanted = {s: self.cursors[s].sid for s in sorted(held)}
             if not wanted:
                 self._stop.wait(0.05)
                 return 0
@@ -270,127 +449,231 @@ class Worker:
         except (RedisError, StoreError) as exc:
             self._trouble(None, exc)
             return 0
-        applied = 0
+        batches = {}
         for shard, entries in got.items():
-            self._maybe_beat()
-            try:
-                self._apply(shard, entries, after=wanted[shard])
-                applied += len(entries)
-            except (RedisError, StoreError) as exc:
-                self._trouble(shard, exc)
-        return applied
+            if self.cursors[shard].sid == wanted[shard]:  # else: moved since these were read
+                batches[shard] = _Batch(entries, None)
+        try:  # fills without account: their orders' index entries, all shards in one round
+            lookups = {shard: self.engine.lookup_fields(batch.events) for shard, batch in batches.items()}
+            known = self.engine.lookup_ids(lookups) if any(lookups.values()) else {}
+        except (RedisError, StoreError) as exc:
+            self._trouble(None, exc)
+            return 0
+        jobs = []
+        for shard, batch in batches.items():
+            job = self._job(shard, batch, known.get(shard))
+            if job is not None:
+                jobs.append(job)
+        return self._run(jobs, raise_refusals=False)
 
     def _read(self, wanted: Mapping[int, str], block: bool) -> dict[int, list[Any]]:
-        keys = {self.keys.input(s): s for s in wanted}
-        streams: dict[Any, Any] = {self.keys.input(s): sid for s, sid in wanted.items()}
+        shard_of = {self.keys.input(s): s for s in wanted}
+        count = (b"COUNT", self.batch)
         if not self._is_cluster:  # one call for every shard, blocking briefly when idle
-            reply: Any = self.client.xread(streams, count=self.batch, block=50 if block else None)
-            return {keys[text(k)]: entries for k, entries in reply or [] if entries}
-        pipe = self.client.pipeline(transaction=False)
-        for key, sid in streams.items():
-            pipe.xread({key: sid}, count=self.batch)
+            blocking = (b"BLOCK", self.block_ms) if block else ()
+            names = list(shard_of)
+            client: Any = self.client
+            reply = client.execute_command(_XREAD, *count, *blocking, b"STREAMS", *names, *wanted.values())
+            return self._streams(reply, shard_of)
         out: dict[int, list[Any]] = {}
-        for reply in pipe.execute():
-            for k, entries in reply or []:
-                if entries:
-                    out[keys[text(k)]] = entries
+        for node, keys in self._by_node(list(shard_of)).items():  # a read cannot span slots
+            pipe = node.pipeline(transaction=False)
+            for key in keys:
+                pipe.execute_command(_XREAD, *count, b"STREAMS", key, wanted[shard_of[key]])
+            for reply in pipe.execute():
+                out.update(self._streams(reply, shard_of))
         if not out and block:
-            self._stop.wait(0.002)  # a cluster has no multi-slot blocking read: poll
+            self._stop.wait(self.poll_s)  # a cluster has no multi-slot blocking read: poll
         return out
+
+    @staticmethod
+    def _streams(reply: Any, shard_of: Mapping[str, int]) -> dict[int, list[Any]]:
+        """XREAD's raw reply (a map in RESP3, pairs in RESP2) -> shard -> entries."""
+        if not reply:
+            return {}
+        pairs = reply.items() if isinstance(reply, dict) else reply
+        return {shard_of[text(k)]: entries for k, entries in pairs if entries}
+
+    def _by_node(self, keys: Sequence[str]) -> dict[Any, list[str]]:
+        """Keys grouped by the client of the server that holds them."""
+        if not self._is_cluster:
+            return {self.client: list(keys)}
+        groups: dict[str, tuple[Any, list[str]]] = {}
+        cluster: Any = self.client
+        for key in keys:
+            node = cluster.get_node_from_key(key)
+            groups.setdefault(node.name, (cluster.get_redis_connection(node), []))[1].append(key)
+        return {client: ks for client, ks in groups.values()}
 
     # ------------------------------------------------------------------ applying
 
     def _apply(self, shard: int, entries: Sequence[Any], tick: Tick | None = None, after: str | None = None) -> None:
-        """Apply ``entries`` (read after input id ``after``) and/or a tick to ``shard``."""
+        """Apply ``entries`` (read after input id ``after``) and/or a tick to ``shard`` on its
+        own; a refusal raises :class:`ShardLost`."""
         cursor = self._cursor(shard)
         if cursor is None or (after is not None and cursor.sid != after):
             return  # the shard moved (lost, or reloaded) since these entries were read
-        batch = _Batch(entries, tick)
-        hint: list[str] = []
-        started = time.perf_counter()
-        outcomes = self.engine.apply_shard(shard, batch.events, self._sender(shard, cursor, batch, hint))
-        if self.metrics is not None:
-            actions = [a for outcome in outcomes if not isinstance(outcome, EventError) for a in outcome]
-            self.metrics.record_batch(len(entries), time.perf_counter() - started, actions)
+        job = self._job(shard, _Batch(entries, tick), None)
+        if job is not None:
+            self._run([job], raise_refusals=True)
+
+    def _job(self, shard: int, batch: _Batch, known: KnownIds | None) -> _Job | None:
+        cursor = self._cursor(shard)
+        if cursor is None:
+            return None  # lost meanwhile
+        planned = self.engine.plan_shard(shard, batch.events, checked=True, known=known)
+        keys = [self.keys.meta(shard), self.keys.lease(shard), self.keys.actions(shard), self.keys.dead(shard)]
+        job = _Job(shard, cursor, batch, planned, keys)
+        self._arguments(job)
+        return job
+
+    def _arguments(self, job: _Job) -> None:
+        """apply.lua's ARGV for the job's (current) plan."""
+        batch, planned, cursor = job.batch, job.planned, job.cursor
+        dead = batch.dead_letters(planned.outcomes)
+        scopes = planned.scopes() if self.renderer.stateless else {}
+        extras = self.renderer.extras(
+            cursor.sid, batch.last, batch.entries, batch.events, planned.positions, scopes, dead
+        )
+        xblob = self.store.encode(extras)
+        blob = planned.blob
+        digest = hashlib.blake2b(blob + xblob, digest_size=16).hexdigest()
+        job.args = [blob, cursor.seq, digest, self.store.codec, cursor.seq - 1, cursor.epoch, xblob, len(dead)]
+
+    def _run(self, jobs: list[_Job], raise_refusals: bool) -> int:
+        """Send the jobs' script calls (one pipeline per node), settle the replies, publish
+        the hints; returns the number of entries applied."""
+        applied = 0
+        hints: list[bytes] = []
+        while jobs:
+            again: list[_Job] = []
+            started = time.perf_counter()
+            for node, group in self._jobs_by_node(jobs).items():
+                self._maybe_beat()
+                try:
+                    replies = self._eval(node, group)
+                except (RedisError, StoreError) as exc:
+                    if raise_refusals:
+                        raise
+                    self._trouble(None if len(group) > 1 else group[0].shard, exc)
+                    continue
+                for job, reply in zip(group, replies, strict=True):
+                    try:
+                        status = self._settle(job, reply, hints, again)
+                    except (RedisError, StoreError) as exc:
+                        if raise_refusals:
+                            raise
+                        self._trouble(job.shard, exc)
+                        continue
+                    if status:
+                        applied += job.batch.entries
+                        if self.metrics is not None:
+                            self.metrics.events_applied.inc(job.batch.entries)
+                            self.metrics.batch_seconds.observe(time.perf_counter() - started)
+            jobs = again
+        if hints:
+            self._publish(hints)
+        return applied
+
+    def _jobs_by_node(self, jobs: Sequence[_Job]) -> dict[Any, list[_Job]]:
+        if not self._is_cluster:
+            return {self.client: list(jobs)}
+        by_key = {job.keys[0]: job for job in jobs}
+        return {node: [by_key[k] for k in keys] for node, keys in self._by_node(list(by_key)).items()}
+
+    def _settle(self, job: _Job, reply: Any, hints: list[bytes], again: list[_Job]) -> bool:
+        """One script reply: True when the batch is applied (now or before)."""
+        if isinstance(reply, Exception):
+            raise reply
+        status = text(reply[0])
+        if status == "abort":  # nothing written: reject that trade, send the rest again
+            self.engine.drop_aborted(job.planned, int(reply[1]))
+            self._arguments(job)
+            again.append(job)
+            return False
+        if status not in ("ok", "again"):
+            raise ShardLost(job.shard, status, text(reply[1]))
+        shard, cursor, batch = job.shard, job.cursor, job.batch
+        if status == "ok":
+            hint = reply[2]
+            self.stats.dead += job.args[7]
+            if len(hint) > 1:
+                self.stats.actions += (len(hint) - 1) // 2
+                hints.append(self.store.encode([shard, *(text(x) for x in hint)]))
+                if self.metrics is not None:
+                    for action in hint[2::2]:
+                        parsed = json.loads(action)
+                        self.metrics.actions.labels(type=parsed["type"], rule=parsed["rule"]).inc()
+        else:
+            self.stats.again += 1
         cursor.seq += 1
         if batch.last:
             cursor.sid = batch.last
             if cursor.seq % _TRIM_EVERY == 0:  # applied entries are not needed again
                 self.client.xtrim(self.keys.input(shard), minid=batch.last, approximate=True)
-        self.stats.entries += len(entries)
+        self.stats.entries += batch.entries
         self.stats.batches += 1
-        if len(hint) > 1:
-            self.stats.actions += (len(hint) - 1) // 2
-            self._publish(shard, hint)
+        return True
 
-    def _sender(self, shard: int, cursor: _Cursor, batch: _Batch, hint: list[str]) -> ShardSender:
-        """The script call of one batch for ``RemoteEngine.apply_shard``."""
-        keys = [self.keys.meta(shard), self.keys.lease(shard), self.keys.actions(shard), self.keys.dead(shard)]
-
-        def send(blob: bytes, positions: Sequence[int], scopes: Mapping[int, Scope], outcomes: Sequence[Any]) -> Any:
-            dead = batch.dead_letters(outcomes)
-            extras = self.renderer.extras(cursor.sid, batch.last, batch.entries, batch.events, positions, scopes, dead)
-            xblob = self.store.encode(extras)
-            digest = hashlib.blake2b(blob + xblob, digest_size=16).hexdigest()
-            reply = self._eval(keys, [blob, cursor.seq, digest, self.store.codec, cursor.seq - 1, cursor.epoch, xblob])
-            status = text(reply[0])
-            if status in ("ok", "again"):
-                if status == "ok":
-                    hint.extend(text(x) for x in reply[2])
-                    self.stats.dead += len(dead)
-                else:
-                    self.stats.again += 1
-                return ("ok", self.store.decode(reply[1]) if reply[1] is not None else [])
-            if status == "abort":
-                return ("abort", int(reply[1]))
-            raise ShardLost(shard, status, text(reply[1]))
-
-        return send
-
-    def _eval(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """EVALSHA apply.lua (loading it on NOSCRIPT), then WAIT on the same connection when
-        durability asks for replicas."""
-        node = self._node(keys[0])
+    def _eval(self, node: Any, jobs: Sequence[_Job]) -> list[Any]:
+        """EVALSHA apply.lua for each job in one pipeline (loading the script on NOSCRIPT and
+        sending those again: a NOSCRIPT call ran nothing), then WAIT on the same connection
+        when durability asks for replicas.  Per job its reply, or the error it got."""
+        replies: list[Any] = [None] * len(jobs)
+        todo = list(range(len(jobs)))
         for attempt in range(2):
             pipe = node.pipeline(transaction=False)
-            pipe.execute_command("EVALSHA", self._sha, len(keys), *keys, *args)
+            for i in todo:
+                job = jobs[i]
+                pipe.execute_command("EVALSHA", self._sha, len(job.keys), *job.keys, *job.args[:7])
             if self.durability.replicas:
                 pipe.execute_command("WAIT", self.durability.replicas, self.durability.timeout_ms)
-            replies = pipe.execute(raise_on_error=False)
-            if isinstance(replies[0], NoScriptError) and attempt == 0:
-                node.script_load(self._script)
-                continue
-            if isinstance(replies[0], Exception):
-                raise replies[0]
-            if self.durability.replicas and int(replies[1]) < self.durability.replicas:
-                self.stats.not_replicated += 1
-                log.warning("batch acknowledged by %s of %d replicas", replies[1], self.durability.replicas)
-            return replies[0]
-        raise NoScriptError("apply.lua could not be loaded")
+            got = pipe.execute(raise_on_error=False)
+            if self.durability.replicas:
+                acked = got.pop()
+                if isinstance(acked, Exception):
+                    raise acked
+                if int(acked) < self.durability.replicas:
+                    self.stats.not_replicated += 1
+                    log.warning("batches acknowledged by %s of %d replicas", acked, self.durability.replicas)
+            missing = []
+            for i, reply in zip(todo, got, strict=True):
+                replies[i] = reply
+                if isinstance(reply, NoScriptError):
+                    missing.append(i)
+            if not missing or attempt:
+                break
+            node.script_load(self._script)
+            todo = missing
+        return replies
 
-    def _node(self, key: str) -> Any:
-        """A client whose pipeline talks to the one server holding ``key`` (so WAIT follows
-        the script on the same connection)."""
-        if isinstance(self.client, RedisCluster):
-            return self.client.get_redis_connection(self.client.get_node_from_key(key))  # type: ignore[no-untyped-call]
-        return self.client
-
-    def _publish(self, shard: int, hint: list[Any]) -> None:
-        """The latency hint: shard, previous action id, then id/JSON pairs.  Best effort: the
+    def _publish(self, hints: Sequence[bytes]) -> None:
+        """The latency hints: shard, previous action id, then id/JSON pairs.  Best effort: the
         stream is the record, a client that misses a hint resyncs from it."""
         try:
-            self.client.publish(self.keys.channel, self.store.encode([shard, *hint]))
+            if len(hints) == 1 or self._is_cluster:
+                for hint in hints:
+                    self.client.publish(self.keys.channel, hint)
+                return
+            pipe = self.client.pipeline(transaction=False)
+            for hint in hints:
+                pipe.publish(self.keys.channel, hint)
+            pipe.execute()
         except RedisError as exc:
             log.debug("hint not published: %s", exc)
 
     def _tick_all(self) -> None:
         now = self.clock()
+        jobs = []
         for shard in sorted(self.leases.held):
-            self._maybe_beat()
             try:
-                self._apply(shard, [], Tick(now))
+                job = self._job(shard, _Batch([], Tick(now)), None)
             except (RedisError, StoreError) as exc:
                 self._trouble(shard, exc)
+                continue
+            if job is not None:
+                jobs.append(job)
+        self._run(jobs, raise_refusals=False)
 
     def _trouble(self, shard: int | None, exc: RedisError | StoreError) -> None:
         """An unknown or refused outcome: forget the cursor(s), reread them next round."""
