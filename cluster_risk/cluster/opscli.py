@@ -12,14 +12,35 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from datetime import UTC, date, datetime
 from typing import Any
 
-from cluster_risk.cluster.commands import _connect, _fail, _guarded
+from redis.exceptions import RedisError
+
+from cluster_risk.cluster.commands import _connect, _fail
+from cluster_risk.errors import RiskError
 
 __all__ = ["register_ops_commands", "when"]
 
 REFUSED = 1
+
+
+def _guarded(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Configuration and connection problems end with one line on stderr and exit 2; a closed
+    stdout (``| head``) ends quietly (``cli.main``)."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except BrokenPipeError:
+            raise
+        except (RiskError, RedisError, OSError) as exc:
+            from cluster_risk.settings import mask_secrets
+
+            return _fail(mask_secrets(str(exc)))
+
+    return run
 
 
 def when(ns: int | None) -> str:
