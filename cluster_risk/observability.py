@@ -148,9 +148,12 @@ def start_metrics_server(
     addr: str = "0.0.0.0",  # a container's metrics must be reachable from outside it
     live: Callable[[], bool] = lambda: True,
     ready: Callable[[], bool] = lambda: True,
+    before_scrape: Callable[[], None] = lambda: None,
 ) -> MetricsServer:
     """Serve ``/metrics`` from ``registry`` and the probes ``/healthz`` (``live()``: the worker
-    loop is turning) and ``/readyz`` (``ready()``: connected, holding shards) on a daemon thread."""
+    loop is turning) and ``/readyz`` (``ready()``: connected, holding shards) on a daemon thread.
+    ``before_scrape()`` runs before each ``/metrics`` answer (gauges read when asked, e.g.
+    :class:`cluster_risk.cluster.gauges.HeldShardGauges`)."""
     metrics_app = make_wsgi_app(registry)
 
     def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
@@ -159,6 +162,8 @@ def start_metrics_server(
             ok = (live if path == "/healthz" else ready)()
             start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain")])
             return [b"ok\n" if ok else b"not ok\n"]
+        if path == "/metrics":
+            before_scrape()
         body: Iterable[bytes] = metrics_app(environ, start_response)
         return body
 

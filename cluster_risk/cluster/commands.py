@@ -77,11 +77,22 @@ def _worker(args: argparse.Namespace) -> int:
         metrics=WorkerMetrics() if args.metrics_port else None,
     )
     if worker.metrics is not None:
+        from cluster_risk.cluster.gauges import HeldShardGauges
+        from cluster_risk.cluster.shards import Deployment
+
+        gauges = HeldShardGauges(
+            worker.metrics,
+            _connect(args.redis_url),  # its own connections: scrapes never wait on the loop's
+            worker.keys,
+            [rule["name"] for rule in Deployment(worker.client, args.prefix).rules()],
+            held=lambda: list(worker.leases.held),
+        )
         start_metrics_server(
             args.metrics_port,
             worker.metrics.registry,
             live=lambda: time.monotonic() - worker.turned_at < 30,
             ready=lambda: bool(worker.leases.held),
+            before_scrape=gauges.refresh,
         )
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: worker.stop())
