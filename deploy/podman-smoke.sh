@@ -23,7 +23,8 @@
 #      equals an in-process `cluster-risk replay` of the same file per (rule, scope) (workers
 #      run with WORKER_TICK_MS=0: wall-clock ticks would lift pauses a file replay does not),
 #      the rejected lines equal the replay's errors, Prometheus' /api/v1/targets lists N
-#      worker targets all "up", and its query of cluster_risk_events_applied_total is > 0;
+#      worker targets all "up", its query of cluster_risk_events_applied_total is > 0 and
+#      cluster_risk_shard_lag has one series per shard (all 0);
 #   5. pass "cluster": the same with the workers and the load generator on the Redis Cluster;
 #   6. tear down: containers, network and volumes of the project are gone.
 # Any failure prints "SMOKE FAILED: <what>" with the log to read, and exits 1.
@@ -274,27 +275,32 @@ prometheus_check=$(
     cat <<'PY'
 import json, sys, time, urllib.parse, urllib.request
 
-base, want = sys.argv[1], int(sys.argv[2])
+base, want, shards = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 def get(path):
     with urllib.request.urlopen(base + path, timeout=5) as r:
         return json.load(r)["data"]
+def value(query):
+    result = get("/api/v1/query?query=" + urllib.parse.quote(query))["result"]
+    return float(result[0]["value"][1]) if result else None
 deadline = time.monotonic() + 60
 while True:
     try:
         targets = [t for t in get("/api/v1/targets")["activeTargets"] if t["labels"]["job"] == "cluster-risk-workers"]
         up = [t for t in targets if t["health"] == "up"]
-        q = urllib.parse.quote("sum(cluster_risk_events_applied_total)")
-        result = get(f"/api/v1/query?query={q}")["result"]
-        applied = float(result[0]["value"][1]) if result else 0.0
+        applied = value("sum(cluster_risk_events_applied_total)") or 0.0
+        # each shard's lag exactly once across the fleet (a worker reports the shards it holds)
+        lags = (value("count(cluster_risk_shard_lag)"), value("sum(cluster_risk_shard_lag)"))
         q = urllib.parse.quote("sum by (type) (cluster_risk_actions_total)")
         actions = {r["metric"].get("type"): float(r["value"][1]) for r in get(f"/api/v1/query?query={q}")["result"]}
     except OSError as exc:
-        targets, up, applied, actions = [], [], 0.0, {exc}
-    if len(targets) == want and len(up) == want and applied > 0:
-        print(f"   {len(up)}/{want} worker targets up; sum(cluster_risk_events_applied_total) = {applied:.0f}; actions {actions}")
+        targets, up, applied, lags, actions = [], [], 0.0, (None, None), {exc}
+    if len(targets) == want and len(up) == want and applied > 0 and lags == (shards, 0):
+        print(f"   {len(up)}/{want} worker targets up; sum(cluster_risk_events_applied_total) = {applied:.0f}; "
+              f"cluster_risk_shard_lag: {shards} series, sum 0; actions {actions}")
         sys.exit(0)
     if time.monotonic() > deadline:
-        print(f"   targets {[(t['scrapeUrl'], t['health'], t['lastError']) for t in targets]}; applied {applied}", file=sys.stderr)
+        print(f"   targets {[(t['scrapeUrl'], t['health'], t['lastError']) for t in targets]}; applied {applied}; "
+              f"shard lag series, sum: {lags}", file=sys.stderr)
         sys.exit(1)
     time.sleep(1)
 PY
@@ -328,7 +334,7 @@ print(s.get("lag", "unknown"), len(s.get("workers", [])))' "$status")
         fail "counting dead letters with redis-cli on $host"
     python3 -c "$compare" "$LOGS/replay.jsonl" "$LOGS/actions-$name.jsonl" "$LOGS/loadgen-$name.jsonl" "${dead:-0}" ||
         fail "pass $name: the fleet's actions differ from the in-process replay (files in $LOGS)"
-    python3 -c "$prometheus_check" "http://127.0.0.1:$PROMETHEUS_PORT" "$WORKERS" ||
+    python3 -c "$prometheus_check" "http://127.0.0.1:$PROMETHEUS_PORT" "$WORKERS" "$shards" ||
         fail "pass $name: Prometheus does not scrape $WORKERS healthy workers with events applied"
     done_step
 }
