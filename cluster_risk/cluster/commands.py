@@ -75,6 +75,7 @@ def _worker(args: argparse.Namespace) -> int:
         max_events=args.max_events,
         drain=args.drain,
         metrics=WorkerMetrics() if args.metrics_port else None,
+        tune_gc=True,
     )
     if worker.metrics is not None:
         from cluster_risk.cluster.gauges import HeldShardGauges

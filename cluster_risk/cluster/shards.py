@@ -14,6 +14,7 @@ Keys of shard N (hash tag ``{sN}``: one Redis Cluster slot; the state keys are
     P:{sN}:lease     lease and cursor: owner, epoch, expires, sid, aid, applied (lua/lease.lua)
     P:{sN}:actions   actions stream: entries {a: action JSON}
     P:{sN}:dead      dead letters: entry, index, error, field, reason, event
+    P:{sN}:pub:ID    publisher ID's last sequence number on the shard (a day's TTL; lua/publish.lua)
     P:{sN}:paused:manual  manual pauses (kill switches): field -> JSON (lua/manual.lua)
     P:{sN}:audit     audit stream of manual pauses and resumes: when, who, why, what, scope, account, action
     P:{rN}:route:D   oid -> account of the orders published on UTC day D (by crc32(oid) mod S)
@@ -94,6 +95,10 @@ class Keys:
 
     def audit(self, shard: int) -> str:
         return self.base(shard) + "audit"
+
+    def publisher(self, shard: int, publisher_id: str) -> str:
+        """A publisher's last sequence number on the shard (``lua/publish.lua``)."""
+        return self.base(shard) + "pub:" + publisher_id
 
     def route(self, oid: int, day: int) -> str:
         return f"{self.prefix}:{{r{self.route_shard(oid)}}}:route:{day}"

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -41,6 +42,8 @@ from cluster_risk.wire import decode_line, encode_event
 __all__ = ["Publisher"]
 
 _DAY_NS = 86_400_000_000_000
+_SIDES = frozenset(("BID", "ASK"))
+_SEQ_TTL_S = 86_400  # a publisher's sequence number per shard is kept this long after its last call
 _T = TypeVar("_T")
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
 
@@ -73,6 +76,12 @@ class Publisher:
         self.retry_s = retry_s
         self._script = load_lua("publish.lua")
         self._expiring: set[str] = set()  # route keys this publisher has given their TTL
+        # Each publish.lua call carries this publisher's id and a sequence number per shard, so
+        # a call sent again (a retry after a lost reply) is recognised and adds nothing.
+        self.publisher_id = uuid.uuid4().hex[:16]
+        self._seq: dict[int, int] = {}
+        self._quoted: dict[str, str] = {}  # account / contract id -> its JSON string
+        self._shard_of: dict[str, int] = {}  # account -> shard
 
     # ------------------------------------------------------------------ lines
 
@@ -107,12 +116,26 @@ class Publisher:
     def publish(self, events: Sequence[tuple[int | None, Event]]) -> None:
         """Append already-valid events (with their line index, or None) in order: one
         ``lua/publish.lua`` call per shard, then the orders' routes (one HSET per route key)."""
-        per_shard: dict[int, list[str]] = {}
+        per_shard: dict[int, tuple[list[str], list[str]]] = {}
+        wire = self._wire
+        numbered = False
         for (index, event), shards in zip(events, self._route(events), strict=True):
-            body = (_dumps(encode_event(event)), "" if index is None else str(index))
+            body = wire(event)
+            number = "" if index is None else str(index)
+            numbered = numbered or index is not None
             for shard in shards:
-                per_shard.setdefault(shard, []).extend(body)
-        self._send([("EVAL", self._script, 1, self.keys.input(s), *args) for s, args in per_shard.items()])
+                got = per_shard.get(shard)
+                if got is None:
+                    got = per_shard[shard] = ([], [])
+                got[0].append(body)
+                got[1].append(number)
+        calls = []
+        for shard, (bodies, numbers) in per_shard.items():
+            self._seq[shard] = seq = self._seq.get(shard, 0) + 1
+            keys = (self.keys.input(shard), self.keys.publisher(shard, self.publisher_id))
+            indices = "\n".join(numbers) if numbered else ""
+            calls.append(("EVAL", self._script, 2, *keys, "\n".join(bodies), indices, seq, _SEQ_TTL_S))
+        self._send(calls)
         routes: dict[str, list[str]] = {}
         for _, e in events:
             if isinstance(e, Order):
@@ -138,21 +161,81 @@ class Publisher:
         for oid in [oid for oid in unknown if oid in local or oid in self._routes]:
             del unknown[oid]
         found = self._lookup(list(unknown.values())) if unknown else {}
+        shard_of = self._shard
         for _, event in events:
             if isinstance(event, Order):
-                out.append([self.keys.shard_of(event.account_id)])
+                out.append([shard_of(event.account_id)])
             elif isinstance(event, Trade):
                 account = event.account_id or local.get(event.oid) or self._routes.get(event.oid)
                 account = account or found.get(event.oid)
                 if account is None:  # the worker decides: duplicate or unknown_order
                     out.append([self.keys.route_shard(event.oid)])
                 else:
-                    out.append([self.keys.shard_of(account)])
+                    out.append([shard_of(account)])
             elif isinstance(event, ResetDaily) and event.account_id is not None:
                 out.append([self.keys.shard_of(event.account_id)])  # one account's reset: its shard only
             else:
                 out.append(every)
         return out
+
+    def _shard(self, account: str) -> int:
+        shard = self._shard_of.get(account)
+        if shard is None:
+            if len(self._shard_of) > self._memory:
+                self._shard_of.clear()
+            shard = self._shard_of[account] = self.keys.shard_of(account)
+        return shard
+
+    def _wire(self, event: Event) -> str:
+        """``encode_event``'s JSON, the same text, written directly for the usual orders and
+        trades (ids, volume, time: ints; price: a finite float or int; ids of text)."""
+        kind = type(event)
+        if kind is Order:
+            assert isinstance(event, Order)
+            price, direction = event.price, event.direction
+            side = direction if type(direction) is str else getattr(direction, "value", direction)
+            if (
+                type(event.oid) is int
+                and type(event.volume) is int
+                and type(event.timestamp) is int
+                and (type(price) is int or (type(price) is float and price - price == 0.0))
+                and type(side) is str
+                and side in _SIDES
+                and type(event.account_id) is str
+                and type(event.contract_id) is str
+            ):
+                return (
+                    f'{{"type":"order","oid":{event.oid},"account_id":{self._quote(event.account_id)},'
+                    f'"contract_id":{self._quote(event.contract_id)},"direction":"{side}","price":{price!r},'
+                    f'"volume":{event.volume},"timestamp":{event.timestamp}}}'
+                )
+        elif kind is Trade:
+            assert isinstance(event, Trade)
+            price, account, contract = event.price, event.account_id, event.contract_id
+            if (
+                type(event.tid) is int
+                and type(event.oid) is int
+                and type(event.volume) is int
+                and type(event.timestamp) is int
+                and (type(price) is int or (type(price) is float and price - price == 0.0))
+                and (account is None or type(account) is str)
+                and (contract is None or type(contract) is str)
+            ):
+                tail = "" if account is None else f',"account_id":{self._quote(account)}'
+                tail += "" if contract is None else f',"contract_id":{self._quote(contract)}'
+                return (
+                    f'{{"type":"trade","tid":{event.tid},"oid":{event.oid},"price":{price!r},'
+                    f'"volume":{event.volume},"timestamp":{event.timestamp}{tail}}}'
+                )
+        return _dumps(encode_event(event))
+
+    def _quote(self, value: str) -> str:
+        quoted = self._quoted.get(value)
+        if quoted is None:
+            if len(self._quoted) > self._memory:
+                self._quoted.clear()
+            quoted = self._quoted[value] = _dumps(value)
+        return quoted
 
     def _lookup(self, trades: list[Trade]) -> dict[int, str]:
         """Accounts of these trades' orders: the route hashes, then the state's order index."""

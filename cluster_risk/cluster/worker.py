@@ -266,6 +266,15 @@ class _Batch:
         return dead
 
 
+def _tune_gc() -> None:
+    """Every batch allocates thousands of short-lived objects; with the default thresholds the
+    collector ran every 700 of them and often walked the engine's long-lived state (about 40%
+    of a worker's CPU here).  The objects of start-up are frozen, and collections are rarer."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(max(gc.get_threshold()[0], 20_000), 20, 100)
+
+
 @dataclass
 class _Cursor:
     epoch: int
@@ -307,7 +316,10 @@ class Worker:
         max_events: int | None = None,
         drain: bool = False,
         metrics: WorkerMetrics | None = None,
+        tune_gc: bool = False,
     ) -> None:
+        """``tune_gc``: the process is the worker's own (``cluster-risk worker``): freeze the
+        objects of start-up and let the collector run less often (process-wide settings)."""
         config.require_account_dimension()
         self.client = client
         deployment = Deployment(client, prefix)
@@ -326,6 +338,7 @@ class Worker:
         self.drain = drain
         self.stats = WorkerStats()
         self.metrics = metrics
+        self.tune_gc = tune_gc
         self.turned_at = time.monotonic()  # the loop's last turn (liveness probe)
         self.block_ms = 20  # an idle round's XREAD blocks this long (standalone)
         self.poll_s = 0.001  # an idle round's wait on a cluster (no multi-slot blocking read)
@@ -344,12 +357,8 @@ class Worker:
     def run(self) -> WorkerStats:
         """Work until ``stop()``, ``max_events`` entries applied, or (``drain``) nothing left."""
         self.store.encode([])  # decide the codec (msgpack on a real server)
-        # Every batch allocates thousands of short-lived objects; with the default thresholds
-        # the collector ran every 700 of them and walked the engine's long-lived state each
-        # time (about 40% of the worker's CPU).  Start-up objects are frozen, collections rarer.
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(max(gc.get_threshold()[0], 20_000), 20, 100)
+        if self.tune_gc:
+            _tune_gc()
         shebang = self.store.codec == "m"
         self._script = load_lua("apply.lua", shebang=shebang)
         self._sha = hashlib.sha1(self._script.encode()).hexdigest()
