@@ -177,24 +177,30 @@ class Ops:
             pass
 
     def audit(self, account: str | None = None) -> list[dict[str, Any]]:
-        """The audit records (of ``account``'s shard and account, or of every shard), by time."""
+        """The audit records, by time: of every shard, or those of ``account`` (its manual
+        pauses and resumes, its resets, and the resets of every account).  A reset of every
+        account is recorded on every shard and shown once, with the shards it reached."""
         shards = range(self.keys.shards) if account is None else [self.keys.shard_of(account)]
         pipe = self.client.pipeline(transaction=False)
         for shard in shards:
             pipe.xrange(self.keys.audit(shard))
-        records = []
+        merged: dict[tuple[str, ...], dict[str, Any]] = {}
         for shard, entries in zip(shards, pipe.execute(), strict=True):
             for entry_id, fields in entries:
                 got = {text(k): text(v) for k, v in fields.items()}
-                if account is not None and got.get("account") != account:
+                if account is not None and got.get("account", "") not in (account, ""):
                     continue
-                record: dict[str, Any] = {"when": int(got.get("when", 0)), "who": got.get("who", "")}
-                record |= {"why": got.get("why", ""), "what": got.get("what", "")}
-                record |= {"scope": json.loads(got.get("scope", "{}")), "shard": shard, "id": text(entry_id)}
-                record["action"] = got.get("action", "")
-                records.append(record)
-        records.sort(key=lambda r: (r["when"], r["shard"], r["id"]))
-        return records
+                key = tuple(got.get(f, "") for f in ("when", "who", "why", "what", "scope", "account", "at"))
+                record = merged.get(key)
+                if record is None:
+                    record = {"when": int(got.get("when", 0)), "who": got.get("who", ""), "why": got.get("why", "")}
+                    record |= {"what": got.get("what", ""), "scope": json.loads(got.get("scope", "{}"))}
+                    record |= {"shards": [], "id": text(entry_id), "action": got.get("action", "")}
+                    if "at" in got:
+                        record["at"] = int(got["at"])
+                    merged[key] = record
+                record["shards"].append(shard)
+        return sorted(merged.values(), key=lambda r: (r["when"], r["shards"][0], r["id"]))
 
     # ------------------------------------------------------------------ inspect
 
@@ -269,15 +275,27 @@ class Ops:
 
     # ------------------------------------------------------------------ reset
 
-    def reset_daily(self, account: str | None, at_ns: int | None = None) -> dict[str, Any]:
+    def reset_daily(
+        self, account: str | None, at_ns: int | None = None, who: str = "", reason: str = ""
+    ) -> dict[str, Any]:
         """Publish a ``reset_daily`` to every shard, or a ``reset_account`` to the account's
-        shard, in order with the events already in the streams (the workers apply it)."""
+        shard, in order with the events already in the streams (the workers apply it), then
+        record it in the audit stream of each shard it went to (``what`` = ``reset_daily``,
+        ``at`` = the reset's timestamp).  Not one atomic step: a failure after the publish
+        leaves the reset without its audit record (and the command exits 2)."""
         from cluster_risk.cluster.streams import Publisher
 
         at = time.time_ns() if at_ns is None else at_ns
         publisher = Publisher(self.client, prefix=self.keys.prefix, shards=self.keys.shards, retry_s=0)
         publisher.publish([(None, ResetDaily(at, account))])
         shards = list(range(self.keys.shards)) if account is None else [self.keys.shard_of(account)]
+        scope = {} if account is None else {"account": account}
+        record = {"when": str(time.time_ns()), "who": who, "why": reason, "what": "reset_daily"}
+        record |= {"scope": _dumps(scope), "account": account or "", "at": str(at)}
+        pipe = self.client.pipeline(transaction=False)
+        for shard in shards:
+            pipe.xadd(self.keys.audit(shard), record)  # type: ignore[arg-type]
+        pipe.execute()
         return {"published": "reset_daily", "account": account, "timestamp": at, "shards": shards}
 
 

@@ -189,7 +189,7 @@ def _audit(args: argparse.Namespace) -> int:
     if not records:
         print("no audit records")
         return 0
-    rows = [[when(r["when"]), r["who"], r["what"], _scope(r["scope"]), r["why"]] for r in records]
+    rows = [[when(r["when"]), r["who"], r["what"], _scope(r["scope"]) or "(every account)", r["why"]] for r in records]
     _table(["when", "who", "what", "scope", "why"], rows)
     return 0
 
@@ -200,8 +200,10 @@ def _audit(args: argparse.Namespace) -> int:
 def _reset_daily(args: argparse.Namespace) -> int:
     if args.account is not None and not args.account:
         return _fail("--account: must not be empty")
+    from cluster_risk.cluster.ops import operator
+
     config = _config(args)
-    done = _ops(args).reset_daily(args.account, args.at)
+    done = _ops(args).reset_daily(args.account, args.at, args.who or operator(), args.reason)
     if config is not None:
         from cluster_risk.calendar import calendar_for
 
@@ -247,7 +249,7 @@ def register_ops_commands(commands: Any) -> None:
         manual.add_argument("--json", action="store_true", help="one JSON document")
         manual.set_defaults(handler=_guarded(_manual))
 
-    audit = commands.add_parser("audit", help="manual pauses and resumes: who, why, when, what")
+    audit = commands.add_parser("audit", help="manual pauses, resumes and resets: who, why, when, what")
     _common(audit)
     audit.add_argument("--account", help="only this account")
     audit.add_argument("--json", action="store_true", help="JSON Lines")
@@ -258,5 +260,7 @@ def register_ops_commands(commands: Any) -> None:
     reset.add_argument("--config", help="engine config (checked; shows the trading day reset)")
     reset.add_argument("--account", help="only this account (ops extension, not in the contract)")
     reset.add_argument("--at", type=int, help="the reset's timestamp, ns (default: now)")
+    reset.add_argument("--reason", default="", help="why (recorded in the audit stream)")
+    reset.add_argument("--who", help="who (default: $USER@hostname)")
     reset.add_argument("--json", action="store_true", help="one JSON document")
     reset.set_defaults(handler=_guarded(_reset_daily))

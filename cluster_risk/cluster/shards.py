@@ -16,7 +16,7 @@ Keys of shard N (hash tag ``{sN}``: one Redis Cluster slot; the state keys are
     P:{sN}:dead      dead letters: entry, index, error, field, reason, event
     P:{sN}:pub:ID    publisher ID's last sequence number on the shard (a day's TTL; lua/publish.lua)
     P:{sN}:paused:manual  manual pauses (kill switches): field -> JSON (lua/manual.lua)
-    P:{sN}:audit     audit stream of manual pauses and resumes: when, who, why, what, scope, account, action
+    P:{sN}:audit     audit stream of manual pauses, resumes and resets: when, who, why, what, scope, account, ...
     P:{rN}:route:D   oid -> account of the orders published on UTC day D (by crc32(oid) mod S)
     P:workers        live workers (lua/heartbeat.lua); P:actions: the pub/sub hint channel
 """

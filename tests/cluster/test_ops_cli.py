@@ -303,11 +303,20 @@ def test_reset_daily_of_one_account_and_inspect_equal_the_engine(url: str, tmp_p
 
     # without --account: every shard, every account
     lengths = [client.xlen(keys.input(s)) for s in range(SHARDS)]
-    assert cli("reset-daily", "--at", str(at + 3), "--redis-url", url).returncode == 0
+    done = cli("reset-daily", "--at", str(at + 3), "--who", "ops", "--reason", "new session", "--redis-url", url)
+    assert done.returncode == 0, done.stderr
     assert [client.xlen(keys.input(s)) - lengths[s] for s in range(SHARDS)] == [1] * SHARDS
     drain(url)
     want = expected_actions([*events, *more, ResetDaily(at + 3)])
     assert by_scope(printed_actions(url)) == by_scope(want)
+    resets = [r for r in audit(url) if r["what"] == "reset_daily"]
+    assert [(r["scope"], r["at"], r["shards"]) for r in resets] == [
+        ({"account": "A"}, at, [keys.shard_of("A")]),
+        ({}, at + 3, list(range(SHARDS))),  # recorded on every shard, shown once
+    ]
+    assert resets[1]["who"] == "ops" and resets[1]["why"] == "new session" and resets[0]["who"]
+    assert [r["scope"] for r in audit(url, "--account", "B")] == [{}]  # B: only the reset of everyone
+    assert "(every account)" in cli("audit", "--redis-url", url).stdout
     paused = json.loads(cli("status", "--redis-url", url, "--json").stdout)["paused"]
     assert sorted((p["rule"], p["scope"]["account"]) for p in paused) == [
         ("OrderRateLimitRule", "A"),
