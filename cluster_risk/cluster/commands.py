@@ -189,6 +189,7 @@ def _up(args: argparse.Namespace) -> int:
         config=args.config,
         tick_ms=args.tick_ms,
         shards=args.shards,
+        metrics_port=args.metrics_port,
     )
 
 
@@ -254,4 +255,5 @@ def register_cluster_commands(commands: Any) -> None:
     up_.add_argument("--config", help="engine config (default: the benchmark's seed config)")
     up_.add_argument("--tick-ms", type=int, default=1000)
     up_.add_argument("--shards", type=int)
+    up_.add_argument("--metrics-port", type=int, default=0, help="worker i serves /metrics on this port + i (0: off)")
     up_.set_defaults(handler=_guarded(_up))

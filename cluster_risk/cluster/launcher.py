@@ -164,6 +164,7 @@ def up(
     config: str | None = None,
     tick_ms: int = 1000,
     shards: int | None = None,
+    metrics_port: int = 0,
 ) -> int:
     folder = Path(tempfile.mkdtemp(prefix="cluster-risk-up-"))
     servers: list[RedisProcess | LocalCluster] = []
@@ -188,7 +189,8 @@ def up(
             Path(config).write_text(json.dumps(SEED_CONFIG), encoding="utf-8")
         extra = ["--tick-ms", str(tick_ms)] + (["--shards", str(shards)] if shards else [])
         for i in range(workers):
-            children.append(start_worker(config, redis_url, f"up-{i}", *extra))
+            metrics = ["--metrics-port", str(metrics_port + i)] if metrics_port else []
+            children.append(start_worker(config, redis_url, f"up-{i}", *extra, *metrics))
         print(f"redis: {redis_url}", flush=True)
         print(f"workers: {' '.join(str(c.pid) for c in children)}  (Ctrl-C stops all)", flush=True)
         while not stopping:

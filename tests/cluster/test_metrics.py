@@ -5,6 +5,7 @@ scopes) against `cluster-risk status`."""
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -158,3 +159,23 @@ def test_gauges_follow_the_held_shards(server: RedisProcess) -> None:
         assert named(samples, "cluster_risk_shard_lag") == {(("shard", "2"),): lags[2]}
     finally:
         server_.close()
+
+
+def test_up_serves_each_workers_metrics(redis_binaries: None) -> None:
+    """`cluster-risk up --metrics-port P`: worker i serves /metrics on P + i."""
+    port = free_port()
+    proc = subprocess.Popen([*CLI, "up", "--workers", "2", "--metrics-port", str(port)], stdout=subprocess.DEVNULL)
+    try:
+
+        def both_hold_shards() -> bool:
+            try:
+                return all(
+                    sum(named(scrape(p), "cluster_risk_lease_changes_total").values()) > 0 for p in (port, port + 1)
+                )
+            except OSError:
+                return False
+
+        wait_until(both_hold_shards, "both workers serve metrics")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
