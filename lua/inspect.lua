@@ -57,7 +57,7 @@ for _, r in ipairs(spec.rules) do
   local values = {}
   if r.kind == 'w' then
     local flat = scan(keys.win(base, r.name), r.match, r.exact)
-    local cold = keys.winc and keys.winc(base, r.name) -- older buckets: window.lua's read-only backend
+    local cold = keys.winc(base, r.name) -- older buckets: window.lua's read-only backend
     for j = 1, #flat, 2 do
       values[#values + 1] = flat[j]
       values[#values + 1] = window.count_at(window.decode(flat[j + 1], {cold, flat[j]}), r.c, r.K)

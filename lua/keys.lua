@@ -9,7 +9,8 @@ a shard's keys share its hash tag and one script touches one Redis Cluster slot.
   base .. "meta"                         shard scalars: hwm, clock, latest, gens, maxo, maxt
   base .. "results"                      "<seq>" -> result, "<seq>:digest" -> digest, last 4 batches
   base .. "acct"                         account -> current trading day ("<ordinal>[p]")
-  base .. "win:" .. rule                 scope -> sliding window state (window.lua)
+  base .. "win:" .. rule                 scope -> sliding window state, hot part (window.lua)
+  base .. "winc:" .. rule                "<chunk number>:<scope>" -> older window buckets (window.lua)
   base .. "day:" .. YYYY-MM-DD .. ":" .. rule   scope -> that day's sum (daily_sum.lua)
   base .. "paused:" .. rule              scope -> "since=<ns> value=<v> limit=<l> ..." (current pauses)
   base .. "ids:" .. YYYY-MM-DD           "o<oid>" -> account\31contract, "t<tid>" -> 1 (seen_ids.lua)
@@ -39,6 +40,7 @@ function keys.base(meta) return string.sub(meta, 1, -5) end
 function keys.results(base) return base .. 'results' end
 function keys.acct(base) return base .. 'acct' end
 function keys.win(base, rule) return base .. 'win:' .. rule end
+function keys.winc(base, rule) return base .. 'winc:' .. rule end
 function keys.day(base, d, rule) return base .. 'day:' .. iso_day(d) .. ':' .. rule end
 function keys.paused(base, rule) return base .. 'paused:' .. rule end
 function keys.ids(base, d) return base .. 'ids:' .. iso_day(d) end

@@ -27,12 +27,13 @@ function shard.open(base, plan, clock, latest, gens, maxo, maxt)
   local X = {
     base = base, rules = plan[2], accounts = plan[3], pairs = plan[4], groups = plan[5],
     retention = plan[7], ttl = plan[8], clock = clock, latest = latest, out = {},
-    acct = cache.new(keys.acct(base)), acc = {}, reg = {}, win = {}, ws = {}, sums = {}, dpi = nil,
+    acct = cache.new(keys.acct(base)), acc = {}, reg = {}, win = {}, winc = {}, ws = {}, sums = {}, dpi = nil,
   }
   for r, rule in ipairs(X.rules) do
     X.reg[r] = cache.new(keys.paused(base, rule[2]))
     if rule[1] == 'w' then
       X.win[r] = cache.new(keys.win(base, rule[2]))
+      X.winc[r] = cache.new(keys.winc(base, rule[2]))
       X.ws[r] = {}
     else
       X.sums[r] = {}
@@ -61,10 +62,17 @@ function shard.account(X, a)
   return info
 end
 
+-- Window chunks live in the shard's cache of the rule's winc hash (ctx = {cache, scope key}).
+window.backend = {
+  get = function(ctx, number) return cache.get(ctx[1], window.field(number, ctx[2])) end,
+  set = function(ctx, number, chunk) cache.set(ctx[1], window.field(number, ctx[2]), chunk) end,
+  del = function(ctx, number) cache.del(ctx[1], window.field(number, ctx[2])) end,
+}
+
 function shard.window(X, r, key)
   local w = X.ws[r][key]
   if not w then
-    w = window.decode(cache.get(X.win[r], key))
+    w = window.decode(cache.get(X.win[r], key), {X.winc[r], key})
     X.ws[r][key] = w
   end
   return w
@@ -147,6 +155,7 @@ function shard.flush(X, meta, seq, digest, result)
         if w.dirty then cache.set(X.win[r], key, window.encode(w)) end
       end
       cache.flush(X.win[r], ttl, true)
+      cache.flush(X.winc[r], ttl, true)
     else
       for _, s in pairs(X.sums[r]) do
         for key, e in pairs(s.v) do

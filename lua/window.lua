@@ -2,36 +2,46 @@
 --[[ window.lua - library: sliding-window counter with threshold and pause flag.
 The Lua twin of cluster_risk.state.memory.SlidingWindow (SEMANTICS.md, OrderRateLimitRule).
 
-KEYS / ARGV: none. Included into apply.lua (`--@include window.lua`). The caller keeps one
-state per group in the hash <prefix>:{s<N>}:win:<rule> (field = scope key, value = encode(w)).
+KEYS / ARGV: none. Included into apply.lua and inspect.lua (`--@include window.lua`). The caller
+keeps one state per group: the hot part in the hash <prefix>:{s<N>}:win:<rule> (field = scope
+key, value = encode(w)), older buckets in chunks in <prefix>:{s<N>}:winc:<rule> (field =
+"<chunk number>:<scope key>"), reached through a backend (below).
 
 The contract only ever looks at bucket indices (t // B, h_g // B, T // B), so the state keeps
 buckets, never timestamps, and Python sends bucket indices (< 2^53, exact in Lua's doubles).
 K = window_ns / bucket_ns.
 
-Stored value: a 23-byte header struct.pack('<BI7I4I4I7', p, hb, n, lc, fb), then the body.
-  p   1 if the group is paused by this rule, else 0
-  hb  the group's high-water bucket h_g // B
+Hot value: "<n>|" (n in decimal, so `redis-cli HGET` shows the count), then a 35-byte header
+struct.pack('<BI7I4I7I4I4I4I4', p, hb, lc, fb, hc, cf, cn, co), then the hot body.
   n   count(g, h_g): hits in buckets [hb - K + 1, hb]
-  lc  hits in bucket hb
-  fb  the first bucket of the body (hb when the body is empty)
-  body  the other live buckets, oldest first, as text "gap[:count]," (count 1 is left out),
-        gap = the next bucket (the last one's next is hb) minus this one
-Why this shape: the header unpacks in C (struct) without copying the string; a new bucket is
-appended to a Lua table and joined once when the state is written back; only the buckets that
-leave the window are ever parsed (fb < low); the text body stays short (2 bytes per bucket
-for a steady flow).
+  p   1 if the group is paused by this rule, else 0
+  hb  the group's high-water bucket h_g // B        lc  hits in bucket hb
+  fb  the oldest live bucket (hb when there is no other)
+  hc  entries in the hot body
+  cf, cn, co   the cold chunks: numbers cf .. cf + cn - 1, oldest first; the oldest is read
+               from byte co on (its earlier entries have left the window)
+The live buckets but hb, oldest first, are the entries of the cold chunks then of the hot body,
+each as text "gap[:count]," (count 1 is left out), gap = the next bucket (the last one's next is
+hb) minus this one.
+Why this shape: a batch reads and writes only the small hot value of each group it touches
+(a value of 600 bytes costs Redis about 4x one of 100 to read and to write back, and a full
+1,000-bucket window would be 2 KB); a new bucket is appended to a Lua table and joined once;
+when the hot body passes HOT_MAX entries, all but the newest HOT_KEEP move to one new cold
+chunk, written once and read once, when its buckets leave the window.
 
-  window.decode(s) -> w                    window.encode(w) -> s
+  window.decode(s, ctx) -> w               window.encode(w) -> s (nil for a group never hit)
   window.hit(w, b, K, threshold, resume) -> 0 | 1 paused | 2 resumed   (w.n is the value)
   window.count_at(w, c, K) -> the count at bucket c (c >= hb), state unchanged (for ticks)
+  window.backend = {get(ctx, number) -> chunk, set(ctx, number, chunk), del(ctx, number)}:
+    how chunks are reached; ctx is what the caller gave decode. The default reads with HGET
+    from ctx = {cold hash key, scope key} and refuses to write (read-only scripts).
 ]]
 
 local window = {}
 
-local HEADER = '<BI7I4I4I7'
-local HEADER_SIZE = 23
+local HEADER = '<BI7I4I7I4I4I4I4'
 local ENTRY = '^(%d+):?(%d*),()'
+local HOT_MAX, HOT_KEEP = 48, 16
 
 -- The text of a one-hit bucket for small gaps, made once (formatting a number is slow in Lua).
 local GAP = {}
@@ -46,61 +56,110 @@ local function entry(gap, count)
   return string.format('%.0f:%d,', gap, count)
 end
 
-function window.decode(s)
+function window.field(number, key) return string.format('%d', number) .. ':' .. key end
+
+window.backend = {
+  get = function(ctx, number) return redis.call('HGET', ctx[1], window.field(number, ctx[2])) end,
+  set = function() error('window.lua: read-only backend') end,
+  del = function() error('window.lua: read-only backend') end,
+}
+
+function window.decode(s, ctx)
   if not s then
-    return {p = 0, hb = nil, n = 0, lc = 0, fb = 0, body = '', head = 1, tail = ''}
+    return {n = 0, p = 0, hb = nil, lc = 0, fb = 0, hc = 0, cf = 0, cn = 0, co = 1,
+      body = '', head = 1, tail = '', ctx = ctx}
   end
-  local p, hb, n, lc, fb = struct.unpack(HEADER, s)
-  -- the body is s from `head` on, then `tail` (appended since, joined when written back)
-  return {p = p, hb = hb, n = n, lc = lc, fb = fb, body = s, head = HEADER_SIZE + 1, tail = ''}
+  local bar = string.find(s, '|', 1, true)
+  local p, hb, lc, fb, hc, cf, cn, co, head = struct.unpack(HEADER, s, bar + 1)
+  -- the hot body is s from `head` on, then `tail` (appended since, joined when written back)
+  return {n = tonumber(string.sub(s, 1, bar - 1)), p = p, hb = hb, lc = lc, fb = fb, hc = hc,
+    cf = cf, cn = cn, co = co, body = s, head = head, tail = '', ctx = ctx}
 end
 
-function window.encode(w)
-  return struct.pack(HEADER, w.p, w.hb, w.n, w.lc, w.fb) .. string.sub(w.body, w.head) .. w.tail
-end
-
--- Join the tail into the body, so that the body is every live bucket but hb.
+-- Join the tail into the body, so that the hot body is body from head on.
 local function join(w)
   if w.tail ~= '' then
     w.body, w.head, w.tail = string.sub(w.body, w.head) .. w.tail, 1, ''
   end
 end
 
--- Drop the body buckets below `low` (they left the window) and their hits from n.
--- Called only when fb < low; stops at hb at the latest (fb + the last gap = hb).
+-- Move all but the newest HOT_KEEP hot entries to a new cold chunk.
+local function spill(w)
+  join(w)
+  local body, pos = w.body, w.head
+  for _ = 1, w.hc - HOT_KEEP do pos = string.find(body, ',', pos, true) + 1 end
+  if w.cn == 0 then w.co = 1 end
+  window.backend.set(w.ctx, w.cf + w.cn, string.sub(body, w.head, pos - 1))
+  w.cn, w.hc, w.head = w.cn + 1, HOT_KEEP, pos
+end
+
+function window.encode(w)
+  if w.hb == nil then return nil end
+  if w.hc > HOT_MAX then spill(w) end
+  return w.n .. '|' .. struct.pack(HEADER, w.p, w.hb, w.lc, w.fb, w.hc, w.cf, w.cn, w.co)
+    .. string.sub(w.body, w.head) .. w.tail
+end
+
+-- Take the oldest live entry off the state: its gap and count text.
+local function take(w)
+  if w.cn > 0 then
+    local chunk = w.chunk
+    if not chunk then
+      chunk = window.backend.get(w.ctx, w.cf)
+      w.chunk = chunk
+    end
+    local gap, c, nxt = string.match(chunk, ENTRY, w.co)
+    if nxt > #chunk then
+      window.backend.del(w.ctx, w.cf)
+      w.cf, w.cn, w.co, w.chunk = w.cf + 1, w.cn - 1, 1, nil
+    else
+      w.co = nxt
+    end
+    return gap, c
+  end
+  if w.head > #w.body then join(w) end
+  local gap, c, nxt = string.match(w.body, ENTRY, w.head)
+  w.head, w.hc = nxt, w.hc - 1
+  return gap, c
+end
+
+-- Drop the buckets below `low` (they left the window) and their hits from n.
+-- Called only when fb < low; stops at hb at the latest (fb + the gaps = hb).
 local function trim(w, low)
   local fb, n = w.fb, w.n
-  while fb < low do
-    if w.head > #w.body then
-      if w.tail == '' then break end -- cannot happen (the gaps add up to hb); stay safe
-      join(w)
-    end
-    local gap, c, nxt = string.match(w.body, ENTRY, w.head)
+  while fb < low and fb < w.hb do
+    local gap, c = take(w)
     n = n - (c == '' and 1 or tonumber(c))
     fb = fb + tonumber(gap)
-    w.head = nxt
   end
   w.fb, w.n = fb, n
 end
 
--- Every body bucket and its count (for the rare paths).
+-- Every live bucket but hb and its count, oldest first (for the rare paths); read only.
 local function entries(w)
   join(w)
-  local bs, cs = {}, {}
-  local body, pos, bucket = w.body, w.head, w.fb
-  while pos <= #body do
-    local gap, c, nxt = string.match(body, ENTRY, pos)
-    bs[#bs + 1] = bucket
-    cs[#cs + 1] = (c == '' and 1 or tonumber(c))
-    bucket = bucket + tonumber(gap)
-    pos = nxt
+  local bs, cs, bucket = {}, {}, w.fb
+  local function scan(text, pos)
+    while pos <= #text do
+      local gap, c, nxt = string.match(text, ENTRY, pos)
+      bs[#bs + 1] = bucket
+      cs[#cs + 1] = (c == '' and 1 or tonumber(c))
+      bucket = bucket + tonumber(gap)
+      pos = nxt
+    end
   end
+  for i = 0, w.cn - 1 do
+    local chunk = (i == 0 and w.chunk) or window.backend.get(w.ctx, w.cf + i)
+    scan(chunk, i == 0 and w.co or 1)
+  end
+  scan(w.body, w.head)
   return bs, cs
 end
 
--- A late hit inside the window (hb - K < b < hb): rare, so decode the body and rebuild it.
+-- A late hit inside the window (hb - K < b < hb): rare, so rebuild every entry in the hot body.
 local function insert(w, b)
   local bs, cs = entries(w)
+  for i = 0, w.cn - 1 do window.backend.del(w.ctx, w.cf + i) end
   local i = 1
   while i <= #bs and bs[i] < b do i = i + 1 end
   if bs[i] == b then
@@ -113,7 +172,8 @@ local function insert(w, b)
   for j = 1, #bs do
     parts[j] = entry((bs[j + 1] or w.hb) - bs[j], cs[j])
   end
-  w.body, w.head, w.fb = table.concat(parts), 1, bs[1]
+  w.body, w.head, w.fb, w.hc = table.concat(parts), 1, bs[1], #bs
+  w.cf, w.cn, w.co, w.chunk = w.cf + w.cn, 0, 1, nil
 end
 
 function window.hit(w, b, K, threshold, resume)
@@ -123,9 +183,9 @@ function window.hit(w, b, K, threshold, resume)
   elseif b == hb then
     w.lc, w.n = w.lc + 1, w.n + 1
   elseif b > hb then
-    -- bucket hb joins the body (an empty body has fb == hb already)
+    -- bucket hb joins the body (with no other live bucket, fb == hb already)
     w.tail = w.tail .. entry(b - hb, w.lc)
-    w.hb, w.lc, w.n = b, 1, w.n + 1
+    w.hb, w.lc, w.n, w.hc = b, 1, w.n + 1, w.hc + 1
     if w.fb <= b - K then trim(w, b - K + 1) end
   elseif b > hb - K then
     insert(w, b)
@@ -159,3 +219,4 @@ function window.count_at(w, c, K)
   end
   return n
 end
+

@@ -10,7 +10,8 @@ Key layout (readable with ``redis-cli``; ``P`` = prefix, default ``risk``; ``N``
     P:{sN}:results                     <seq> -> result, <seq>:digest: the last 4 batches, for retries
     P:{sN}:acct                        account -> current trading day (ordinal; "p": daily pauses)
     P:{sN}:paused:<rule>               scope -> "since=<ns> value=<v> limit=<l> ... account=<id>"
-    P:{sN}:win:<rule>                  scope -> sliding window (lua/window.lua)
+    P:{sN}:win:<rule>                  scope -> "<count>|" + sliding window, recent buckets (lua/window.lua)
+    P:{sN}:winc:<rule>                 "<n>:<scope>" -> a chunk of a window's older buckets
     P:{sN}:day:<YYYY-MM-DD>:<rule>     scope -> that trading day's sum (lua/daily_sum.lua)
     P:{sN}:ids:<YYYY-MM-DD>            o<oid> -> account\\x1fcontract, t<tid> -> 1 (seen ids, order index)
 

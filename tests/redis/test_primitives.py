@@ -46,6 +46,12 @@ def run_lua(request: pytest.FixtureRequest) -> Callable[[list[str], str, str], A
 WINDOW_HARNESS = """
 local p = cjson.decode(ARGV[1])
 local K, threshold, resume = p[1], p[2], p[3]
+local chunks = {} -- the older buckets (window.lua's backend), kept in a Lua table here
+window.backend = {
+  get = function(_, n) return chunks[n] end,
+  set = function(_, n, chunk) chunks[n] = chunk end,
+  del = function(_, n) chunks[n] = nil end,
+}
 local w, out = window.decode(nil), {}
 for i, op in ipairs(p[4]) do
   if op[1] == 1 then
@@ -62,30 +68,48 @@ return cjson.encode(out)
 """
 
 
-@pytest.mark.parametrize("seed", range(8))
-def test_window_lua_is_the_sliding_window(run_lua: Callable[..., Any], seed: int) -> None:
-    rnd = random.Random(seed)
+def _window_case(rnd: random.Random, k: int, steps: list[int], late: list[int], n: int) -> tuple[list[Any], Any]:
+    """Random hits and counts on one SlidingWindow: (K, threshold, resume, ops) and its answers."""
     bucket = rnd.choice([1024, 1_000_000])
-    k = rnd.choice([1, 2, 5, 10, 100])
     threshold = rnd.randint(1, 8)
     resume = rnd.randint(0, threshold)
     window = SlidingWindow(("A",), k * bucket, bucket, threshold, resume)
     t = 1_795_000_000_000_000_000 // bucket * bucket
     ops: list[list[int]] = []
     expected: list[list[int]] = []
-    for _ in range(400):
-        t += rnd.choice([0, 1, bucket // 3, bucket, 2 * bucket, k * bucket // 2 + 1, 3 * k * bucket])
+    for _ in range(n):
+        t += rnd.choice(steps) * bucket // 3
         if rnd.random() < 0.15:  # a tick's count at some time at or after the group's high water
             at = t + rnd.choice([0, bucket, k * bucket])
             ops.append([2, at // bucket])
             expected.append([0, window.count_at(at)])
             continue
-        hit = t - rnd.choice([0, 0, 0, bucket, k * bucket // 2, 2 * k * bucket]) if rnd.random() < 0.3 else t
+        hit = t - rnd.choice(late) * bucket if rnd.random() < 0.3 else t
         ops.append([1, hit // bucket])
         code = window.hit(hit)
         expected.append([code, window.count()])
-    got = run_lua(["window.lua"], WINDOW_HARNESS, json.dumps([k, threshold, resume, ops]))
-    assert got == expected
+    return [k, threshold, resume, ops], expected
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_window_lua_is_the_sliding_window(run_lua: Callable[..., Any], seed: int) -> None:
+    rnd = random.Random(seed)
+    k = rnd.choice([1, 2, 5, 10, 100])
+    # steps in thirds of a bucket: none, a third, one bucket, two, half the window, 3 windows
+    steps = [0, 1, 3, 6, 3 * (k // 2) + 3, 9 * k]
+    case, expected = _window_case(rnd, k, steps, [0, 0, 0, 1, k // 2, 2 * k], 400)
+    assert run_lua(["window.lua"], WINDOW_HARNESS, json.dumps(case)) == expected
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_window_lua_keeps_long_windows_in_chunks(run_lua: Callable[..., Any], seed: int) -> None:
+    """Hundreds of live buckets: older buckets move to chunks, leave the window from there, and
+    late hits land among them."""
+    rnd = random.Random(100 + seed)
+    k = 300
+    case, expected = _window_case(rnd, k, [0, 3, 3, 3, 6, 1], [0, 1, 50, 200, 299, 400], 2000)
+    assert max(n for _, n in expected) > 48  # more live hits than the hot part keeps
+    assert run_lua(["window.lua"], WINDOW_HARNESS, json.dumps(case)) == expected
 
 
 def test_trading_day_keys_name_the_date(run_lua: Callable[..., Any]) -> None:
