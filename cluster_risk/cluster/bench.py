@@ -178,14 +178,16 @@ def _latency(
         done = 0.0
         probe = 0
         source = iter(load)
-        base = load[-1].timestamp + 1_000_000 if load else 0
+        now = load[0].timestamp if load else 0  # event time: the load's, so probes are not late hits
         while time.monotonic() - started < seconds:
             elapsed_ms = (time.monotonic() - started) * 1000
             due = int(elapsed_ms * per_ms) - int(done)
             batch: list[tuple[int | None, Event]] = [(None, e) for e in _take(source, due)]
             done += len(batch)
+            if batch:
+                now = batch[-1][1].timestamp
             if elapsed_ms >= probe * 10:
-                order = Order(10**12 + probe, f"ACC{probe % 1000:04d}", "T2303", "BID", 100.0, _PROBE + probe, base)
+                order = Order(10**12 + probe, f"ACC{probe % 1000:04d}", "T2303", "BID", 100.0, _PROBE + probe, now)
                 batch.append((None, order))
                 sent[probe] = time.monotonic_ns()
                 probe += 1

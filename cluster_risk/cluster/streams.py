@@ -24,14 +24,16 @@ harmless; a repeated reset_daily is not, which is written down in the package do
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from redis.cluster import RedisCluster
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from cluster_risk.cluster.shards import Client, Deployment, Keys, text
 from cluster_risk.errors import EventError, invalid
@@ -75,11 +77,13 @@ class Publisher:
         self.not_replicated = 0
         self.retry_s = retry_s
         self._script = load_lua("publish.lua")
+        self._sha = hashlib.sha1(self._script.encode()).hexdigest()
         self._expiring: set[str] = set()  # route keys this publisher has given their TTL
         # Each publish.lua call carries this publisher's id and a sequence number per shard, so
         # a call sent again (a retry after a lost reply) is recognised and adds nothing.
         self.publisher_id = uuid.uuid4().hex[:16]
         self._seq: dict[int, int] = {}
+        self._lock = threading.Lock()
         self._quoted: dict[str, str] = {}  # account / contract id -> its JSON string
         self._shard_of: dict[str, int] = {}  # account -> shard
 
@@ -115,7 +119,13 @@ class Publisher:
 
     def publish(self, events: Sequence[tuple[int | None, Event]]) -> None:
         """Append already-valid events (with their line index, or None) in order: one
-        ``lua/publish.lua`` call per shard, then the orders' routes (one HSET per route key)."""
+        ``lua/publish.lua`` call per shard, then the orders' routes (one HSET per route key).
+        One call at a time per publisher (a lock): the sequence numbers must reach each shard
+        in the order they were given, or a later call would make an earlier one look repeated."""
+        with self._lock:
+            self._publish(events)
+
+    def _publish(self, events: Sequence[tuple[int | None, Event]]) -> None:
         per_shard: dict[int, tuple[list[str], list[str]]] = {}
         wire = self._wire
         numbered = False
@@ -134,7 +144,7 @@ class Publisher:
             self._seq[shard] = seq = self._seq.get(shard, 0) + 1
             keys = (self.keys.input(shard), self.keys.publisher(shard, self.publisher_id))
             indices = "\n".join(numbers) if numbered else ""
-            calls.append(("EVAL", self._script, 2, *keys, "\n".join(bodies), indices, seq, _SEQ_TTL_S))
+            calls.append(("EVALSHA", self._sha, 2, *keys, "\n".join(bodies), indices, seq, _SEQ_TTL_S))
         self._send(calls)
         routes: dict[str, list[str]] = {}
         for _, e in events:
@@ -275,6 +285,9 @@ class Publisher:
         while True:
             try:
                 return call()
+            except NoScriptError:  # nothing ran for those calls (and the others are not repeated)
+                self._load_script()
+                continue
             except (RedisError, StoreError):
                 if time.monotonic() > deadline:
                     raise
@@ -283,6 +296,13 @@ class Publisher:
                     with contextlib.suppress(RedisError):
                         self.client.nodes_manager.initialize()
 
+    def _load_script(self) -> None:
+        if isinstance(self.client, RedisCluster):
+            for node in self.client.get_primaries():  # type: ignore[no-untyped-call]
+                self.client.get_redis_connection(node).script_load(self._script)
+        else:
+            self.client.script_load(self._script)
+
     def _send_once(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         groups: dict[str, tuple[Any, list[int]]] = {}
         cluster = self.client if isinstance(self.client, RedisCluster) else None
@@ -290,7 +310,7 @@ class Publisher:
             if cluster is None:
                 name, node = "", self.client
             else:
-                key = command[3] if command[0] == "EVAL" else command[1]  # EVAL script 1 key ...
+                key = command[3] if command[0] == "EVALSHA" else command[1]  # EVALSHA sha n key ...
                 target = cluster.get_node_from_key(key)  # type: ignore[no-untyped-call]
                 name, node = target.name, cluster.get_redis_connection(target)
             groups.setdefault(name, (node, []))[1].append(i)

@@ -1,0 +1,126 @@
+"""Publishing: what a publisher writes (the same text as encode_event), and that a call sent
+again after a lost reply adds nothing (publish.lua's per-publisher sequence numbers)."""
+
+from __future__ import annotations
+
+import json
+
+from cluster_risk.cluster.launcher import RedisProcess
+from cluster_risk.cluster.streams import Publisher
+from cluster_risk.cluster.worker import decode_entries
+from cluster_risk.events import Direction, Order, ResetDaily, Tick, Trade
+from cluster_risk.state.redis import RedisStore
+from cluster_risk.wire import decode_line, encode_event
+from tests.cluster.conftest import connect
+from tests.redis.proxy import CuttingProxy
+
+SHARDS = 4
+T = 1_795_000_000_000_000_000
+
+
+def entries(server: RedisProcess, publisher: Publisher) -> list[bytes]:
+    client = connect(server.url)
+    out = []
+    for shard in range(SHARDS):
+        out += [fields[b"e"] for _, fields in client.xrange(publisher.keys.input(shard))]
+    return out
+
+
+def test_the_wire_text_is_encode_events() -> None:
+    publisher = Publisher.__new__(Publisher)
+    publisher._quoted, publisher._memory = {}, 10  # only what _wire needs
+    events = [
+        Order(1, "A", "C1", "BID", 1.5, 3, T),
+        Order(2, 'ä"\\x', "C\n2", Direction.ASK, -7, 1, T + 1),
+        Order(3, "A", "C1", "BID", 1e300, 2**31 - 1, 2**63 - 1),
+        Trade(4, 1, 0.1, 1, T + 2),
+        Trade(5, 1, 2, 1, T + 3, "A", None),
+        Trade(6, 1, 2.0, 1, T + 3, None, "C1"),
+        Order(7, "A", "C1", "BID", float("nan"), 1, T),  # not valid: the generic encoder
+        Order(True, "A", "C1", "BID", 1.0, 1, T),  # type: ignore[arg-type]
+        Tick(T),
+        ResetDaily(T),
+    ]
+    for event in events:
+        assert publisher._wire(event) == json.JSONEncoder(separators=(",", ":")).encode(encode_event(event))
+
+
+def test_the_fast_decoder_answers_as_decode_line() -> None:
+    good = json.dumps(
+        {
+            "type": "order",
+            "oid": 1,
+            "account_id": "A",
+            "contract_id": "C",
+            "direction": "BID",
+            "price": 1.0,
+            "volume": 1,
+            "timestamp": T,
+        },
+        separators=(",", ":"),
+    ).encode()
+    raws = [
+        good,
+        b" " + good,
+        b"{not json",
+        b'{"type":"order","oid":2}',
+        b"1,2",
+        b'"a',
+        b'b"',
+        b'{"type":"trade","tid":1,"oid":1,"price":1,"volume":1,"timestamp":5,"account_id":null}',
+        b'{"type":"trade","tid":1,"oid":1,"price":1,"volume":0,"timestamp":5}',
+        b'{"type":"order","oid":1,"account_id":"","contract_id":"C","direction":"BID","price":1,"volume":1,"timestamp":1}',
+        b'{"type":"tick","timestamp":5}',
+        b'{"type":"reset_daily","timestamp":5}',
+        '{"type":"order","oid":1,"account_id":"\u00e9","contract_id":"C","direction":"BID",'
+        '"price":1,"volume":1,"timestamp":1}'.encode(),
+        b"",
+        b"[]",
+        b'{"type":"order","oid":1,"account_id":"A","contract_id":"C","direction":"SELL","price":1,"volume":1,"timestamp":1}',
+    ]
+    for raws_ in (raws, raws[::-1], [raws[4], raws[5], raws[6]]):
+        got = decode_entries(raws_)
+        for raw, outcome in zip(raws_, got, strict=True):
+            try:
+                want: object = decode_line(raw)
+            except Exception as exc:  # compared below
+                want = exc
+            if isinstance(want, Exception):
+                assert type(outcome) is type(want) and str(outcome) == str(want), raw
+            else:
+                assert outcome == want, raw
+
+
+def test_a_call_sent_again_adds_nothing(server: RedisProcess) -> None:
+    publisher = Publisher(connect(server.url), shards=SHARDS)
+    sent: list[list[tuple[object, ...]]] = []
+    real = publisher._send_once
+
+    def twice(commands: list[tuple[object, ...]]) -> list[object]:
+        sent.append(list(commands))
+        real(commands)  # applied, and its reply "lost": the retry sends the same calls again
+        return real(commands)
+
+    publisher._send_once = twice  # type: ignore[method-assign]
+    publisher.publish([(0, Order(1, "A", "C1", "BID", 1.0, 1, T)), (1, ResetDaily(T + 1))])
+    publisher.publish([(2, Order(2, "A", "C1", "BID", 1.0, 1, T + 2))])
+    assert sent
+    got = [decode_line(raw) for raw in entries(server, publisher)]
+    assert sorted(e.timestamp for e in got) == sorted([T, T + 2] + [T + 1] * SHARDS)  # one reset per shard
+
+
+def test_lost_replies_to_a_publisher_do_not_repeat_entries(server: RedisProcess) -> None:
+    proxy = CuttingProxy(server.port)
+    try:
+        client = RedisStore.from_url(f"redis://127.0.0.1:{proxy.port}/0").client
+        publisher = Publisher(client, shards=SHARDS)
+        for k in range(20):
+            proxy.cut_next_replies(1)
+            batch = [(None, Order(10 * k + i, f"A{i}", "C1", "BID", 1.0, 1, T + k)) for i in range(5)]
+            publisher.publish([*batch, (None, ResetDaily(T + k))])
+    finally:
+        proxy.close()
+    assert proxy.cut_replies >= 10
+    got = [decode_line(raw) for raw in entries(server, publisher)]
+    assert sum(isinstance(e, ResetDaily) for e in got) == 20 * SHARDS
+    assert sorted(e.oid for e in got if isinstance(e, Order)) == sorted(10 * k + i for k in range(20) for i in range(5))
