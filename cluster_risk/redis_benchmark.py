@@ -34,7 +34,7 @@ from cluster_risk.benchmark import SEED_CONFIG, make_workload
 from cluster_risk.config import build_config
 from cluster_risk.events import Order, Trade
 from cluster_risk.remote import RemoteEngine
-from cluster_risk.state.redis import RedisStore
+from cluster_risk.state.redis import SERVER_SETTINGS, RedisStore
 
 __all__ = ["main", "run"]
 
@@ -50,6 +50,7 @@ def private_redis() -> Iterator[str]:
         port = int(sock.getsockname()[1])
     with tempfile.TemporaryDirectory() as folder:
         args = [server, "--port", str(port), "--bind", "127.0.0.1", "--dir", folder, "--save", "", "--appendonly", "no"]
+        args += [arg for name, value in SERVER_SETTINGS.items() for arg in (f"--{name}", value)]
         process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             client = Redis(port=port)

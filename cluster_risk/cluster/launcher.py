@@ -19,6 +19,8 @@ from typing import Any
 
 import redis
 
+from cluster_risk.state.redis import SERVER_SETTINGS
+
 __all__ = ["LocalCluster", "RedisProcess", "free_port", "start_worker", "up"]
 
 
@@ -56,6 +58,7 @@ class RedisProcess:
         self.port = free_port(bus=cluster)
         self.args = [_binary("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1"]
         self.args += ["--dir", str(folder), "--save", "", "--appendonly", "no", "--logfile", str(folder / "redis.log")]
+        self.args += [arg for name, value in SERVER_SETTINGS.items() for arg in (f"--{name}", value)]
         if cluster:
             self.args += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
             self.args += ["--cluster-node-timeout", "1000"]

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import redis
 
+from cluster_risk.state.redis import SERVER_SETTINGS
+
 __all__ = ["RedisCluster3", "RedisSentinel", "RedisServer", "binaries", "free_port"]
 
 _STARTUP_S = 10.0
@@ -73,6 +75,7 @@ class RedisServer:
         args = [server, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder)]
         if "--appendonly" not in self.extra:
             args += ["--save", "", "--appendonly", "no"]
+        args += [arg for name, value in SERVER_SETTINGS.items() for arg in (f"--{name}", value)]
         args += ["--logfile", str(self.folder / "redis.log"), *self.extra]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + _STARTUP_S

@@ -215,3 +215,20 @@ def test_sentinel_topology(redis_binaries: Any, tmp_path: Path) -> None:
         store.close()
     finally:
         sentinel.stop()
+
+
+def test_servers_keep_big_hashes_out_of_listpacks(standalone: RedisServer) -> None:
+    """SERVER_SETTINGS reach the servers we start: a day's sums over 100 accounts are a
+    hashtable (a listpack of hundreds of fields is searched linearly on every access)."""
+    from cluster_risk.benchmark import SEED_CONFIG, make_workload
+
+    store = RedisStore.from_url(standalone.url, num_shards=1)
+    engine = RemoteEngine.from_config(build_config(SEED_CONFIG), store)
+    _, events = make_workload(400, 400, 100)
+    engine.process_batch(events)
+    client = standalone.client()
+    (day,) = client.keys("risk:{s0}:day:*")
+    assert client.hlen(day) == 100
+    assert client.object("encoding", day) == b"hashtable"
+    assert client.object("encoding", "risk:{s0}:meta") == b"listpack"  # small hashes stay compact
+    store.close()
