@@ -50,6 +50,7 @@ step_start=0
 elapsed() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$1" "$(date +%s.%N)"; }
 step() { step_start=$(date +%s.%N); printf '== %s\n' "$*"; }
 done_step() { printf '   %s s\n' "$(elapsed "$step_start")"; }
+mark() { printf '   %6s s  %s\n' "$(elapsed "$step_start")" "$*"; } # progress inside a long step
 # fail MESSAGE [LOG]: say what failed (and the end of its log: CI keeps no files), exit 1.
 fail() {
     printf 'SMOKE FAILED: %s\n' "$1" >&2
@@ -312,19 +313,23 @@ fleet_pass() {
     step "$4. pass $name: $WORKERS workers + prometheus up, load generator (publish --rate $LOAD_RATE) on $url"
     REDIS_URL=$url compose up -d --no-deps --force-recreate --scale worker="$WORKERS" worker prometheus \
         >"$LOGS/up-$name.log" 2>&1 || fail "compose up worker prometheus" "$LOGS/up-$name.log"
+    mark "workers and prometheus started"
     REDIS_URL=$url cli >"$LOGS/loadgen-$name.jsonl" 2>"$LOGS/loadgen-$name.err" ||
         fail "the load generator failed" "$LOGS/loadgen-$name.err"
+    mark "load generator done"
     local status lag=unknown workers=0
     for _ in $(seq 60); do
         status=$(cli status --json --redis-url "$url" 2>>"$LOGS/status-$name.err") || status='{}'
         read -r lag workers < <(python3 -c 'import json, sys; s = json.loads(sys.argv[1] or "{}")
 print(s.get("lag", "unknown"), len(s.get("workers", [])))' "$status")
+        printf '%s lag %s workers %s\n' "$(elapsed "$step_start")" "$lag" "$workers" >>"$LOGS/status-$name.trace"
         [ "$lag" = 0 ] && [ "$workers" = "$WORKERS" ] && break
         sleep 1
     done
     printf '%s\n' "$status" >"$LOGS/status-$name.json"
     { [ "$lag" = 0 ] && [ "$workers" = "$WORKERS" ]; } ||
         fail "pass $name: lag $lag with $workers workers after 60 s" "$LOGS/status-$name.json"
+    mark "status: lag 0, $workers workers"
     cli actions --redis-url "$url" >"$LOGS/actions-$name.jsonl" || fail "cluster-risk actions"
     local shards dead
     shards=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["deployment"]["shards"])' "$LOGS/status-$name.json")
@@ -334,6 +339,7 @@ print(s.get("lag", "unknown"), len(s.get("workers", [])))' "$status")
         fail "counting dead letters with redis-cli on $host"
     python3 -c "$compare" "$LOGS/replay.jsonl" "$LOGS/actions-$name.jsonl" "$LOGS/loadgen-$name.jsonl" "${dead:-0}" ||
         fail "pass $name: the fleet's actions differ from the in-process replay (files in $LOGS)"
+    mark "actions compared"
     python3 -c "$prometheus_check" "http://127.0.0.1:$PROMETHEUS_PORT" "$WORKERS" "$shards" ||
         fail "pass $name: Prometheus does not scrape $WORKERS healthy workers with events applied"
     done_step
