@@ -38,6 +38,8 @@ def _guarded(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse
     def run(args: argparse.Namespace) -> int:
         try:
             return handler(args)
+        except BrokenPipeError:  # `cluster-risk status | head`: cli.main ends quietly
+            raise
         except (RiskError, RedisError, OSError) as exc:
             from cluster_risk.settings import mask_secrets
 
