@@ -31,6 +31,7 @@ from typing import Any
 from redis import Redis
 from redis.cluster import RedisCluster
 from redis.commands.core import Script
+from redis.exceptions import NoScriptError
 
 from cluster_risk.errors import RiskError
 from cluster_risk.remote import scope_key
@@ -173,8 +174,46 @@ class Scripts:
         self.client = client
         self._scripts: dict[str, Script] = {}
 
-    def __call__(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    def _script(self, name: str) -> Script:
         script = self._scripts.get(name)
         if script is None:
             script = self._scripts[name] = self.client.register_script(load_lua(name))
-        return script(keys=list(keys), args=list(args))
+        return script
+
+    def __call__(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        return self._script(name)(keys=list(keys), args=list(args))
+
+    def many(self, calls: Sequence[tuple[str, Sequence[str], Sequence[Any]]]) -> list[Any]:
+        """(script, keys, args) calls in one pipeline per server, replies in order; a call
+        answered NOSCRIPT (it ran nothing) is sent again after loading.  A failed call raises."""
+        groups: dict[str, tuple[Any, list[int]]] = {}
+        cluster: Any = self.client if isinstance(self.client, RedisCluster) else None
+        for i, (_, keys, _) in enumerate(calls):
+            if cluster is None:
+                groups.setdefault("", (self.client, []))[1].append(i)
+            else:
+                node = cluster.get_node_from_key(keys[0])
+                groups.setdefault(node.name, (cluster.get_redis_connection(node), []))[1].append(i)
+        replies: list[Any] = [None] * len(calls)
+        for node, group in groups.values():
+            indices = group
+            for attempt in range(2):
+                pipe = node.pipeline(transaction=False)
+                for i in indices:
+                    name, keys, args = calls[i]
+                    pipe.execute_command("EVALSHA", self._script(name).sha, len(keys), *keys, *args)
+                got = pipe.execute(raise_on_error=False)
+                missing = []
+                for i, reply in zip(indices, got, strict=True):
+                    replies[i] = reply
+                    if isinstance(reply, NoScriptError):
+                        missing.append(i)
+                if not missing or attempt:
+                    break
+                for name in {calls[i][0] for i in missing}:
+                    node.script_load(self._script(name).script)
+                indices = missing
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
