@@ -50,6 +50,7 @@ CONFIG: dict[str, Any] = {
     "rules": [*SEED_CONFIG["rules"], {"type": "MaxOrderVolumeRule", "max_volume": 100}],
 }
 _PROBE = 1_000_000
+_OPTIONS: dict[str, Any] = {"unix": False}  # --unix: every process talks to Redis over a Unix socket
 
 
 class _Fleet:
@@ -57,8 +58,10 @@ class _Fleet:
         self, folder: Path, shards: int, workers: int, lease_ms: int = 2000, config: dict[str, Any] = SEED_CONFIG
     ) -> None:
         self.folder = folder
-        self.server = RedisProcess(folder / "redis")
-        self.url = self.server.url
+        sock = folder / "redis" / "redis.sock"
+        extra = ("--unixsocket", str(sock), "--unixsocketperm", "700") if _OPTIONS["unix"] else ()
+        self.server = RedisProcess(folder / "redis", *extra)
+        self.url = f"unix://{sock}" if _OPTIONS["unix"] else self.server.url
         self.client = redis.Redis.from_url(self.url)
         self.keys: Keys = Deployment(self.client).ensure(shards)
         path = folder / "config.json"
@@ -146,6 +149,21 @@ def _per_event(before: dict[str, float], after: dict[str, float], events: int) -
     return {f"{k}_us": (after[k] - before[k]) / max(1, events) * 1e6 for k in ("workers", "redis", "publisher")}
 
 
+def _listen(pubsub: Any, arrived: dict[int, int], stop: threading.Event) -> None:
+    """What a gateway's cache sees: the workers' hints; each probe's arrival time."""
+    while not stop.is_set():
+        message = pubsub.get_message(ignore_subscribe_messages=True, timeout=0.05)
+        if message is None or message.get("type") != "message":
+            continue
+        now = time.monotonic_ns()
+        hint = msgpack.unpackb(message["data"], raw=False)
+        for action in hint[3::2]:
+            value = json.loads(action)["value"]
+            if value >= _PROBE:
+                arrived.setdefault(int(value) - _PROBE, now)
+    pubsub.close()
+
+
 def _latency(
     folder: Path, load: Sequence[Event], shards: int, rate: float, seconds: float, workers: int
 ) -> dict[str, float]:
@@ -153,22 +171,13 @@ def _latency(
     arrived: dict[int, int] = {}
     stop = threading.Event()
     pubsub = fleet.client.pubsub()  # type: ignore[no-untyped-call]
-    pubsub.subscribe(fleet.keys.channel)
-
-    def listen() -> None:
-        while not stop.is_set():
-            message = pubsub.get_message(ignore_subscribe_messages=True, timeout=0.05)
-            if message is None or message.get("type") != "message":
-                continue
-            now = time.monotonic_ns()
-            hint = msgpack.unpackb(message["data"], raw=False)
-            for action in hint[3::2]:
-                value = json.loads(action)["value"]
-                if value >= _PROBE:
-                    arrived.setdefault(int(value) - _PROBE, now)
-
-    listener = threading.Thread(target=listen, daemon=True)
+    pubsub.subscribe(fleet.keys.channel)  # before the first probe
+    listener = threading.Thread(target=_listen, args=(pubsub, arrived, stop), daemon=True)
     listener.start()
+    # The listener shares this process with the publisher: with the default 5 ms switch
+    # interval, an arrived hint could wait that long for the GIL before being timed.
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(0.0002)
     try:
         publisher = Publisher(redis.Redis.from_url(fleet.url), shards=shards)
         cpu = fleet.cpu()
@@ -193,7 +202,7 @@ def _latency(
                 probe += 1
             if batch:
                 publisher.publish(batch)
-            time.sleep(0.0005)
+            time.sleep(0.001)  # a gateway batching per millisecond
         fleet.wait(lambda: len(arrived) >= len(sent), 30, step=0.01)
         used = _per_event(cpu, fleet.cpu(), int(done) + probe)
         latencies = sorted((arrived[k] - sent[k]) / 1e6 for k in sent)
@@ -208,6 +217,7 @@ def _latency(
             **used,
         }
     finally:
+        sys.setswitchinterval(switch)
         stop.set()
         listener.join(5)
         fleet.close()
@@ -270,8 +280,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=20_000, help="publish rate of the latency run (events/s)")
     parser.add_argument("--seconds", type=float, default=10, help="length of the latency run")
     parser.add_argument("--lease-ms", type=int, default=2000)
+    parser.add_argument(
+        "--unix", action="store_true", help="connect over a Unix socket (Redis on the same host) instead of TCP"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    _OPTIONS["unix"] = args.unix
     _, events = make_workload(args.orders, args.trades, args.accounts)
     gc.collect()
     gc.freeze()  # the workload is the harness's, not the publisher's: keep the collector off it
