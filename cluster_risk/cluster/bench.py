@@ -1,9 +1,10 @@
 """``python -m cluster_risk.cluster.bench``: the cluster's figures on this machine, with a
 local redis-server and worker processes (the benchmark's seed workload).
 
-- **throughput**: N events (the seed's two rules) published as fast as one publisher can,
-  applied by 1 and by 2 workers; events/s from the first publish to the last entry applied
-  (lag 0).  Publisher, workers and Redis share the machine's cores.
+- **throughput**: N events (the seed's two rules) published as fast as ``--gateways``
+  publishing threads can (each with its own connection and its share of the accounts, as
+  gateways would), applied by 1 and by 2 workers; events/s from the first publish to the last
+  entry applied (lag 0).  Publishers, workers and Redis share the machine's cores.
 - **latency** at a fixed publish rate: probe orders (one every 10 ms, volume over the
   ``MaxOrderVolumeRule`` cap, so each yields one action at once) among the seed load; the
   time from just before a probe is sent to its action arriving at a subscriber of the
@@ -29,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -120,14 +122,23 @@ class _Fleet:
         self.server.stop()
 
 
-def _throughput(folder: Path, events: Sequence[Event], shards: int, workers: int) -> dict[str, float]:
+def _throughput(
+    folder: Path, events: Sequence[Event], shards: int, workers: int, gateways: int = 1
+) -> dict[str, float]:
     fleet = _Fleet(folder, shards, workers)
     try:
-        publisher = Publisher(fleet.client, shards=shards)
+        parts = _by_gateway(events, gateways)
+        publishers = [Publisher(redis.Redis.from_url(fleet.url), shards=shards) for _ in parts]
         cpu = fleet.cpu()
         started = time.monotonic()
-        for i in range(0, len(events), 1000):
-            publisher.publish([(None, e) for e in events[i : i + 1000]])
+        threads = [
+            threading.Thread(target=_feed, args=(publisher, part))
+            for publisher, part in zip(publishers, parts, strict=True)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
         published = time.monotonic() - started
         cpu_published = time.process_time()
         fleet.wait(lambda: total_lag(fleet.client, fleet.keys) == 0, 600, step=0.01)
@@ -136,6 +147,7 @@ def _throughput(folder: Path, events: Sequence[Event], shards: int, workers: int
         used["publisher_us"] = (cpu_published - cpu["publisher"]) / len(events) * 1e6  # not the lag polling
         return {
             "workers": workers,
+            "gateways": gateways,
             "events": len(events),
             "events_per_s": len(events) / elapsed,
             "publish_events_per_s": len(events) / published,
@@ -143,6 +155,26 @@ def _throughput(folder: Path, events: Sequence[Event], shards: int, workers: int
         }
     finally:
         fleet.close()
+
+
+def _by_gateway(events: Sequence[Event], gateways: int) -> list[list[Event]]:
+    """The workload split over gateways by account (a fill goes with its order's account), so
+    each account's events keep their order and a gateway routes its fills from memory."""
+    parts: list[list[Event]] = [[] for _ in range(gateways)]
+    accounts: dict[int, str] = {}
+    for event in events:
+        if isinstance(event, Order):
+            accounts[event.oid] = event.account_id
+            account = event.account_id
+        else:
+            account = getattr(event, "account_id", None) or accounts.get(getattr(event, "oid", -1), "")
+        parts[zlib.crc32(account.encode()) % gateways].append(event)
+    return [part for part in parts if part]
+
+
+def _feed(publisher: Publisher, events: Sequence[Event]) -> None:
+    for i in range(0, len(events), 1000):
+        publisher.publish([(None, e) for e in events[i : i + 1000]])
 
 
 def _per_event(before: dict[str, float], after: dict[str, float], events: int) -> dict[str, float]:
@@ -281,6 +313,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10, help="length of the latency run")
     parser.add_argument("--lease-ms", type=int, default=2000)
     parser.add_argument(
+        "--gateways", type=int, default=2, help="publishing threads of the throughput runs (accounts split among them)"
+    )
+    parser.add_argument(
         "--unix", action="store_true", help="connect over a Unix socket (Redis on the same host) instead of TCP"
     )
     parser.add_argument("--json", action="store_true")
@@ -293,7 +328,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="cluster-bench-") as tmp:
         folder = Path(tmp)
         for workers in (1, 2):
-            results["throughput"].append(_throughput(folder / f"t{workers}", events, args.shards, workers))
+            run = _throughput(folder / f"t{workers}", events, args.shards, workers, args.gateways)
+            results["throughput"].append(run)
         results["latency"] = [
             _latency(folder / f"lat{w}", events, args.shards, args.rate, args.seconds, w) for w in (1, 2)
         ]
@@ -303,8 +339,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     for row in results["throughput"]:
         print(
-            f"end to end, {row['workers']} worker(s): {row['events_per_s']:,.0f} events/s ({row['events']:,} events; "
-            f"published at {row['publish_events_per_s']:,.0f}/s); {_cpu(row)}"
+            f"end to end, {row['workers']} worker(s): {row['events_per_s']:,.0f} events/s ({row['events']:,} events "
+            f"from {row['gateways']} gateway(s), published at {row['publish_events_per_s']:,.0f}/s); {_cpu(row)}"
         )
     for lat in results["latency"]:
         print(
