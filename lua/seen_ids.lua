@@ -15,7 +15,8 @@ retention or not): an id above it was never seen, so it needs no look-up. Gatewa
 their orders and trades upwards, so most of a batch's ids skip the HMGET.
 
   ids.open(base, gens, latest, retention, maxo, maxt) -> I
-  ids.fresh(I, field) -> true when the id is above every id of its kind ever added (unseen)
+  ids.fresh(I, field) -> true when the id is above every id of its kind ever added and every
+                         id checked before it in this batch (unseen); raises the maximum to it
   ids.preload(I, fields)             one HMGET per live generation (newest first)
   ids.seen(I, field) -> value or nil
   ids.add(I, field, value)           into generation I.latest
@@ -70,7 +71,10 @@ function ids.preload(I, fields)
 end
 
 function ids.fresh(I, f)
-  if above(f, I.max[string.byte(f)]) then
+  local kind = string.byte(f)
+  if above(f, I.max[kind]) then
+    -- the batch's ids are all added (or the batch aborts), so the maximum moves here, once
+    I.max[kind] = f
     if I.gen[f] == nil then I.gen[f] = false end
     return true
   end
@@ -93,8 +97,6 @@ function ids.add(I, f, x)
   if I.gens[#I.gens] ~= d then I.gens[#I.gens + 1] = d end
   cache.set(c, f, x)
   I.gen[f], I.val[f] = d, x
-  local kind = string.byte(f)
-  if above(f, I.max[kind]) then I.max[kind] = f end
 end
 
 function ids.advance(I, day)

@@ -222,13 +222,13 @@ def test_servers_keep_big_hashes_out_of_listpacks(standalone: RedisServer) -> No
     hashtable (a listpack of hundreds of fields is searched linearly on every access)."""
     from cluster_risk.benchmark import SEED_CONFIG, make_workload
 
-    store = RedisStore.from_url(standalone.url, num_shards=1)
+    store = RedisStore.from_url(standalone.url, num_shards=1, prefix="listpack")
     engine = RemoteEngine.from_config(build_config(SEED_CONFIG), store)
     _, events = make_workload(400, 400, 100)
     engine.process_batch(events)
     client = standalone.client()
-    (day,) = client.keys("risk:{s0}:day:*")
+    (day,) = client.keys("listpack:{s0}:day:*")
     assert client.hlen(day) == 100
     assert client.object("encoding", day) == b"hashtable"
-    assert client.object("encoding", "risk:{s0}:meta") == b"listpack"  # small hashes stay compact
+    assert client.object("encoding", "listpack:{s0}:meta") == b"listpack"  # small hashes stay compact
     store.close()
