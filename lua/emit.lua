@@ -14,14 +14,19 @@ W.x (the extras, built by cluster_risk/cluster/render.py):
                     computed by Python: dropped when the event turns out to be a duplicate)
   x[7] dead        {{entry id, index, error, field, reason, raw event}, ...}
   x[8] maxlen      approximate cap of the actions stream (0: none)
+  x[9] channel     (optional) publish the hint here as {shard, previous id, id, JSON, ...}, in
+                   the codec of the call (msgpack, or JSON), as soon as the batch is applied
+  x[10] shard      the shard number that message starts with
 
 Actions of one event come in the contract's order (SEMANTICS.md): rollover resumes first,
 by (rule, scope values), then the event's own actions in rule (config) order; for a tick or
 a reset, the rollover resumes, then its own resumes, each by (rule, scope values). Each goes
 to the actions stream as one entry {a = action JSON, conformance keys then reason}.
 
-  emit.run(W, X) -> hint {previous action id, id, JSON, id, JSON, ...}: the worker publishes
-  it as a latency hint; a client that had seen `previous` applies it, any other resyncs.
+  emit.run(W, X) -> hint {previous action id, id, JSON, id, JSON, ...}: the latency hint, for
+  gateways; a client that had seen `previous` applies it, any other resyncs. Published here
+  when x[9] names a channel (the worker's fast durability: a gateway sees the action without
+  waiting for the rest of the worker's pipeline), else by the worker (after WAIT).
 ]]
 
 local emit = {}
@@ -128,5 +133,11 @@ function emit.run(W, X)
   if x[2] ~= '' then redis.call('HSET', W.lease, 'sid', x[2]) end
   if last then redis.call('HSET', W.lease, 'aid', last) end
   redis.call('HINCRBY', W.lease, 'applied', x[3])
+  if x[9] and #hint > 1 then
+    local message = {x[10]}
+    for i = 1, #hint do message[i + 1] = hint[i] end
+    if W.json then message = cjson.encode(message) else message = cmsgpack.pack(message) end
+    redis.call('PUBLISH', x[9], message)
+  end
   return hint
 end

@@ -1,12 +1,13 @@
 """The worker: leases shards, reads their input streams, applies each shard's batch in one
 script call (state, cursor, actions, dead letters: ``lua/apply.lua`` with ``fence.lua`` and
-``emit.lua``), then publishes a latency hint.  Stateless: everything it knows is in Redis,
+``emit.lua``) that also publishes the batch's latency hint for gateways (with replicated
+durability the worker publishes it, after WAIT).  Stateless: everything it knows is in Redis,
 so any worker can die at any instruction and another carries on from the shard's cursor.
 
 A round: one ``XREAD`` of every held shard (per Redis node on a cluster, where a read cannot
 span slots), the entries of each shard decoded and planned, then every shard's script call
 of the round in one pipeline per node (the shards are independent: each call is atomic on
-its own), then the hints in one pipeline.  When a round found nothing, the next read blocks
+its own).  When a round found nothing, the next read blocks
 briefly (standalone) or the worker polls after 1 ms (cluster); there is no waiting under
 load, so a thin input makes small batches at low latency and a heavy one bigger batches.
 
@@ -544,6 +545,8 @@ class Worker:
         extras = self.renderer.extras(
             cursor.sid, batch.last, batch.entries, batch.events, planned.positions, scopes, dead
         )
+        if not self.durability.replicas:  # the script publishes the hint (after WAIT, the worker does)
+            extras += [self.keys.channel, job.shard]
         xblob = self.store.encode(extras)
         blob = planned.blob
         digest = hashlib.blake2b(blob + xblob, digest_size=16).hexdigest()
@@ -608,7 +611,8 @@ class Worker:
             self.stats.dead += job.args[7]
             if len(hint) > 1:
                 self.stats.actions += (len(hint) - 1) // 2
-                hints.append(self.store.encode([shard, *(text(x) for x in hint)]))
+                if self.durability.replicas:
+                    hints.append(self.store.encode([shard, *(text(x) for x in hint)]))
                 if self.metrics is not None:
                     for action in hint[2::2]:
                         parsed = json.loads(action)
