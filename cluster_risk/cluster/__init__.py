@@ -7,8 +7,10 @@ effects, and the gateway client.  Choices made, and why:
 - **Input.** One stream per shard, ``{sN}:in``; an entry is the wire JSON of one event
   (``encode_event``) plus its line index, so a worker decodes and dead-letters exactly as
   ``cluster-risk replay`` does.  Ticks and resets go to every shard.  The publisher appends
-  a chunk with one ``lua/publish.lua`` call per shard; a fill without account goes to the
-  shard of its order's account (:mod:`.streams`: routes written after the order's entry).  No consumer groups: a
+  a chunk with one ``lua/publish.lua`` call per shard, which carries the publisher's id and a
+  per-shard sequence number, so a call resent after a lost reply adds nothing (a repeated
+  reset_daily would reset twice); a fill without account goes to the shard of its order's
+  account (:mod:`.streams`: routes written after the order's entry).  No consumer groups: a
   shard has one writer at a time (its lease), and its cursor lives with its state (below),
   which a group's pending list cannot give.
 - **Exactly once.** The worker applies a shard's batch with ``lua/apply.lua`` plus
@@ -17,18 +19,22 @@ effects, and the gateway client.  Choices made, and why:
   writes the state, the cursor, the actions (``{sN}:actions``) and the dead letters
   (``{sN}:dead``).  A crash anywhere leaves either all of it or none; a retried call (lost
   reply) is recognised by RemoteEngine's batch number and digest and gets the stored result.
-- **Batches.** A worker reads every shard it holds (one blocking XREAD on a standalone
-  server; a pipeline of non-blocking reads, polled every 2 ms when idle, on a cluster) and
-  applies shard by shard; after a round that applied only a trickle it waits 2 ms so the
-  next batch gathers (each script call has a fixed cost).  Applied input is trimmed.
+- **Batches.** A worker reads every shard it holds (one XREAD on a standalone server,
+  blocking 20 ms when the last round found nothing; on a cluster a pipeline of non-blocking
+  reads per node, polled every 1 ms when idle: a blocking read cannot span slots), then sends
+  the round's script calls in one pipeline per node (shards are independent; each call is
+  atomic).  No waiting under load: a thin input makes small batches at low latency, a heavy
+  one bigger and cheaper batches.  Shards are assigned by rendezvous hashing with balanced
+  loads (:mod:`.leases`), so a joining worker takes about its share.  Applied input is trimmed.
 - **Fencing.** ``{sN}:lease`` holds owner, epoch and expiry (server time); taking a shard bumps
   the epoch (:mod:`.leases`); a batch carrying an older epoch is refused before any write, so a
   worker that was paused past its lease (SIGSTOP, GC, partition) cannot write late.
 - **Actions out.** Rendered inside the script (values exist only there) and appended to the
   shard's actions stream; each shard's current pauses are its ``paused:<rule>`` hashes (the
-  store's).  Pub/sub is a latency hint published by the worker *after* the script returns
-  (plain PUBLISH on ``<prefix>:actions``; no script publishes, so scripts stay one-slot and
-  replay-safe); the stream is the record and clients repair any missed hint from it.
+  store's).  Pub/sub on ``<prefix>:actions`` is a latency hint: published by ``emit.lua`` as
+  the script ends with fast durability (a gateway need not wait for the rest of the worker's
+  pipeline; PUBLISH names no key, so the script stays one-slot), by the worker after WAIT with
+  replicated durability; the stream is the record and clients repair any missed hint from it.
 - **Durability.** ``fast``: Redis replicates asynchronously.  ``replicated``: the worker sends
   ``WAIT n timeout`` after each apply on the same connection and the publisher after each
   chunk; nothing more happens for that shard until WAIT returns (a timeout is logged and
