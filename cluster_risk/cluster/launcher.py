@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ import redis
 
 from cluster_risk.state.redis import SERVER_SETTINGS
 
-__all__ = ["LocalCluster", "RedisProcess", "free_port", "start_worker", "up"]
+__all__ = ["LocalCluster", "RedisProcess", "free_port", "start_worker", "up", "wait_until_up"]
 
 
 def _binary(name: str) -> str:
@@ -49,19 +50,40 @@ def free_port(bus: bool = False) -> int:
     raise OSError("no free loopback port")
 
 
-class RedisProcess:
-    """One redis-server on 127.0.0.1, persistence off, data and log in ``folder``."""
+def wait_until_up(
+    process: subprocess.Popen[bytes], client: Callable[[], redis.Redis], log: Path, what: str, timeout_s: float = 10
+) -> None:
+    """Wait until ``client()`` answers PING; OSError with the log's tail if the server exits
+    or stays silent for ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if client().ping():
+                return
+        except redis.ConnectionError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            raise OSError(f"{what} did not start:\n{tail}")
+        time.sleep(0.02)
 
-    def __init__(self, folder: Path, *extra: str, cluster: bool = False) -> None:
+
+class RedisProcess:
+    """One redis-server on 127.0.0.1, persistence off (``extra`` may turn it on: the last value
+    of an option wins), data and log in ``folder``."""
+
+    def __init__(
+        self, folder: Path, *extra: str, cluster: bool = False, port: int | None = None, node_timeout_ms: int = 1000
+    ) -> None:
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
-        self.port = free_port(bus=cluster)
+        self.port = port or free_port(bus=cluster)
         self.args = [_binary("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1"]
         self.args += ["--dir", str(folder), "--save", "", "--appendonly", "no", "--logfile", str(folder / "redis.log")]
         self.args += [arg for name, value in SERVER_SETTINGS.items() for arg in (f"--{name}", value)]
         if cluster:
             self.args += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
-            self.args += ["--cluster-node-timeout", "1000"]
+            self.args += ["--cluster-node-timeout", str(node_timeout_ms)]
         self.args += list(extra)
         self.process: subprocess.Popen[bytes] | None = None
         self.start()
@@ -75,17 +97,7 @@ class RedisProcess:
 
     def start(self) -> None:
         self.process = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                if self.client().ping():
-                    return
-            except redis.ConnectionError:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                log = (self.folder / "redis.log").read_text(errors="replace")[-1500:]
-                raise OSError(f"redis-server on port {self.port} did not start:\n{log}")
-            time.sleep(0.02)
+        wait_until_up(self.process, self.client, self.folder / "redis.log", f"redis-server on port {self.port}")
 
     def kill(self) -> None:
         """SIGKILL (a crash), for fault tests."""
@@ -94,6 +106,7 @@ class RedisProcess:
             self.process.wait(timeout=10)
 
     def stop(self) -> None:
+        """SIGTERM (redis-server saves if configured to, and exits); SIGKILL after 10 s."""
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:
@@ -101,6 +114,11 @@ class RedisProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=10)
+        self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
 
 
 class LocalCluster:

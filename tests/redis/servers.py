@@ -4,14 +4,13 @@ loopback ports, in temporary directories, never on 6379 and never anything we di
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import redis
 
-from cluster_risk.state.redis import SERVER_SETTINGS
+from cluster_risk.cluster.launcher import RedisProcess, free_port
 
 __all__ = ["RedisCluster3", "RedisSentinel", "RedisServer", "binaries", "free_port"]
 
@@ -29,76 +28,17 @@ def binaries() -> tuple[str, str]:
     return server, cli
 
 
-def _is_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port(bus: bool = False) -> int:
-    """A free loopback port (and port + 10000 free too when a cluster bus needs it)."""
-    for _ in range(200):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if port == 6379 or (bus and (port > 55535 or not _is_free(port + 10000))):
-            continue
-        return port
-    raise RuntimeError("no free loopback port found")
-
-
-class RedisServer:
-    """One redis-server on 127.0.0.1:<port>, data in ``folder``; persistence off unless asked."""
+class RedisServer(RedisProcess):
+    """One redis-server on 127.0.0.1:<port>, data in ``folder``; persistence off unless asked
+    (``"--appendonly", "yes"`` in ``extra``). The launcher's server, after the binaries check."""
 
     def __init__(self, folder: Path, *extra: str, port: int | None = None, cluster: bool = False) -> None:
-        self.folder = folder
-        self.port = port or free_port(bus=cluster)
-        self.extra = list(extra)
-        if cluster:
-            self.extra += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
-        self.process: subprocess.Popen[bytes] | None = None
-        folder.mkdir(parents=True, exist_ok=True)
-        self.start()
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        binaries()
+        # the default node timeout: a loaded 2-core machine must not mark a test's master failed
+        super().__init__(folder, *extra, cluster=cluster, port=port, node_timeout_ms=15000)
 
     def client(self) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=self.port)
-
-    def start(self) -> None:
-        server, _ = binaries()
-        args = [server, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder)]
-        if "--appendonly" not in self.extra:
-            args += ["--save", "", "--appendonly", "no"]
-        args += [arg for name, value in SERVER_SETTINGS.items() for arg in (f"--{name}", value)]
-        args += ["--logfile", str(self.folder / "redis.log"), *self.extra]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + _STARTUP_S
-        while True:
-            try:
-                if self.client().ping():
-                    return
-            except redis.ConnectionError:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                log = (self.folder / "redis.log").read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"redis-server on port {self.port} did not start:\n{log}")
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()  # SIGTERM: redis-server saves (if configured) and exits
-            self.process.wait(timeout=10)
-        self.process = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
 
 
 class RedisCluster3:

@@ -19,6 +19,7 @@ import pytest
 import redis
 
 from cluster_risk import RiskEngine, build_config
+from cluster_risk.cluster.launcher import wait_until_up
 from cluster_risk.remote import RemoteEngine, replay_batched
 from cluster_risk.replay import replay_events
 from cluster_risk.settings import load_settings
@@ -102,18 +103,11 @@ class TlsServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                if self.client().ping():
-                    return
-            except redis.ConnectionError:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                tail = self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
-                pytest.fail(f"redis-server with TLS did not start (is it built with TLS?):\n{tail}")
-            time.sleep(0.05)
+        try:
+            wait_until_up(self.process, self.client, self.log, "redis-server with TLS (is it built with TLS?)")
+        except OSError as exc:
+            self.stop()
+            pytest.fail(str(exc))
 
     def url(self, password: str = PASSWORD, *, client_cert: bool = True, ca: bool = True) -> str:
         query = []
