@@ -69,7 +69,7 @@ if worker then
   if refused then return refused end
 end
 
-local m = redis.call('HMGET', meta, 'hwm', 'clock', 'latest', 'gens', 'maxo', 'maxt')
+local m = redis.call('HMGET', meta, 'hwm', 'clock', 'latest', 'gens', 'maxo', 'maxt', 'touched')
 local hwm = tonumber(m[1]) or 0
 if tonumber(seq) <= hwm then
   local done = redis.call('HMGET', keys.results(base), seq, seq .. ':digest')
@@ -84,7 +84,7 @@ end
 
 local plan
 if json then plan = cjson.decode(ARGV[1]) else plan = cmsgpack.unpack(ARGV[1]) end
-local X = shard.open(base, plan, tonumber(m[2]) or -1, tonumber(m[3]) or -1, m[4], m[5] or nil, m[6] or nil)
+local X = shard.open(base, plan, tonumber(m[2]) or -1, tonumber(m[3]) or -1, m[4], m[5] or nil, m[6] or nil, m[7])
 local ev, nev = plan[6], #plan[6]
 local rules, groups, pairs_ = X.rules, X.groups, X.pairs
 

@@ -6,7 +6,7 @@ KEYS / ARGV: none. Included first by apply.lua and lookup_ids.lua. Every key is 
 shard's base "<prefix>:{s<N>}:" (KEYS[1] without its "meta" suffix) plus a suffix, so all of
 a shard's keys share its hash tag and one script touches one Redis Cluster slot.
 
-  base .. "meta"                         shard scalars: hwm, clock, latest, gens, maxo, maxt
+  base .. "meta"                         shard scalars: hwm, clock, latest, gens, maxo, maxt, touched
   base .. "results"                      "<seq>" -> result, "<seq>:digest" -> digest, last 4 batches
   base .. "acct"                         account -> current trading day ("<ordinal>[p]")
   base .. "win:" .. rule                 scope -> sliding window state, hot part (window.lua)

@@ -23,10 +23,10 @@ X = shard.open(base, plan, meta) holds:
 
 local shard = {}
 
-function shard.open(base, plan, clock, latest, gens, maxo, maxt)
+function shard.open(base, plan, clock, latest, gens, maxo, maxt, touched)
   local X = {
     base = base, rules = plan[2], accounts = plan[3], pairs = plan[4], groups = plan[5],
-    retention = plan[7], ttl = plan[8], clock = clock, latest = latest, out = {},
+    retention = plan[7], ttl = plan[8], clock = clock, latest = latest, touched = touched, out = {},
     acct = cache.new(keys.acct(base)), acc = {}, reg = {}, win = {}, winc = {}, ws = {}, sums = {}, dpi = nil,
   }
   for r, rule in ipairs(X.rules) do
@@ -143,19 +143,24 @@ end
 
 function shard.flush(X, meta, seq, digest, result)
   local ttl = X.ttl
+  -- A written key gets its TTL again; a key only read keeps its TTL, refreshed on the first
+  -- batch of each new latest day and on every 256th batch (a PEXPIRE per key and batch was 6
+  -- of the ~17 redis.calls of a one-event batch, the fixed cost that small batches pay).
+  local latest = string.format('%d', X.latest)
+  local touch = X.touched ~= latest or tonumber(seq) % 256 == 0
   for a, info in pairs(X.acc) do
     if info.dirty then
       cache.set(X.acct, a, string.format('%d', info.day) .. (info.flag and 'p' or ''))
     end
   end
-  cache.flush(X.acct, ttl, true)
+  cache.flush(X.acct, ttl, touch)
   for r, rule in ipairs(X.rules) do
     if rule[1] == 'w' then
       for key, w in pairs(X.ws[r]) do
         if w.dirty then cache.set(X.win[r], key, window.encode(w)) end
       end
-      cache.flush(X.win[r], ttl, true)
-      cache.flush(X.winc[r], ttl, true)
+      cache.flush(X.win[r], ttl, touch)
+      cache.flush(X.winc[r], ttl, touch)
     else
       for _, s in pairs(X.sums[r]) do
         for key, e in pairs(s.v) do
@@ -164,16 +169,16 @@ function shard.flush(X, meta, seq, digest, result)
         cache.flush(s.c, ttl, false)
       end
     end
-    cache.flush(X.reg[r], ttl, true)
+    cache.flush(X.reg[r], ttl, touch)
   end
   local gens, maxo, maxt = ids.flush(X.ids, ttl)
   redis.call('HSET', meta, 'hwm', seq, 'clock', string.format('%d', X.clock),
-    'latest', string.format('%d', X.latest), 'gens', gens, 'maxo', maxo, 'maxt', maxt)
+    'latest', latest, 'gens', gens, 'maxo', maxo, 'maxt', maxt, 'touched', latest)
   -- the results of the last 4 batches, for retries (a sender keeps at most one batch in flight)
   local results, old = keys.results(X.base), string.format('%.0f', tonumber(seq) - 4)
   redis.call('HSET', results, seq, result, seq .. ':digest', digest)
   redis.call('HDEL', results, old, old .. ':digest')
-  if ttl > 0 then
+  if ttl > 0 and touch then
     redis.call('PEXPIRE', meta, ttl)
     redis.call('PEXPIRE', results, ttl)
   end

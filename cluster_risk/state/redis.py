@@ -17,8 +17,9 @@ Key layout (readable with ``redis-cli``; ``P`` = prefix, default ``risk``; ``N``
 
 A scope is the rule's dimension values joined by ``:`` (``%``, ``:`` and control characters
 percent-encoded, so the split is exact), e.g. ``HGETALL 'risk:{s3}:paused:OrderRateLimitRule'``
-answers "who is paused by the rate rule on shard 3, since when, why".  Every key is
-refreshed to ``ttl_s`` (default: id retention + 1 days) when its shard is written; a shard
+answers "who is paused by the rate rule on shard 3, since when, why".  Every key gets a TTL
+of ``ttl_s`` (default: id retention + 1 days) when it is written, and keys only read are
+refreshed on a shard's first batch of each new latest day and every 256th batch; a shard
 idle that long forgets everything, old trading days and id generations expire on their own,
 and old window buckets are dropped by the script itself (event time, exact).
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -162,7 +163,7 @@ def test_restart_with_aof_keeps_state_and_reloads_scripts(redis_binaries: Any, t
 
 
 KEY = re.compile(
-    r"risk:\{s(\d+)\}:(meta|results|acct|win:[^:]+|paused:[^:]+|day:\d{4}-\d\d-\d\d:[^:]+|ids:\d{4}-\d\d-\d\d)"
+    r"risk:\{s(\d+)\}:(meta|results|acct|win:[^:]+|winc:[^:]+|paused:[^:]+|day:\d{4}-\d\d-\d\d:[^:]+|ids:\d{4}-\d\d-\d\d)"
 )
 
 
@@ -231,4 +232,26 @@ def test_servers_keep_big_hashes_out_of_listpacks(standalone: RedisServer) -> No
     assert client.hlen(day) == 100
     assert client.object("encoding", day) == b"hashtable"
     assert client.object("encoding", "listpack:{s0}:meta") == b"listpack"  # small hashes stay compact
+    store.close()
+
+
+def test_keys_only_read_keep_their_ttl_until_a_new_day(standalone: RedisServer) -> None:
+    """A key a batch only reads is not PEXPIREd on every batch, but on the shard's first batch of
+    a new trading day; a key it writes gets its TTL again."""
+    from cluster_risk.benchmark import SEED_CONFIG, make_workload
+
+    store = RedisStore.from_url(standalone.url, num_shards=1, prefix="ttl")
+    engine = RemoteEngine.from_config(build_config(SEED_CONFIG), store)
+    orders, _ = make_workload(30, 0, 3)
+    engine.process_batch(orders[:10])
+    client, full = standalone.client(), (engine.id_retention_days + 1) * 86_400_000
+    acct, window = "ttl:{s0}:acct", "ttl:{s0}:win:OrderRateLimitRule"
+    client.pexpire(acct, 60_000)
+    client.pexpire(window, 60_000)
+    engine.process_batch(orders[10:20])  # same day: acct is only read, the windows are written
+    assert 0 < client.pttl(acct) <= 60_000
+    assert client.pttl(window) > 60_000
+    next_day = [replace(o, timestamp=o.timestamp + 86_400 * 10**9) for o in orders[20:]]
+    engine.process_batch(next_day)
+    assert client.pttl(acct) > full - 60_000  # refreshed on the new day's first batch
     store.close()
