@@ -285,11 +285,18 @@ class Publisher:
 
     def _retrying(self, call: Callable[[], _T]) -> _T:
         deadline = time.monotonic() + self.retry_s
+        loaded = 0
         while True:
             try:
                 return call()
             except NoScriptError:  # nothing ran for those calls (and the others are not repeated)
-                self._load_script()
+                if time.monotonic() > deadline:
+                    raise
+                with contextlib.suppress(RedisError):
+                    self._load_script()
+                loaded += 1
+                if loaded > 1:  # loaded, and still unknown: a failover under way
+                    time.sleep(0.1)
                 continue
             except (RedisError, StoreError):
                 if time.monotonic() > deadline:

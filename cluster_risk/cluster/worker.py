@@ -401,6 +401,8 @@ class Worker:
             gained, lost = self.leases.beat()
         except (RedisError, StoreError) as exc:
             log.warning("heartbeat failed: %s", exc)
+            if self._is_cluster:  # the leases are renewed per node: a slot may have moved
+                self._refresh_cluster()
             return
         for shard in lost:
             self.cursors.pop(shard, None)
@@ -561,7 +563,8 @@ class Worker:
             again: list[_Job] = []
             started = time.perf_counter()
             for node, group in self._jobs_by_node(jobs).items():
-                self._maybe_beat()
+                if not raise_refusals:  # in the loop (not a lone _apply): keep the leases alive
+                    self._maybe_beat()
                 try:
                     replies = self._eval(node, group)
                 except (RedisError, StoreError) as exc:
