@@ -21,9 +21,9 @@ effects, and the gateway client.  Choices made, and why:
   reply) is recognised by RemoteEngine's batch number and digest and gets the stored result.
 - **Batches.** A worker reads every shard it holds (one XREAD on a standalone server,
   blocking 20 ms when the last round found nothing; on a cluster a pipeline of non-blocking
-  reads per node, polled every 1 ms when idle: a blocking read cannot span slots), then sends
-  the round's script calls in one pipeline per node (shards are independent; each call is
-  atomic).  No waiting under load: a thin input makes small batches at low latency, a heavy
+  reads per node, polled after 1 ms when idle, backing off to 20 ms: a blocking read cannot
+  span slots), then sends the round's script calls in one pipeline per node (shards are
+  independent; each call is atomic).  No waiting under load: a thin input makes small batches at low latency, a heavy
   one bigger and cheaper batches.  Shards are assigned by rendezvous hashing with balanced
   loads (:mod:`.leases`), so a joining worker takes about its share.  Applied input is trimmed.
 - **Fencing.** ``{sN}:lease`` holds owner, epoch and expiry (server time); taking a shard bumps

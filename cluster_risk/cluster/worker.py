@@ -7,9 +7,9 @@ so any worker can die at any instruction and another carries on from the shard's
 A round: one ``XREAD`` of every held shard (per Redis node on a cluster, where a read cannot
 span slots), the entries of each shard decoded and planned, then every shard's script call
 of the round in one pipeline per node (the shards are independent: each call is atomic on
-its own).  When a round found nothing, the next read blocks
-briefly (standalone) or the worker polls after 1 ms (cluster); there is no waiting under
-load, so a thin input makes small batches at low latency and a heavy one bigger batches.
+its own).  When a round found nothing, the next read blocks briefly (standalone) or the
+worker polls (cluster: after 1 ms, doubling while idle up to 20 ms); there is no waiting
+under load, so a thin input makes small batches at low latency and a heavy one bigger ones.
 
 Failure handling, by what the worker can know:
 
@@ -372,7 +372,7 @@ class Worker:
                 if self.tick_ms and now >= next_tick:
                     self._tick_all()
                     next_tick = now + self.tick_ms / 1000
-                applied = self._round(block=idle > 0)
+                applied = self._round(idle)
                 idle = 0 if applied else idle + 1
                 if self.max_events is not None and self.stats.entries >= self.max_events:
                     break
@@ -446,7 +446,7 @@ class Worker:
 
     # ------------------------------------------------------------------ reading
 
-    def _round(self, block: bool) -> int:
+    def _round(self, idle: int = 0) -> int:
         """Read every held shard once and apply what came; the number of entries applied."""
         try:
             held = self.leases.held
@@ -457,7 +457,7 @@ class Worker:
             if not wanted:
                 self._stop.wait(0.05)
                 return 0
-            got = self._read(wanted, block)
+            got = self._read(wanted, idle)
         except (RedisError, StoreError) as exc:
             self._trouble(None, exc)
             return 0
@@ -478,11 +478,13 @@ class Worker:
                 jobs.append(job)
         return self._run(jobs, raise_refusals=False)
 
-    def _read(self, wanted: Mapping[int, str], block: bool) -> dict[int, list[Any]]:
+    def _read(self, wanted: Mapping[int, str], idle: int) -> dict[int, list[Any]]:
+        """Every wanted shard's entries after its id; ``idle``: rounds in a row that found
+        nothing (the read then blocks, or on a cluster waits, before the next round)."""
         shard_of = {self.keys.input(s): s for s in wanted}
         count = (b"COUNT", self.batch)
         if not self._is_cluster:  # one call for every shard, blocking briefly when idle
-            blocking = (b"BLOCK", self.block_ms) if block else ()
+            blocking = (b"BLOCK", self.block_ms) if idle else ()
             names = list(shard_of)
             client: Any = self.client
             reply = client.execute_command(_XREAD, *count, *blocking, b"STREAMS", *names, *wanted.values())
@@ -494,8 +496,8 @@ class Worker:
                 pipe.execute_command(_XREAD, *count, b"STREAMS", key, wanted[shard_of[key]])
             for reply in pipe.execute():
                 out.update(self._streams(reply, shard_of))
-        if not out and block:
-            self._stop.wait(self.poll_s)  # a cluster has no multi-slot blocking read: poll
+        if not out and idle:  # a cluster has no multi-slot blocking read: poll, 1 ms after
+            self._stop.wait(min(self.poll_s * 2 ** min(idle - 1, 5), 0.02))  # work, up to 20 ms
         return out
 
     @staticmethod
