@@ -32,11 +32,20 @@ CLI = [sys.executable, "-m", "cluster_risk.cli"]
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
+def free_port(count: int = 1) -> int:
+    """A loopback port P with P .. P + count - 1 all free now."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        try:
+            for other in range(port, port + count):
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", other))
+        except OSError:
+            continue
         return port
+    raise OSError(f"no {count} free consecutive loopback ports")
 
 
 def cli(*args: str) -> str:
@@ -163,7 +172,7 @@ def test_gauges_follow_the_held_shards(server: RedisProcess) -> None:
 
 def test_up_serves_each_workers_metrics(redis_binaries: None) -> None:
     """`cluster-risk up --metrics-port P`: worker i serves /metrics on P + i."""
-    port = free_port()
+    port = free_port(2)
     proc = subprocess.Popen([*CLI, "up", "--workers", "2", "--metrics-port", str(port)], stdout=subprocess.DEVNULL)
     try:
 
