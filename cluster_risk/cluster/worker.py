@@ -37,6 +37,7 @@ import gc
 import hashlib
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -64,6 +65,7 @@ __all__ = ["Durability", "ShardLost", "Worker", "WorkerStats", "decode_entries"]
 log = logging.getLogger("cluster_risk.cluster.worker")
 
 _TRIM_EVERY = 64  # batches of a shard between two trims of its input stream
+_ACCOUNT = re.compile(r'"account_id"\s*:\s*"([^"\\]*)"')  # a dead letter's account, when it names one
 # b"XREAD", not "XREAD": redis-py looks its reply callback up by the command's name, and the
 # callback turns every entry's fields into a dict; the worker reads the raw reply instead.
 _XREAD = b"XREAD"
@@ -286,7 +288,7 @@ class _Cursor:
 class _Job:
     """One shard's batch in a round: decoded, planned, and its script call's arguments."""
 
-    __slots__ = ("args", "batch", "cursor", "keys", "planned", "shard")
+    __slots__ = ("args", "batch", "cursor", "dead", "keys", "planned", "shard")
 
     def __init__(self, shard: int, cursor: _Cursor, batch: _Batch, planned: ShardBatch, keys: list[str]) -> None:
         self.shard = shard
@@ -295,6 +297,7 @@ class _Job:
         self.planned = planned
         self.keys = keys
         self.args: list[Any] = []
+        self.dead: list[DeadLetter] = []
 
 
 class Worker:
@@ -400,7 +403,9 @@ class Worker:
         try:
             gained, lost = self.leases.beat()
         except (RedisError, StoreError) as exc:
-            log.warning("heartbeat failed: %s", exc)
+            if self.metrics is not None:
+                self.metrics.redis_errors.inc()
+            log.warning("heartbeat failed: %s", exc, extra={"shards": sorted(self.leases.held)})
             if self._is_cluster:  # the leases are renewed per node: a slot may have moved
                 self._refresh_cluster()
             return
@@ -414,7 +419,10 @@ class Worker:
                 self.metrics.lease_changes.labels(change="lost").inc(len(lost))
             self.stats.lease_changes += len(gained) + len(lost)
             self.stats.held = sorted(self.leases.held)
-            log.info("shards now %s (gained %s, lost %s)", self.stats.held, sorted(gained), sorted(lost))
+            log.info(
+                "shards now %s (gained %s, lost %s)", self.stats.held, sorted(gained), sorted(lost),
+                extra={"shards": self.stats.held, "gained": sorted(gained), "lost": sorted(lost)},
+            )  # fmt: skip
 
     def _cursor(self, shard: int) -> _Cursor | None:
         epoch = self.leases.held.get(shard)
@@ -544,7 +552,7 @@ class Worker:
     def _arguments(self, job: _Job) -> None:
         """apply.lua's ARGV for the job's (current) plan."""
         batch, planned, cursor = job.batch, job.planned, job.cursor
-        dead = batch.dead_letters(planned.outcomes)
+        dead = job.dead = batch.dead_letters(planned.outcomes)
         scopes = planned.scopes() if self.renderer.stateless else {}
         extras = self.renderer.extras(
             cursor.sid, batch.last, batch.entries, batch.events, planned.positions, scopes, dead
@@ -614,14 +622,25 @@ class Worker:
         if status == "ok":
             hint = reply[2]
             self.stats.dead += job.args[7]
+            for entry_id, _, code, field, reason, raw in job.dead:
+                account = _ACCOUNT.search(raw)
+                log.warning(
+                    "dead-lettered entry %s: %s %s (%s)", entry_id, code, field, reason,
+                    extra={"shard": shard, "account": account and account.group(1), "entry": entry_id},
+                )  # fmt: skip
             if len(hint) > 1:
                 self.stats.actions += (len(hint) - 1) // 2
                 if self.durability.replicas:
                     hints.append(self.store.encode([shard, *(text(x) for x in hint)]))
-                if self.metrics is not None:
-                    for action in hint[2::2]:
-                        parsed = json.loads(action)
+                for action in hint[2::2]:
+                    parsed = json.loads(action)
+                    if self.metrics is not None:
                         self.metrics.actions.labels(type=parsed["type"], rule=parsed["rule"]).inc()
+                    scope = parsed["scope"]
+                    log.info(
+                        "%s %s %s", parsed["type"], parsed["rule"], scope,
+                        extra={"shard": shard, "account": scope.get("account"), "reason": parsed.get("reason")},
+                    )  # fmt: skip
         else:
             self.stats.again += 1
         cursor.seq += 1
@@ -699,14 +718,14 @@ class Worker:
             self.stats.refused += 1
             if exc.status == "fenced":
                 self.leases.drop(exc.shard)
-                log.warning("%s: another worker holds it now", exc)
+                log.warning("%s: another worker holds it now", exc, extra={"shard": exc.shard})
             else:
-                log.warning("%s: rereading its cursor", exc)
+                log.warning("%s: rereading its cursor", exc, extra={"shard": exc.shard})
         else:
             self.stats.resyncs += 1
             if self.metrics is not None:
                 self.metrics.redis_errors.inc()
-            log.warning("redis error (shard %s): %s", shard, exc)
+            log.warning("redis error (shard %s): %s", shard, exc, extra={"shard": shard})
             if isinstance(exc, RedisConnectionError | TimeoutError | ResponseError) and self._is_cluster:
                 self._refresh_cluster()
             self._stop.wait(0.05)

@@ -5,6 +5,7 @@ check."""
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -64,7 +65,9 @@ def test_a_stale_epoch_is_refused_before_any_write(server: RedisProcess) -> None
     assert everything(server) == before
 
 
-def test_malformed_entries_are_dead_lettered_and_the_worker_goes_on(server: RedisProcess) -> None:
+def test_malformed_entries_are_dead_lettered_and_the_worker_goes_on(
+    server: RedisProcess, caplog: pytest.LogCaptureFixture
+) -> None:
     client = connect(server.url)
     publisher = Publisher(client, shards=SHARDS)
     good = {"type": "order", "oid": 1, "account_id": "A", "contract_id": "C1", "direction": "BID"}
@@ -75,16 +78,24 @@ def test_malformed_entries_are_dead_lettered_and_the_worker_goes_on(server: Redi
     client.xadd(key, {"x": "no event field"})
     client.xadd(key, {"e": json.dumps(good), "i": 3})
     client.xadd(key, {"e": json.dumps({**good, "oid": 9, "volume": 99}), "i": 4})  # the example rule rejects it
+    client.xadd(key, {"e": json.dumps({**good, "oid": 10, "volume": "x"}), "i": 5})
     worker = make_worker(server.url, drain=True)
-    worker.run()
+    with caplog.at_level(logging.INFO, logger="cluster_risk.cluster.worker"):
+        worker.run()
     dead = [{k.decode(): v.decode() for k, v in f.items()} for _, f in client.xrange(key.replace(":in", ":dead"))]
+    shard = publisher.keys.shard_of("A")
+    logged = [r for r in caplog.records if r.getMessage().startswith("dead-lettered")]
+    assert [(r.shard, r.account) for r in logged] == [(shard, None)] * 3 + [(shard, "A")]  # type: ignore[attr-defined]
+    (action,) = [r for r in caplog.records if r.getMessage().startswith("REJECT_ORDER")]
+    assert (action.shard, action.account) == (shard, "A")  # type: ignore[attr-defined]
     assert [(d["index"], d["error"], d["field"]) for d in dead] == [
         ("0", "invalid_json", ""),
         ("1", "invalid_field", "account_id"),
         ("", "invalid_json", ""),
+        ("5", "invalid_field", "volume"),
     ]
     assert all(d["reason"] and d["entry"] for d in dead)
-    assert worker.stats.entries == 5
+    assert worker.stats.entries == 6
     actions, _, _ = fleet_output(client)
     assert [a["type"] for a in actions] == ["REJECT_ORDER"]  # a stateless verdict, rendered by Python
 
