@@ -112,8 +112,7 @@ function emit.run(W, X)
     verdicts[sl[i]] = l
     l[#l + 1] = {sl[i + 1], sl[i + 2]}
   end
-  local prev = redis.call('HGET', W.lease, 'aid') or '0-0'
-  local hint, last = {prev}, nil
+  local hint, last = {W.aid}, nil -- W.aid: the lease's last action id, read by fence.check_epoch
   local maxlen = tonumber(x[8]) or 0
   for pos = 1, #x[5] do
     for _, json in ipairs(event_actions(x, by_pos[pos] or {}, verdicts[pos] or {})) do
@@ -130,8 +129,13 @@ function emit.run(W, X)
     redis.call('XADD', W.dead, '*', 'entry', d[1], 'index', d[2], 'error', d[3], 'field', d[4],
       'reason', d[5], 'event', d[6])
   end
-  if x[2] ~= '' then redis.call('HSET', W.lease, 'sid', x[2]) end
-  if last then redis.call('HSET', W.lease, 'aid', last) end
+  local cursor = {} -- the worker cursor, in one HSET
+  if x[2] ~= '' then cursor = {'sid', x[2]} end
+  if last then
+    cursor[#cursor + 1] = 'aid'
+    cursor[#cursor + 1] = last
+  end
+  if #cursor > 0 then redis.call('HSET', W.lease, unpack(cursor)) end
   redis.call('HINCRBY', W.lease, 'applied', x[3])
   if x[9] and #hint > 1 then
     local message = {x[10]}

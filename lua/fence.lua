@@ -37,14 +37,16 @@ function fence.open(json, n)
   return {lease = KEYS[2], actions = KEYS[3], dead = KEYS[4], epoch = ARGV[n], x = x, json = json}
 end
 
+-- Reads the lease hash once for the whole call (epoch; sid for check_cursor; aid, the last
+-- action id, for emit.lua as W.aid): nothing in the call writes it before emit.run.
 function fence.check_epoch(W)
-  local epoch = redis.call('HGET', W.lease, 'epoch')
-  if epoch ~= W.epoch then return {'fenced', epoch or '0'} end
+  local now = redis.call('HMGET', W.lease, 'epoch', 'sid', 'aid')
+  W.sid, W.aid = now[2] or '0-0', now[3] or '0-0'
+  if now[1] ~= W.epoch then return {'fenced', now[1] or '0'} end
   return nil
 end
 
 function fence.check_cursor(W)
-  local sid = redis.call('HGET', W.lease, 'sid') or '0-0'
-  if sid ~= W.x[1] then return {'gap', sid} end
+  if W.sid ~= W.x[1] then return {'gap', W.sid} end
   return nil
 end
