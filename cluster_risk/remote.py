@@ -443,7 +443,7 @@ class RemoteEngine:
         calls = [(shard, list(fields)) for shard, fields in wanted.items() if fields]
         out: dict[int, KnownIds] = {}
         missed: list[tuple[dict[str, str], list[str]]] = []  # per shard: its values, pairs to ask everywhere
-        replies = self.store._run("lookup_ids.lua", calls) if calls else []  # the store's pipelined call
+        replies = self.store.lookup_ids_on(calls)
         for (shard, fields), reply in zip(calls, replies, strict=True):
             values = {f: _str(v) for f, v in zip(fields, reply, strict=True) if v}
             out[shard] = (set(fields), values)

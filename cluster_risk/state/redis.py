@@ -352,6 +352,11 @@ class RedisStore:
                 out[shard] = (status, int(reply[1]))
         return out
 
+    def lookup_ids_on(self, calls: Sequence[tuple[int, Sequence[str]]]) -> list[Any]:
+        """``lookup_ids.lua`` on each ``(shard, fields)``, pipelined per node: per call, the
+        value of each field on that shard (None when it does not know it)."""
+        return self._run("lookup_ids.lua", calls) if calls else []
+
     def lookup_ids(self, fields: Sequence[str]) -> dict[str, str]:
         """``o<oid>`` -> ``account\x1fcontract`` and ``t<tid>`` -> ``1`` for the ids some shard
         knows (every shard is asked: the shard follows the account, unknown here)."""
