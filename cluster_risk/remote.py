@@ -386,8 +386,12 @@ class RemoteEngine:
             self._known = None
         wrong = False
         for item in items:  # misrouted, or enriched from another shard's order: dead-letter it
-            if item[2] is not None and item[2].account.shard != shard:
-                detail = f"account {item[2].account.id!r} is on shard {item[2].account.shard}, not {shard}"
+            account_id = item[2].account.id if item[2] is not None else _reset_account(item[1])
+            if account_id is None:
+                continue
+            home = item[2].account.shard if item[2] is not None else self.store.shard_of(account_id)
+            if home != shard:
+                detail = f"account {account_id!r} is on shard {home}, not {shard}"
                 outcomes[item[0]] = EventError(WRONG_SHARD, "account_id", detail)
                 wrong = True
         if wrong:

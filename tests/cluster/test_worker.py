@@ -79,13 +79,18 @@ def test_malformed_entries_are_dead_lettered_and_the_worker_goes_on(
     client.xadd(key, {"e": json.dumps(good), "i": 3})
     client.xadd(key, {"e": json.dumps({**good, "oid": 9, "volume": 99}), "i": 4})  # the example rule rejects it
     client.xadd(key, {"e": json.dumps({**good, "oid": 10, "volume": "x"}), "i": 5})
+    elsewhere = next(
+        a for a in (f"B{i}" for i in range(100)) if publisher.keys.shard_of(a) != publisher.keys.shard_of("A")
+    )
+    reset = {"type": "reset_account", "timestamp": good["timestamp"], "account_id": elsewhere}
+    client.xadd(key, {"e": json.dumps(reset), "i": 6})  # misrouted: its account lives on another shard
     worker = make_worker(server.url, drain=True)
     with caplog.at_level(logging.INFO, logger="cluster_risk.cluster.worker"):
         worker.run()
     dead = [{k.decode(): v.decode() for k, v in f.items()} for _, f in client.xrange(key.replace(":in", ":dead"))]
     shard = publisher.keys.shard_of("A")
     logged = [r for r in caplog.records if r.getMessage().startswith("dead-lettered")]
-    assert [(r.shard, r.account) for r in logged] == [(shard, None)] * 3 + [(shard, "A")]  # type: ignore[attr-defined]
+    assert [(r.shard, r.account) for r in logged] == [(shard, None)] * 3 + [(shard, "A"), (shard, elsewhere)]  # type: ignore[attr-defined]
     (action,) = [r for r in caplog.records if r.getMessage().startswith("REJECT_ORDER")]
     assert (action.shard, action.account) == (shard, "A")  # type: ignore[attr-defined]
     assert [(d["index"], d["error"], d["field"]) for d in dead] == [
@@ -93,9 +98,10 @@ def test_malformed_entries_are_dead_lettered_and_the_worker_goes_on(
         ("1", "invalid_field", "account_id"),
         ("", "invalid_json", ""),
         ("5", "invalid_field", "volume"),
+        ("6", "wrong_shard", "account_id"),
     ]
     assert all(d["reason"] and d["entry"] for d in dead)
-    assert worker.stats.entries == 6
+    assert worker.stats.entries == 7
     actions, _, _ = fleet_output(client)
     assert [a["type"] for a in actions] == ["REJECT_ORDER"]  # a stateless verdict, rendered by Python
 
