@@ -11,16 +11,21 @@ from pathlib import Path
 
 import pytest
 
-from cluster_risk.cluster.launcher import LocalCluster, RedisProcess
+from cluster_risk.cluster.launcher import LocalCluster
 from tests.cluster.fleet import Fleet, final, fleet_fixture, wait_for
 from tests.cluster.workload import events as workload
 
 N = 12_000
 
 
-@pytest.fixture
-def fleet(server: RedisProcess, tmp_path: Path) -> Iterator[Fleet]:
-    yield from fleet_fixture(server.url, tmp_path)
+@pytest.fixture(params=["standalone", "cluster"])
+def fleet(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fleet]:
+    """A fleet on a standalone redis-server, or on a 3-master Redis Cluster (flushed first)."""
+    if request.param == "standalone":
+        url = request.getfixturevalue("server").url
+    else:
+        url = request.getfixturevalue("cluster_url")
+    yield from fleet_fixture(url, tmp_path)
 
 
 def test_kill_9_of_a_worker_mid_stream(fleet: Fleet) -> None:
