@@ -26,17 +26,17 @@ from __future__ import annotations
 import json
 import zlib
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from redis import Redis
 from redis.cluster import RedisCluster
 from redis.commands.core import Script
-from redis.exceptions import NoScriptError
 
 from cluster_risk.errors import RiskError
 from cluster_risk.remote import scope_key
 from cluster_risk.rules.base import BaseRule, DailyCapRule, WindowRule
-from cluster_risk.state.redis import load_lua
+from cluster_risk.state.redis import by_node, evalsha_pipeline, load_lua
 
 __all__ = ["DEFAULT_SHARDS", "MANUAL", "Deployment", "DeploymentError", "Keys", "Scripts", "text"]
 
@@ -183,36 +183,20 @@ class Scripts:
     def __call__(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         return self._script(name)(keys=list(keys), args=list(args))
 
+    def _load(self, node: Any, calls: Sequence[tuple[str, Any, Any]], missing: list[int]) -> None:
+        for name in {calls[k][0] for k in missing}:
+            node.script_load(self._script(name).script)
+
     def many(self, calls: Sequence[tuple[str, Sequence[str], Sequence[Any]]]) -> list[Any]:
         """(script, keys, args) calls in one pipeline per server, replies in order; a call
         answered NOSCRIPT (it ran nothing) is sent again after loading.  A failed call raises."""
-        groups: dict[str, tuple[Any, list[int]]] = {}
-        cluster: Any = self.client if isinstance(self.client, RedisCluster) else None
-        for i, (_, keys, _) in enumerate(calls):
-            if cluster is None:
-                groups.setdefault("", (self.client, []))[1].append(i)
-            else:
-                node = cluster.get_node_from_key(keys[0])
-                groups.setdefault(node.name, (cluster.get_redis_connection(node), []))[1].append(i)
         replies: list[Any] = [None] * len(calls)
-        for node, group in groups.values():
-            indices = group
-            for attempt in range(2):
-                pipe = node.pipeline(transaction=False)
-                for i in indices:
-                    name, keys, args = calls[i]
-                    pipe.execute_command("EVALSHA", self._script(name).sha, len(keys), *keys, *args)
-                got = pipe.execute(raise_on_error=False)
-                missing = []
-                for i, reply in zip(indices, got, strict=True):
-                    replies[i] = reply
-                    if isinstance(reply, NoScriptError):
-                        missing.append(i)
-                if not missing or attempt:
-                    break
-                for name in {calls[i][0] for i in missing}:
-                    node.script_load(self._script(name).script)
-                indices = missing
+        for node, indices in by_node(self.client, [keys[0] for _, keys, _ in calls]):
+            group = [calls[i] for i in indices]
+            evals = [(self._script(name).sha, (len(keys), *keys, *args)) for name, keys, args in group]
+            got = evalsha_pipeline(node, evals, partial(self._load, node, group))
+            for i, reply in zip(indices, got, strict=True):
+                replies[i] = reply
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply

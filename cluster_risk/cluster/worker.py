@@ -47,7 +47,7 @@ from typing import Any
 
 from redis.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, ResponseError, TimeoutError
+from redis.exceptions import RedisError, ResponseError, TimeoutError
 
 from cluster_risk.cluster.leases import Leases
 from cluster_risk.cluster.render import DeadLetter, Renderer, dead_letter
@@ -57,7 +57,7 @@ from cluster_risk.errors import EventError
 from cluster_risk.events import MAX_ID, MAX_INT_PRICE, MAX_TIMESTAMP, MAX_VOLUME, Event, Order, Tick, Trade
 from cluster_risk.observability import WorkerMetrics
 from cluster_risk.remote import KnownIds, RemoteEngine, ShardBatch
-from cluster_risk.state.redis import RedisStore, StoreError, load_lua
+from cluster_risk.state.redis import RedisStore, StoreError, by_node, evalsha_pipeline, load_lua
 from cluster_risk.wire import decode_event, decode_line
 
 __all__ = ["Durability", "ShardLost", "Worker", "WorkerStats", "decode_entries"]
@@ -111,6 +111,21 @@ class WorkerStats:
 # ---------------------------------------------------------------------- decoding entries
 
 
+def _amounts_ok(price: Any, volume: Any, t: Any) -> bool:
+    """Price (finite float or int within ±MAX_INT_PRICE), volume and timestamp, as
+    check_order / check_trade see them."""
+    return (
+        (
+            (type(price) is float and price - price == 0.0)
+            or (type(price) is int and -MAX_INT_PRICE < price < MAX_INT_PRICE)
+        )
+        and type(volume) is int
+        and 0 < volume < MAX_VOLUME
+        and type(t) is int
+        and 0 <= t < MAX_TIMESTAMP
+    )
+
+
 def _order_ok(o: Order) -> bool:
     """check_order's rules as one expression (the common case); False: let check_order name
     the culprit."""
@@ -124,14 +139,7 @@ def _order_ok(o: Order) -> bool:
         and c != ""
         and type(o.direction) is str
         and o.direction in _SIDES
-        and (
-            (type(price) is float and price - price == 0.0)
-            or (type(price) is int and -MAX_INT_PRICE < price < MAX_INT_PRICE)
-        )
-        and type(volume) is int
-        and 0 < volume < MAX_VOLUME
-        and type(t) is int
-        and 0 <= t < MAX_TIMESTAMP
+        and _amounts_ok(price, volume, t)
     )
 
 
@@ -142,14 +150,7 @@ def _trade_ok(e: Trade) -> bool:
         and 0 <= tid < MAX_ID
         and type(oid) is int
         and 0 <= oid < MAX_ID
-        and (
-            (type(price) is float and price - price == 0.0)
-            or (type(price) is int and -MAX_INT_PRICE < price < MAX_INT_PRICE)
-        )
-        and type(volume) is int
-        and 0 < volume < MAX_VOLUME
-        and type(t) is int
-        and 0 <= t < MAX_TIMESTAMP
+        and _amounts_ok(price, volume, t)
         and (a is None or (type(a) is str and a != ""))
         and (c is None or (type(c) is str and c != ""))
     )
@@ -518,14 +519,7 @@ class Worker:
 
     def _by_node(self, keys: Sequence[str]) -> dict[Any, list[str]]:
         """Keys grouped by the client of the server that holds them."""
-        if not self._is_cluster:
-            return {self.client: list(keys)}
-        groups: dict[str, tuple[Any, list[str]]] = {}
-        cluster: Any = self.client
-        for key in keys:
-            node = cluster.get_node_from_key(key)
-            groups.setdefault(node.name, (cluster.get_redis_connection(node), []))[1].append(key)
-        return {client: ks for client, ks in groups.values()}
+        return {node: [keys[i] for i in indices] for node, indices in by_node(self.client, keys)}
 
     # ------------------------------------------------------------------ applying
 
@@ -601,10 +595,7 @@ class Worker:
         return applied
 
     def _jobs_by_node(self, jobs: Sequence[_Job]) -> dict[Any, list[_Job]]:
-        if not self._is_cluster:
-            return {self.client: list(jobs)}
-        by_key = {job.keys[0]: job for job in jobs}
-        return {node: [by_key[k] for k in keys] for node, keys in self._by_node(list(by_key)).items()}
+        return {node: [jobs[i] for i in indices] for node, indices in by_node(self.client, [j.keys[0] for j in jobs])}
 
     def _settle(self, job: _Job, reply: Any, hints: list[bytes], again: list[_Job]) -> bool:
         """One script reply: True when the batch is applied (now or before)."""
@@ -656,33 +647,18 @@ class Worker:
         """EVALSHA apply.lua for each job in one pipeline (loading the script on NOSCRIPT and
         sending those again: a NOSCRIPT call ran nothing), then WAIT on the same connection
         when durability asks for replicas.  Per job its reply, or the error it got."""
-        replies: list[Any] = [None] * len(jobs)
-        todo = list(range(len(jobs)))
-        for attempt in range(2):
-            pipe = node.pipeline(transaction=False)
-            for i in todo:
-                job = jobs[i]
-                pipe.execute_command("EVALSHA", self._sha, len(job.keys), *job.keys, *job.args[:7])
-            if self.durability.replicas:
-                pipe.execute_command("WAIT", self.durability.replicas, self.durability.timeout_ms)
-            got = pipe.execute(raise_on_error=False)
-            if self.durability.replicas:
-                acked = got.pop()
-                if isinstance(acked, Exception):
-                    raise acked
-                if int(acked) < self.durability.replicas:
-                    self.stats.not_replicated += 1
-                    log.warning("batches acknowledged by %s of %d replicas", acked, self.durability.replicas)
-            missing = []
-            for i, reply in zip(todo, got, strict=True):
-                replies[i] = reply
-                if isinstance(reply, NoScriptError):
-                    missing.append(i)
-            if not missing or attempt:
-                break
-            node.script_load(self._script)
-            todo = missing
-        return replies
+        calls = [(self._sha, (len(job.keys), *job.keys, *job.args[:7])) for job in jobs]
+        replicas = self.durability.replicas
+        wait = ("WAIT", replicas, self.durability.timeout_ms) if replicas else ()
+        return evalsha_pipeline(node, calls, lambda _: node.script_load(self._script), wait, self._acked)
+
+    def _acked(self, acked: Any) -> None:
+        """WAIT's reply after a pipeline of batches: how many replicas have them."""
+        if isinstance(acked, Exception):
+            raise acked
+        if int(acked) < self.durability.replicas:
+            self.stats.not_replicated += 1
+            log.warning("batches acknowledged by %s of %d replicas", acked, self.durability.replicas)
 
     def _publish(self, hints: Sequence[bytes]) -> None:
         """The latency hints: shard, previous action id, then id/JSON pairs.  Best effort: the

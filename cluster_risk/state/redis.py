@@ -52,7 +52,7 @@ from redis.sentinel import Sentinel
 
 from cluster_risk.errors import RiskError
 
-__all__ = ["SERVER_SETTINGS", "RedisStore", "StoreError", "load_lua"]
+__all__ = ["SERVER_SETTINGS", "RedisStore", "StoreError", "by_node", "evalsha_pipeline", "load_lua"]
 
 _INCLUDE = "--@include "
 
@@ -98,6 +98,54 @@ def load_lua(name: str, *, shebang: bool = True, shims: Sequence[str] = ()) -> s
 
 
 Client = Redis | RedisCluster
+
+
+def by_node(client: Client, keys: Sequence[str]) -> list[tuple[Any, list[int]]]:
+    """The indices of ``keys`` grouped by the connection of the server holding them (one group,
+    the client itself, on a standalone server): a pipeline or a read cannot span nodes."""
+    if not isinstance(client, RedisCluster):
+        return [(client, list(range(len(keys))))]
+    cluster: Any = client  # redis-py's cluster node look-ups are untyped
+    groups: dict[str, tuple[Any, list[int]]] = {}
+    for i, key in enumerate(keys):
+        node = cluster.get_node_from_key(key)
+        groups.setdefault(node.name, (cluster.get_redis_connection(node), []))[1].append(i)
+    return list(groups.values())
+
+
+def evalsha_pipeline(
+    conn: Any,
+    calls: Sequence[tuple[str, Sequence[Any]]],
+    load: Callable[[list[int]], None],
+    trailer: Sequence[Any] = (),
+    on_trailer: Callable[[Any], None] | None = None,
+) -> list[Any]:
+    """EVALSHA each ``(sha, numkeys + keys + args)`` in one pipeline on ``conn``; the calls
+    answered NOSCRIPT ran nothing, so ``load(their indices)`` loads their scripts and they are
+    sent once more.  ``trailer``: a command sent after the calls in each pipeline (``WAIT``),
+    its reply given to ``on_trailer``.  Per call its reply, or the error it got."""
+    replies: list[Any] = [None] * len(calls)
+    todo = list(range(len(calls)))
+    for attempt in range(2):
+        pipe = conn.pipeline(transaction=False)
+        for i in todo:
+            sha, args = calls[i]
+            # execute_command: ClusterPipeline blocks its evalsha() helper, not the command
+            pipe.execute_command("EVALSHA", sha, *args)
+        if trailer:
+            pipe.execute_command(*trailer)
+        got = pipe.execute(raise_on_error=False)
+        if trailer:
+            last = got.pop()
+            if on_trailer is not None:
+                on_trailer(last)
+        for i, reply in zip(todo, got, strict=True):
+            replies[i] = reply
+        todo = [i for i in todo if isinstance(replies[i], NoScriptError)]
+        if not todo or attempt:
+            break
+        load(todo)
+    return replies
 
 
 class RedisStore:
@@ -237,26 +285,12 @@ class RedisStore:
         """EVALSHA ``name`` once per (shard, args), pipelined (per node in a cluster); a
         NOSCRIPT reply (nothing ran) loads the scripts and sends those calls again."""
         self._ready()
-        script = self._scripts[name]
-        replies: list[Any] = [None] * len(calls)
-        todo = list(range(len(calls)))
-        for attempt in range(2):
-            pipe = self.client.pipeline(transaction=False)
-            for i in todo:
-                shard, args = calls[i]
-                # execute_command: ClusterPipeline blocks its evalsha() helper, not the command
-                pipe.execute_command("EVALSHA", script.sha, 1, self.meta_key(shard), *args)
-            try:
-                got = pipe.execute(raise_on_error=False)
-            except RedisError as exc:
-                raise StoreError(f"Redis failed during {name}: {exc}") from exc
-            for i, reply in zip(todo, got, strict=True):
-                replies[i] = reply
-            todo = [i for i in todo if isinstance(replies[i], NoScriptError)]
-            if not todo:
-                break
-            if attempt == 0:
-                self.load_scripts()
+        sha = self._scripts[name].sha
+        evals = [(sha, (1, self.meta_key(shard), *args)) for shard, args in calls]
+        try:
+            replies = evalsha_pipeline(self.client, evals, lambda _: self.load_scripts())
+        except RedisError as exc:
+            raise StoreError(f"Redis failed during {name}: {exc}") from exc
         for i, reply in enumerate(replies):
             if isinstance(reply, Exception):
                 raise StoreError(f"shard {calls[i][0]}: {name} failed: {reply}")
