@@ -23,11 +23,9 @@ from cluster_risk.events import Event
 from tests.cluster.conform import by_scope
 from tests.cluster.conftest import connect
 from tests.cluster.fleet import wait_for
+from tests.cluster.workload import DAY, MS, T0  # 2026-11-18 (UTC)
 
 CLI = [sys.executable, "-m", "cluster_risk.cli"]
-MS = 1_000_000
-DAY = 86_400_000 * MS
-T0 = 1_795_000_000_000_000_000  # 2026-11-18 (UTC)
 SHARDS = 4
 CONFIG: dict[str, Any] = {
     "contract_to_product": {"C1": "P1", "C2": "P1", "C3": "P2"},
