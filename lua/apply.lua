@@ -107,19 +107,32 @@ local function group(p, r)
   return groups[pairs_[(p - 1) * W + 2 + r]]
 end
 
+-- The hot path, per order and trade: the shard's tables in locals, the rules each kind of
+-- event feeds listed once, the common cases (an id known unseen, an account already read on
+-- its current day, a window already decoded) without a library call.
+local I, acc, ws_of, reg = X.ids, X.acc, X.ws, X.reg
+local gen = I.gen -- id -> generation, false when known unseen (ids.fresh)
+local order_rules, trade_rules = {}, {} -- rule numbers, in the order of their event values
+for r, rule in ipairs(rules) do
+  if rule[1] == 'w' or rule[6] == 1 then order_rules[#order_rules + 1] = r end
+  if rule[1] == 'd' then trade_rules[#trade_rules + 1] = r end
+end
+
 -- Preload what the batch reads: accounts, window groups, day sums, ids (a few variadic calls).
 do
-  cache.preload(X.acct, X.accounts)
+  cache.preload_unique(X.acct, X.accounts) -- the plan lists each account once
   local wins, days, idf = {}, {}, {}
   local np = #pairs_ / W
   for r, rule in ipairs(rules) do
     if rule[1] == 'w' then
-      local l, seen = {}, {}
-      for p = 1, np do
-        local key = group(p, r)
-        if not seen[key] then
-          seen[key] = true
-          l[#l + 1] = key
+      -- a group number stands for one (rule, scope): distinct numbers are distinct fields
+      local l, seen, n = {}, {}, 0
+      for p = r + 2, np * W, W do
+        local g = pairs_[p]
+        if not seen[g] then
+          seen[g] = true
+          n = n + 1
+          l[n] = groups[g]
         end
       end
       wins[r] = l
@@ -129,9 +142,9 @@ do
   while i <= nev do
     local kind = ev[i]
     if kind == 1 then
-      if not ids.fresh(X.ids, ev[i + 1]) then idf[#idf + 1] = ev[i + 1] end
+      if not ids.fresh(I, ev[i + 1], 111) then idf[#idf + 1] = ev[i + 1] end
     elseif kind == 2 then
-      if not ids.fresh(X.ids, ev[i + 1]) then idf[#idf + 1] = ev[i + 1] end
+      if not ids.fresh(I, ev[i + 1], 116) then idf[#idf + 1] = ev[i + 1] end
       if ev[i + 5] ~= '' then idf[#idf + 1] = ev[i + 5] end
       local d, p = ev[i + 3], ev[i + 2]
       for r, rule in ipairs(rules) do
@@ -146,7 +159,7 @@ do
     end
     i = i + SPAN[kind]
   end
-  for r, l in pairs(wins) do cache.preload(X.win[r], l) end
+  for r, l in pairs(wins) do cache.preload_unique(X.win[r], l) end
   for r, byday in pairs(days) do
     for d, l in pairs(byday) do cache.preload(shard.sums(X, r, d).c, l) end
   end
@@ -171,15 +184,31 @@ end
 
 local function window_step(pos, ts, r, key, b, a)
   local rule = rules[r]
-  local w = shard.window(X, r, key)
-  local code = window.hit(w, b, rule[3], rule[4], rule[5])
-  w.dirty = true
+  local w = ws_of[r][key]
+  local code, n
+  if not w then -- not decoded in this batch: try the value-to-value hit first
+    local raw = X.raw[r]
+    local s = raw[key]
+    if s == nil then s = cache.get(X.win[r], key) end
+    local v
+    v, code, n = window.hit_raw(s, b, rule[3], rule[4], rule[5])
+    if v then
+      raw[key] = v
+    else
+      w = shard.window(X, r, key)
+    end
+  end
+  if w then
+    code = window.hit(w, b, rule[3], rule[4], rule[5])
+    w.dirty = true
+    n = w.n
+  end
   if code == 1 then
-    cache.set(X.reg[r], key, string.format('since=%s value=%d limit=%d account=%s', since(ts), w.n, rule[4], a))
-    X.out[#X.out + 1] = {pos, 2, r, key, w.n}
+    cache.set(reg[r], key, string.format('since=%s value=%d limit=%d account=%s', since(ts), n, rule[4], a))
+    X.out[#X.out + 1] = {pos, 2, r, key, n}
   elseif code == 2 then
-    cache.del(X.reg[r], key)
-    X.out[#X.out + 1] = {pos, 3, r, key, w.n}
+    cache.del(reg[r], key)
+    X.out[#X.out + 1] = {pos, 3, r, key, n}
   end
 end
 
@@ -188,7 +217,7 @@ local function daily_step(pos, ts, d, r, key, a, amount, kind, current)
   local rule = rules[r]
   local e = shard.sum(X, r, d, key)
   daily.add(e, amount, kind == 1)
-  if d == current and daily.crosses(e, rule[3]) and not cache.get(X.reg[r], key) then
+  if d == current and daily.crosses(e, rule[3]) and not cache.get(reg[r], key) then
     local value = daily.format(e[1], e[2])
     shard.pause(X, r, key, a, string.format('since=%s value=%s limit=%s day=%s account=%s',
       since(ts), value, fmt_limit(rule[3]), keys.iso_day(d), a))
@@ -196,16 +225,30 @@ local function daily_step(pos, ts, d, r, key, a, amount, kind, current)
   end
 end
 
--- The account's day: a later day rolls it over first (SEMANTICS.md, step 1).
+-- The account's day D_a: a later day rolls it over first (SEMANTICS.md, step 1).
+local acct_v, day_text = X.acct.v, {} -- the preloaded account records; day -> its record text
 local function enter_day(pos, a, d)
-  local info = shard.account(X, a)
+  local info = acc[a]
+  if not info then
+    -- most often the record says day d without daily pauses ("<d>"), and no tick passed it:
+    -- D_a = d, nothing changes, no record to read
+    local t = day_text[d]
+    if not t then
+      t = string.format('%d', d)
+      day_text[d] = t
+    end
+    if acct_v[a] == t and d >= X.clock then return d end
+    info = shard.account(X, a)
+  elseif info.day < X.clock then
+    info.day = X.clock -- a tick passed it: shard.account's lazy clock, inline
+  end
   if d > info.day then rollover.account(X, a, info, d, pos) end
   return info.day
 end
 
 local function order(pos, i)
   local f = ev[i + 1]
-  if ids.seen(X.ids, f) then
+  if gen[f] ~= false and ids.seen(I, f) then
     X.out[#X.out + 1] = {pos, 1}
     return
   end
@@ -213,14 +256,15 @@ local function order(pos, i)
   local a = X.accounts[pairs_[base_p + 1]]
   local d, ts = ev[i + 3], ev[i + 4]
   local current = enter_day(pos, a, d)
-  ids.add(X.ids, f, pairs_[base_p + 2])
+  ids.add(I, f, pairs_[base_p + 2])
   local k = i + 5
-  for r, rule in ipairs(rules) do
-    if rule[1] == 'w' then
+  for j = 1, #order_rules do
+    local r = order_rules[j]
+    if rules[r][1] == 'w' then
       local b = ev[k]
       if b >= 0 then window_step(pos, ts, r, groups[pairs_[base_p + 2 + r]], b, a) end
       k = k + 1
-    elseif rule[6] == 1 then
+    else
       daily_step(pos, ts, d, r, groups[pairs_[base_p + 2 + r]], a, ev[k], ev[k + 1], current)
       k = k + 2
     end
@@ -230,22 +274,21 @@ end
 -- Returns true when the trade's order left the index earlier in this batch (abort).
 local function trade(pos, i)
   local f = ev[i + 1]
-  if ids.seen(X.ids, f) then
+  if gen[f] ~= false and ids.seen(I, f) then
     X.out[#X.out + 1] = {pos, 1}
     return false
   end
-  if ev[i + 5] ~= '' and not ids.seen(X.ids, ev[i + 5]) then return true end
+  if ev[i + 5] ~= '' and not ids.seen(I, ev[i + 5]) then return true end
   local base_p = (ev[i + 2] - 1) * W
   local a = X.accounts[pairs_[base_p + 1]]
   local d, ts = ev[i + 3], ev[i + 4]
   local current = enter_day(pos, a, d)
-  ids.add(X.ids, f, '1')
+  ids.add(I, f, '1')
   local k = i + 6
-  for r, rule in ipairs(rules) do
-    if rule[1] == 'd' then
-      daily_step(pos, ts, d, r, groups[pairs_[base_p + 2 + r]], a, ev[k], ev[k + 1], current)
-      k = k + 2
-    end
+  for j = 1, #trade_rules do
+    local r = trade_rules[j]
+    daily_step(pos, ts, d, r, groups[pairs_[base_p + 2 + r]], a, ev[k], ev[k + 1], current)
+    k = k + 2
   end
   return false
 end

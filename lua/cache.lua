@@ -12,9 +12,11 @@ batch, not per event (notes/performance.md). Reads go through `get` (one HGET on
 
   cache.new(key)               -> c
   cache.preload(c, fields)     fetch the fields not yet known (chunked HMGET)
+  cache.preload_unique(c, fs)  the same for distinct fields known not fetched yet
   cache.get(c, field)          -> value or nil
   cache.set(c, field, value)   / cache.del(c, field)
   cache.fields(c)              -> array of the fields present (one HGETALL the first time)
+  cache.send(cmd, key, list)   one variadic command (HSET, HDEL, HMGET-like) in chunks
   cache.clear(c)               the whole hash goes (DEL at flush)
   cache.flush(c, ttl_ms, touch) -> true if written; PEXPIREs the key when written (or touch)
 ]]
@@ -39,6 +41,12 @@ function cache.preload(c, fields)
       want[#want + 1] = f
     end
   end
+  cache.preload_unique(c, want)
+end
+
+-- preload for a list of distinct fields not fetched yet (no filtering: the caller knows)
+function cache.preload_unique(c, want)
+  local v = c.v
   local i = 1
   while i <= #want do
     local j = math.min(i + CHUNK - 1, #want)
@@ -93,7 +101,8 @@ function cache.clear(c)
   c.v, c.all, c.cleared, c.dirty, c.ndirty = {}, true, true, {}, 0
 end
 
-local function send(cmd, key, list)
+-- cmd key list[1] list[2] ..., in chunks of CHUNK values (CHUNK is even: field/value pairs stay together)
+function cache.send(cmd, key, list)
   local i = 1
   while i <= #list do
     local j = math.min(i + CHUNK - 1, #list)
@@ -116,8 +125,8 @@ function cache.flush(c, ttl_ms, touch)
         dels[#dels + 1] = f
       end
     end
-    send('HSET', c.key, sets) -- CHUNK is even, so pairs stay together
-    send('HDEL', c.key, dels)
+    cache.send('HSET', c.key, sets)
+    cache.send('HDEL', c.key, dels)
     wrote = true
   end
   if ttl_ms > 0 and (wrote or touch) then redis.call('PEXPIRE', c.key, ttl_ms) end

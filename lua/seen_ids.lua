@@ -15,8 +15,9 @@ retention or not): an id above it was never seen, so it needs no look-up. Gatewa
 their orders and trades upwards, so most of a batch's ids skip the HMGET.
 
   ids.open(base, gens, latest, retention, maxo, maxt) -> I
-  ids.fresh(I, field) -> true when the id is above every id of its kind ever added and every
-                         id checked before it in this batch (unseen); raises the maximum to it
+  ids.fresh(I, field, kind) -> true when the id is above every id of its kind (111 "o", 116
+                         "t": its first byte) ever added and every id checked before it in
+                         this batch (unseen); raises the maximum to it
   ids.preload(I, fields)             one HMGET per live generation (newest first)
   ids.seen(I, field) -> value or nil
   ids.add(I, field, value)           into generation I.latest
@@ -26,13 +27,11 @@ their orders and trades upwards, so most of a batch's ids skip the HMGET.
 
 local ids = {}
 
--- "o"/"t" + decimal digits without leading zeros, same prefix: longer is larger, then bytes
-local function above(a, b)
-  return #a > #b or (#a == #b and a > b)
-end
-
 function ids.open(base, gens, latest, retention, maxo, maxt)
-  local I = {base = base, latest = latest, retention = retention, gens = {}, caches = {}, gen = {}, val = {}}
+  -- adds[d]: the ids added to generation d in this batch, flat (field, value, ...), sent by
+  -- one HSET at flush: each id is added once (it is seen afterwards), so no dirty tracking
+  local I = {base = base, latest = latest, retention = retention, gens = {}, caches = {}, gen = {}, val = {},
+    adds = {}}
   I.max = {[111] = maxo or '', [116] = maxt or ''} -- by first byte ("o", "t"): the largest id added
   for d in string.gmatch(gens or '', '(%-?%d+)') do
     I.gens[#I.gens + 1] = tonumber(d)
@@ -70,12 +69,13 @@ function ids.preload(I, fields)
   end
 end
 
-function ids.fresh(I, f)
-  local kind = string.byte(f)
-  if above(f, I.max[kind]) then
-    -- the batch's ids are all added (or the batch aborts), so the maximum moves here, once
-    I.max[kind] = f
-    if I.gen[f] == nil then I.gen[f] = false end
+function ids.fresh(I, f, kind)
+  local m = I.max[kind]
+  local lf, lm = #f, #m
+  if lf > lm or (lf == lm and f > m) then -- ids are decimal digits without leading zeros: longer is larger, then bytes
+    -- the batch's ids are all added (or the batch aborts), so the maximum moves here, once;
+    -- f is above every id checked before it, so it has no generation yet
+    I.max[kind], I.gen[f] = f, false
     return true
   end
   return false
@@ -93,9 +93,14 @@ end
 
 function ids.add(I, f, x)
   local d = I.latest
-  local c = gen_cache(I, d)
-  if I.gens[#I.gens] ~= d then I.gens[#I.gens + 1] = d end
-  cache.set(c, f, x)
+  local l = I.adds[d]
+  if not l then
+    l = {}
+    I.adds[d] = l
+    if I.gens[#I.gens] ~= d then I.gens[#I.gens + 1] = d end
+  end
+  local n = #l
+  l[n + 1], l[n + 2] = f, x
   I.gen[f], I.val[f] = d, x
 end
 
@@ -105,6 +110,7 @@ function ids.advance(I, day)
   for _, d in ipairs(I.gens) do
     if day - d > I.retention then
       cache.clear(gen_cache(I, d))
+      I.adds[d] = nil
     else
       keep[#keep + 1] = d
     end
@@ -115,6 +121,11 @@ end
 function ids.flush(I, ttl_ms)
   for _, c in pairs(I.caches) do
     cache.flush(c, ttl_ms, false)
+  end
+  for d, l in pairs(I.adds) do
+    local key = keys.ids(I.base, d)
+    cache.send('HSET', key, l)
+    if ttl_ms > 0 then redis.call('PEXPIRE', key, ttl_ms) end
   end
   local out = {}
   for i, d in ipairs(I.gens) do out[i] = string.format('%d', d) end

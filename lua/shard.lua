@@ -16,6 +16,8 @@ X = shard.open(base, plan, meta) holds:
 
   shard.account(X, a) -> info       (day = max(D_a, clock): a tick moves every account)
   shard.window(X, r, key) -> w      shard.sum(X, r, d, key) -> e = {sum, isfloat}
+  raw[r][key]  a window value changed by window.hit_raw in this batch (no table: the common
+               hit); shard.window decodes it when a rarer path needs the table
   shard.sums(X, r, d)               the day's cache entry {c = cache, v = {key -> e}}
   shard.daily_pauses(X) -> account -> {{r, key}, ...}   (built on first use)
   shard.pause(X, r, key, a, text)   shard.advance_latest(X, d)   shard.flush(X, ...)
@@ -27,7 +29,8 @@ function shard.open(base, plan, clock, latest, gens, maxo, maxt, touched)
   local X = {
     base = base, rules = plan[2], accounts = plan[3], pairs = plan[4], groups = plan[5],
     retention = plan[7], ttl = plan[8], clock = clock, latest = latest, touched = touched, out = {},
-    acct = cache.new(keys.acct(base)), acc = {}, reg = {}, win = {}, winc = {}, ws = {}, sums = {}, dpi = nil,
+    acct = cache.new(keys.acct(base)), acc = {}, reg = {}, win = {}, winc = {}, ws = {}, raw = {}, sums = {},
+    dpi = nil,
   }
   for r, rule in ipairs(X.rules) do
     X.reg[r] = cache.new(keys.paused(base, rule[2]))
@@ -35,6 +38,7 @@ function shard.open(base, plan, clock, latest, gens, maxo, maxt, touched)
       X.win[r] = cache.new(keys.win(base, rule[2]))
       X.winc[r] = cache.new(keys.winc(base, rule[2]))
       X.ws[r] = {}
+      X.raw[r] = {}
     else
       X.sums[r] = {}
     end
@@ -72,7 +76,16 @@ window.backend = {
 function shard.window(X, r, key)
   local w = X.ws[r][key]
   if not w then
-    w = window.decode(cache.get(X.win[r], key), {X.winc[r], key})
+    local raw = X.raw[r]
+    local s = raw[key] -- changed by window.hit_raw earlier in this batch: the table takes over
+    local changed = s ~= nil
+    if changed then
+      raw[key] = nil
+    else
+      s = cache.get(X.win[r], key)
+    end
+    w = window.decode(s, {X.winc[r], key})
+    w.dirty = changed
     X.ws[r][key] = w
   end
   return w
@@ -156,10 +169,22 @@ function shard.flush(X, meta, seq, digest, result)
   cache.flush(X.acct, ttl, touch)
   for r, rule in ipairs(X.rules) do
     if rule[1] == 'w' then
-      for key, w in pairs(X.ws[r]) do
-        if w.dirty then cache.set(X.win[r], key, window.encode(w)) end
+      -- the windows go back in one HSET (not through the cache: nothing else writes them)
+      local sets, n = {}, 0
+      for key, v in pairs(X.raw[r]) do
+        sets[n + 1], sets[n + 2], n = key, v, n + 2
       end
-      cache.flush(X.win[r], ttl, touch)
+      for key, w in pairs(X.ws[r]) do
+        if w.dirty then
+          local v = window.encode(w) -- nil for a group never hit: it has no field
+          if v then
+            sets[n + 1], sets[n + 2], n = key, v, n + 2
+          end
+        end
+      end
+      local win = X.win[r].key
+      if n > 0 then cache.send('HSET', win, sets) end
+      if ttl > 0 and (n > 0 or touch) then redis.call('PEXPIRE', win, ttl) end
       cache.flush(X.winc[r], ttl, touch)
     else
       for _, s in pairs(X.sums[r]) do

@@ -31,6 +31,8 @@ chunk, written once and read once, when its buckets leave the window.
 
   window.decode(s, ctx) -> w               window.encode(w) -> s (nil for a group never hit)
   window.hit(w, b, K, threshold, resume) -> 0 | 1 paused | 2 resumed   (w.n is the value)
+  window.hit_raw(s, b, K, threshold, resume) -> s', code, n   the same hit on the stored value s
+                                           (nil: none yet), or nil when it needs the table path
   window.count_at(w, c, K) -> the count at bucket c (c >= hb), state unchanged (for ticks)
   window.backend = {get(ctx, number) -> chunk, set(ctx, number, chunk), del(ctx, number)}:
     how chunks are reached; ctx is what the caller gave decode. The default reads with HGET
@@ -40,6 +42,8 @@ chunk, written once and read once, when its buckets leave the window.
 local window = {}
 
 local HEADER = '<BI7I4I7I4I4I4I4'
+local HOT_HEADER = '<BI7I4I7I4' -- HEADER's first five fields (p, hb, lc, fb, hc)
+local NO_COLD = '\0\0\0\0\0\0\0\0\1\0\0\0' -- struct.pack('<I4I4I4', 0, 0, 1): cf, cn, co without cold chunks
 local ENTRY = '^(%d+):?(%d*),()'
 local HOT_MAX, HOT_KEEP = 48, 16
 
@@ -210,6 +214,38 @@ function window.hit(w, b, K, threshold, resume)
     return 1
   end
   return 0
+end
+
+-- The common hit without a state table, value to value: a hit in the group's latest bucket
+-- or a new one that expires nothing and needs no spill (most groups get one hit per batch).
+-- The same value, code and count as decode + hit + encode; nil when it does not apply.
+function window.hit_raw(s, b, K, threshold, resume)
+  local n, p, hb, lc, fb, hc, rest
+  local add = ''
+  if s then
+    -- the header's cold-chunk fields (cf, cn, co) do not change here: they go back as bytes,
+    -- with the body (`rest` = where they start), so only the first five are unpacked
+    local bar = string.find(s, '|', 1, true)
+    p, hb, lc, fb, hc, rest = struct.unpack(HOT_HEADER, s, bar + 1)
+    if b == hb then
+      lc = lc + 1
+    elseif b > hb and fb > b - K and hc < HOT_MAX then
+      add = entry(b - hb, lc)
+      hb, lc, hc = b, 1, hc + 1
+    else
+      return nil
+    end
+    n = tonumber(string.sub(s, 1, bar - 1)) + 1
+  else
+    n, p, hb, lc, fb, hc, rest, s = 1, 0, b, 1, b, 0, 1, NO_COLD
+  end
+  local code = 0
+  if p == 1 then
+    if n <= resume then p, code = 0, 2 end
+  elseif n > threshold then
+    p, code = 1, 1
+  end
+  return n .. '|' .. struct.pack(HOT_HEADER, p, hb, lc, fb, hc) .. string.sub(s, rest) .. add, code, n
 end
 
 function window.count_at(w, c, K)
