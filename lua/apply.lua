@@ -6,7 +6,8 @@ KEYS[1]  <prefix>:{s<N>}:meta; every other key is derived from it (keys.lua), so
 ARGV[1]  the plan (msgpack; JSON when ARGV[4] is "j" - fakeredis has no cmsgpack)
 ARGV[2]  this batch's number (decimal < 2^53), recorded as the shard's high-water mark (hwm)
 ARGV[3]  digest of the plan: the same number with the same digest is a retry of a batch
-         already applied (one of the last 4: a sender may have one in flight behind another)
+         already applied (one of the last 4, kept in the meta hash: a sender may have one in
+         flight behind another)
 ARGV[4]  "m" or "j": codec of ARGV[1] and of the result
 ARGV[5]  the hwm the sender expects (its previous batch): the batch applies only on top of it
 KEYS[2..4], ARGV[6..7]  a cluster worker's lease, input cursor and output streams
@@ -72,8 +73,9 @@ end
 local m = redis.call('HMGET', meta, 'hwm', 'clock', 'latest', 'gens', 'maxo', 'maxt', 'touched')
 local hwm = tonumber(m[1]) or 0
 if tonumber(seq) <= hwm then
-  local done = redis.call('HMGET', keys.results(base), seq, seq .. ':digest')
-  if done[2] == digest then return {'again', done[1]} end
+  local slot = tonumber(seq) % 4
+  local done = redis.call('HMGET', meta, 'rseq' .. slot, 'result' .. slot, 'digest' .. slot)
+  if done[1] == seq and done[3] == digest then return {'again', done[2]} end
   return {'stale', string.format('%.0f', hwm)}
 end
 if tonumber(prev) ~= hwm then return {'stale', string.format('%.0f', hwm)} end

@@ -28,7 +28,8 @@ local CHUNK = 4000
 
 function cache.new(key)
   -- v[field]: the value, or false when known to be absent; nil = not fetched yet
-  return {key = key, v = {}, all = false, cleared = false, dirty = {}, ndirty = 0}
+  -- dirty: the fields set since, a table made on the first set (most caches are only read)
+  return {key = key, v = {}, all = false, cleared = false, dirty = false, ndirty = 0}
 end
 
 function cache.preload(c, fields)
@@ -71,8 +72,13 @@ end
 
 function cache.set(c, f, x)
   c.v[f] = x
-  if not c.dirty[f] then
-    c.dirty[f] = true
+  local dirty = c.dirty
+  if not dirty then
+    dirty = {}
+    c.dirty = dirty
+  end
+  if not dirty[f] then
+    dirty[f] = true
     c.ndirty = c.ndirty + 1
   end
 end
@@ -98,7 +104,7 @@ function cache.fields(c)
 end
 
 function cache.clear(c)
-  c.v, c.all, c.cleared, c.dirty, c.ndirty = {}, true, true, {}, 0
+  c.v, c.all, c.cleared, c.dirty, c.ndirty = {}, true, true, false, 0
 end
 
 -- cmd key list[1] list[2] ..., in chunks of CHUNK values (CHUNK is even: field/value pairs stay together)

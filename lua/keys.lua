@@ -6,8 +6,8 @@ KEYS / ARGV: none. Included first by apply.lua and lookup_ids.lua. Every key is 
 shard's base "<prefix>:{s<N>}:" (KEYS[1] without its "meta" suffix) plus a suffix, so all of
 a shard's keys share its hash tag and one script touches one Redis Cluster slot.
 
-  base .. "meta"                         shard scalars: hwm, clock, latest, gens, maxo, maxt, touched
-  base .. "results"                      "<seq>" -> result, "<seq>:digest" -> digest, last 4 batches
+  base .. "meta"                         shard scalars: hwm, clock, latest, gens, maxo, maxt, touched;
+                                         rseq<k>, result<k>, digest<k>: the batches seq with seq % 4 == k
   base .. "acct"                         account -> current trading day ("<ordinal>[p]")
   base .. "win:" .. rule                 scope -> sliding window state, hot part (window.lua)
   base .. "winc:" .. rule                "<chunk number>:<scope>" -> older window buckets (window.lua)
@@ -37,7 +37,6 @@ end
 keys.iso_day = iso_day
 
 function keys.base(meta) return string.sub(meta, 1, -5) end
-function keys.results(base) return base .. 'results' end
 function keys.acct(base) return base .. 'acct' end
 function keys.win(base, rule) return base .. 'win:' .. rule end
 function keys.winc(base, rule) return base .. 'winc:' .. rule end

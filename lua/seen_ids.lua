@@ -49,24 +49,30 @@ local function gen_cache(I, d)
 end
 
 function ids.preload(I, fields)
-  if #fields == 0 then return end
+  -- newest generation first, each asked only for the ids not found in a newer one (a trade's
+  -- order is nearly always in the newest: one HMGET, not one per retained day)
+  local want = {}
+  for i = 1, #fields do
+    if I.gen[fields[i]] == nil then want[#want + 1] = fields[i] end
+  end
   for k = #I.gens, 1, -1 do
+    if #want == 0 then break end
     local d = I.gens[k]
     local c = gen_cache(I, d)
-    cache.preload(c, fields)
-    for i = 1, #fields do
-      local f = fields[i]
-      if I.gen[f] == nil then
-        local x = c.v[f]
-        if x then
-          I.gen[f], I.val[f] = d, x
-        end
+    cache.preload(c, want)
+    local left = {}
+    for i = 1, #want do
+      local f = want[i]
+      local x = c.v[f]
+      if x then
+        I.gen[f], I.val[f] = d, x
+      else
+        left[#left + 1] = f
       end
     end
+    want = left
   end
-  for i = 1, #fields do
-    if I.gen[fields[i]] == nil then I.gen[fields[i]] = false end
-  end
+  for i = 1, #want do I.gen[want[i]] = false end
 end
 
 function ids.fresh(I, f, kind)

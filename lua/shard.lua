@@ -197,14 +197,11 @@ function shard.flush(X, meta, seq, digest, result)
     cache.flush(X.reg[r], ttl, touch)
   end
   local gens, maxo, maxt = ids.flush(X.ids, ttl)
+  -- with the results of the last 4 batches, for retries (a sender keeps at most one batch in
+  -- flight), in slots seq % 4 of the same hash: one HSET, nothing to delete
+  local slot = string.format('%d', tonumber(seq) % 4)
   redis.call('HSET', meta, 'hwm', seq, 'clock', string.format('%d', X.clock),
-    'latest', latest, 'gens', gens, 'maxo', maxo, 'maxt', maxt, 'touched', latest)
-  -- the results of the last 4 batches, for retries (a sender keeps at most one batch in flight)
-  local results, old = keys.results(X.base), string.format('%.0f', tonumber(seq) - 4)
-  redis.call('HSET', results, seq, result, seq .. ':digest', digest)
-  redis.call('HDEL', results, old, old .. ':digest')
-  if ttl > 0 and touch then
-    redis.call('PEXPIRE', meta, ttl)
-    redis.call('PEXPIRE', results, ttl)
-  end
+    'latest', latest, 'gens', gens, 'maxo', maxo, 'maxt', maxt, 'touched', latest,
+    'rseq' .. slot, seq, 'result' .. slot, result, 'digest' .. slot, digest)
+  if ttl > 0 and touch then redis.call('PEXPIRE', meta, ttl) end
 end

@@ -163,7 +163,7 @@ def test_restart_with_aof_keeps_state_and_reloads_scripts(redis_binaries: Any, t
 
 
 KEY = re.compile(
-    r"risk:\{s(\d+)\}:(meta|results|acct|win:[^:]+|winc:[^:]+|paused:[^:]+|day:\d{4}-\d\d-\d\d:[^:]+|ids:\d{4}-\d\d-\d\d)"
+    r"risk:\{s(\d+)\}:(meta|acct|win:[^:]+|winc:[^:]+|paused:[^:]+|day:\d{4}-\d\d-\d\d:[^:]+|ids:\d{4}-\d\d-\d\d)"
 )
 
 
