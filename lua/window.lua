@@ -216,6 +216,18 @@ function window.hit(w, b, K, threshold, resume)
   return 0
 end
 
+-- Count text <-> number, memoised for the call: the groups of a batch share their counts,
+-- and sprintf (number to text) and strtod (text to number) are the costly part of a hit.
+local count_text, count_of = {}, {}
+local function text_of(n)
+  local t = count_text[n]
+  if not t then
+    t = string.format('%d', n)
+    count_text[n] = t
+  end
+  return t
+end
+
 -- The common hit without a state table, value to value: a hit in the group's latest bucket
 -- or a new one that expires nothing and needs no spill (most groups get one hit per batch).
 -- The same value, code and count as decode + hit + encode; nil when it does not apply.
@@ -225,17 +237,22 @@ function window.hit_raw(s, b, K, threshold, resume)
   if s then
     -- the header's cold-chunk fields (cf, cn, co) do not change here: they go back as bytes,
     -- with the body (`rest` = where they start), so only the first five are unpacked
-    local bar = string.find(s, '|', 1, true)
-    p, hb, lc, fb, hc, rest = struct.unpack(HOT_HEADER, s, bar + 1)
+    local t, at = string.match(s, '^(%d+)|()')
+    p, hb, lc, fb, hc, rest = struct.unpack(HOT_HEADER, s, at)
     if b == hb then
       lc = lc + 1
     elseif b > hb and fb > b - K and hc < HOT_MAX then
-      add = entry(b - hb, lc)
+      add = lc == 1 and GAP[b - hb] or entry(b - hb, lc)
       hb, lc, hc = b, 1, hc + 1
     else
       return nil
     end
-    n = tonumber(string.sub(s, 1, bar - 1)) + 1
+    n = count_of[t]
+    if not n then
+      n = tonumber(t)
+      count_of[t] = n
+    end
+    n = n + 1
   else
     n, p, hb, lc, fb, hc, rest, s = 1, 0, b, 1, b, 0, 1, NO_COLD
   end
@@ -245,7 +262,7 @@ function window.hit_raw(s, b, K, threshold, resume)
   elseif n > threshold then
     p, code = 1, 1
   end
-  return n .. '|' .. struct.pack(HOT_HEADER, p, hb, lc, fb, hc) .. string.sub(s, rest) .. add, code, n
+  return text_of(n) .. '|' .. struct.pack(HOT_HEADER, p, hb, lc, fb, hc) .. string.sub(s, rest) .. add, code, n
 end
 
 function window.count_at(w, c, K)

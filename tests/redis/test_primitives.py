@@ -112,6 +112,53 @@ def test_window_lua_keeps_long_windows_in_chunks(run_lua: Callable[..., Any], se
     assert run_lua(["window.lua"], WINDOW_HARNESS, json.dumps(case)) == expected
 
 
+RAW_HARNESS = """
+local p = cjson.decode(ARGV[1])
+local K, threshold, resume = p[1], p[2], p[3]
+local chunks = {}
+window.backend = {
+  get = function(_, n) return chunks[n] end,
+  set = function(_, n, chunk) chunks[n] = chunk end,
+  del = function(_, n) chunks[n] = nil end,
+}
+local s, out, raw, differ = nil, {}, 0, {}
+for i, op in ipairs(p[4]) do
+  local w = window.decode(s)
+  if op[1] == 1 then
+    local v, rcode, rn = window.hit_raw(s, op[2], K, threshold, resume)
+    local code = window.hit(w, op[2], K, threshold, resume)
+    s = window.encode(w)
+    if v then
+      raw = raw + 1
+      if v ~= s or rcode ~= code or rn ~= w.n then differ[#differ + 1] = i end
+    end
+    out[#out + 1] = {code, w.n}
+  else
+    local c = op[2]
+    if w.hb and w.hb > c then c = w.hb end
+    out[#out + 1] = {0, window.count_at(w, c, K)}
+  end
+end
+return cjson.encode({out, raw, differ})
+"""
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_window_hit_raw_equals_decode_hit_encode(run_lua: Callable[..., Any], seed: int) -> None:
+    """The value-to-value hit (the apply script's common case) writes exactly what decoding,
+    hitting and encoding would, with the same code and count, wherever it applies; the
+    answers still are the SlidingWindow's."""
+    rnd = random.Random(200 + seed)
+    k = rnd.choice([2, 10, 300])
+    steps = [0, 1, 3, 3, 6, 3 * (k // 2) + 3] if k < 300 else [0, 3, 3, 3, 6, 1]
+    case, expected = _window_case(rnd, k, steps, [0, 0, 1, k // 2, 2 * k], 1500)
+    answers, raw, differ = run_lua(["window.lua"], RAW_HARNESS, json.dumps(case))
+    assert answers == expected
+    assert not differ  # (cjson writes an empty table as {} on Redis, [] on fakeredis)
+    hits = sum(1 for op in case[3] if op[0] == 1)
+    assert 0 < raw < hits  # both paths ran: the fast one and the table one it falls back to
+
+
 def test_trading_day_keys_name_the_date(run_lua: Callable[..., Any]) -> None:
     days = [1, 59, 60, 366, 719163, 730119, 738886, 739000, 767011, 3652059]
     days += random.Random(1).sample(range(1, 3652059), 300)
