@@ -12,6 +12,11 @@ its closest strategy to an exact sliding window; ``pip install limits``).
 Without ``--redis-url`` a private ``redis-server`` (persistence off) is started on a free
 loopback port and stopped at the end; with one, the database is flushed first, so never
 point it at data you care about.
+
+``--callgrind`` runs that private server under ``valgrind --tool=callgrind``, counting only
+inside EVALSHA, and prints apply.lua's instructions per event and per script call: the same
+figure on a busy machine as on a quiet one (valgrind slows Redis ~50x: use a smaller
+workload, e.g. ``--orders 40000 --trades 10000``).
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from pathlib import Path
 from typing import Any
 
 from redis import Redis
@@ -36,12 +42,13 @@ from cluster_risk.events import Order, Trade
 from cluster_risk.remote import RemoteEngine
 from cluster_risk.state.redis import SERVER_SETTINGS, RedisStore
 
-__all__ = ["main", "run"]
+__all__ = ["callgrind_run", "main", "run"]
 
 
 @contextmanager
-def private_redis() -> Iterator[str]:
-    """A throwaway redis-server on a free loopback port; yields its URL."""
+def private_redis(wrapper: Sequence[str] = ()) -> Iterator[str]:
+    """A throwaway redis-server on a free loopback port; yields its URL.  ``wrapper``: a
+    command the server runs under (valgrind); the server is shut down cleanly so it can report."""
     server = shutil.which("redis-server")
     if server is None:
         raise SystemExit("redis-server is not on PATH: install it or pass --redis-url")
@@ -51,10 +58,10 @@ def private_redis() -> Iterator[str]:
     with tempfile.TemporaryDirectory() as folder:
         args = [server, "--port", str(port), "--bind", "127.0.0.1", "--dir", folder, "--save", "", "--appendonly", "no"]
         args += [arg for name, value in SERVER_SETTINGS.items() for arg in (f"--{name}", value)]
-        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        process = subprocess.Popen([*wrapper, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             client = Redis(port=port)
-            for _ in range(500):
+            for _ in range(3000 if wrapper else 500):
                 try:
                     client.ping()
                     break
@@ -64,6 +71,10 @@ def private_redis() -> Iterator[str]:
                     time.sleep(0.01)
             yield f"redis://127.0.0.1:{port}/0"
         finally:
+            if wrapper:
+                with suppress(Exception):  # the server ends here; valgrind writes its counts
+                    client.shutdown(nosave=True)
+                process.wait(timeout=120)
             process.terminate()
             process.wait(timeout=10)
 
@@ -165,6 +176,41 @@ def run(
     return result
 
 
+def callgrind_run(*, orders: int, trades: int, accounts: int, batch_size: int, shards: int) -> dict[str, Any]:
+    """apply.lua's instructions per event and per call (callgrind counts inside EVALSHA only,
+    which also counts the warm-up batch's call: one call in thousands)."""
+    if shutil.which("valgrind") is None:
+        raise SystemExit("--callgrind needs valgrind (apt-get install valgrind)")
+    _, mixed = make_workload(orders, trades, accounts)
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "callgrind.out"
+        tool = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--toggle-collect=evalShaCommand"]
+        with private_redis(tool) as url:
+            engine = _engine_run(url, mixed, batch_size, shards, pipelined=False)
+            calls = int(Redis.from_url(url).info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+        summary = next(line for line in out.read_text().splitlines() if line.startswith(("summary:", "totals:")))
+    instructions = int(summary.split()[1])
+    n = engine["events"]
+    return {
+        "workload": {"orders": orders, "trades": len(mixed) - orders, "accounts": accounts},
+        "batch_size": batch_size,
+        "shards": shards,
+        "evalsha_calls": calls + 1,
+        "instructions_per_event": round(instructions / n),
+        "instructions_per_call": round(instructions / (calls + 1)),
+    }
+
+
+def _callgrind_line(counted: dict[str, Any]) -> str:
+    w = counted["workload"]
+    return (
+        f"workload: {w['orders']:,} orders + {w['trades']:,} trades over {w['accounts']:,} accounts; "
+        f"batches of {counted['batch_size']:,}, {counted['shards']} shard(s): apply.lua "
+        f"{counted['instructions_per_event']:,} instructions per event, "
+        f"{counted['instructions_per_call']:,} per call ({counted['evalsha_calls']:,} calls)"
+    )
+
+
 def _print(result: dict[str, Any]) -> None:
     w, e = result["workload"], result["engine"]
     print(
@@ -198,7 +244,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--limits-events", type=int, default=50_000, help="events for the limits comparison")
     parser.add_argument("--no-pipeline", action="store_true", help="process_batch, waiting for each batch")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--callgrind", action="store_true", help="count apply.lua's instructions under valgrind (deterministic)"
+    )
     args = parser.parse_args(argv)
+    if args.callgrind:
+        sizes = {"orders": args.orders, "trades": args.trades, "accounts": args.accounts}
+        counted = callgrind_run(**sizes, batch_size=args.batch_size, shards=args.shards)
+        print(json.dumps(counted) if args.json else _callgrind_line(counted))
+        return 0
     options = {
         "orders": args.orders,
         "trades": args.trades,

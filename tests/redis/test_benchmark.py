@@ -1,0 +1,43 @@
+"""The Redis benchmark's two modes on a tiny workload: the timed run (against the in-memory
+engine's decisions) and the callgrind count (valgrind inside the private redis-server)."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from cluster_risk.benchmark import SEED_CONFIG, make_workload
+from cluster_risk.config import build_config
+from cluster_risk.engine import RiskEngine
+from cluster_risk.redis_benchmark import callgrind_run, private_redis, run
+
+
+def _memory_actions(orders: int, trades: int, accounts: int) -> int:
+    engine = RiskEngine.from_config(build_config(SEED_CONFIG))
+    _, events = make_workload(orders, trades, accounts)
+    return sum(len(engine.process(e)) for e in events[1:]) + len(engine.process(events[0]))
+
+
+@pytest.mark.redis
+def test_timed_run_reports_the_engines_work_and_the_limits_comparison() -> None:
+    # 2 accounts at 1 us apart: 600 orders each within the second, so the rate rule pauses
+    with private_redis() as url:
+        result = run(url, orders=1200, trades=300, accounts=2, batch_size=100, shards=2, limits_events=200)
+    engine = result["engine"]
+    assert engine["events"] == 1499
+    assert engine["actions"] == _memory_actions(1200, 300, 2) > 0
+    assert engine["events_per_s"] > 0 and engine["redis_server_cpu_us_per_event"] > 0
+    assert result["limits_moving_window"]["events"] == 200
+    assert result["engine_vs_limits"] > 0
+
+
+@pytest.mark.redis
+@pytest.mark.slow
+def test_callgrind_counts_the_scripts_instructions() -> None:
+    assert shutil.which("valgrind"), "valgrind is needed (apt-get install valgrind; CI installs it)"
+    counted = callgrind_run(orders=400, trades=100, accounts=50, batch_size=100, shards=1)
+    assert counted["evalsha_calls"] == 6  # the warm-up event, then 499 events in 5 batches
+    # a plausible count: an event in a batch of 100 costs thousands of instructions, and far
+    # less than the ~500k of a script call of its own
+    assert 1_000 < counted["instructions_per_event"] < 300_000
