@@ -9,7 +9,7 @@ KEYS / ARGV: those of fence.lua (W holds them). Reads only X.out, the result rec
 W.x (the extras, built by cluster_risk/cluster/render.py):
   x[4] rules[r]    {config index, kind "w"|"d", name JSON, {dimension JSON...}, limit JSON,
                     pause reason prefix, pause suffix, resume prefix, resume suffix}
-  x[5] events[pos] {timestamp, start of its trading day, its trading day "YYYY-MM-DD"}
+  x[5] events[pos] "<timestamp> <start of its trading day> <its trading day YYYY-MM-DD>"
   x[6] stateless   flat list pos, config index, action JSON, ... (verdicts of stateless rules,
                     computed by Python: dropped when the event turns out to be a duplicate)
   x[7] dead        {{entry id, index, error, field, reason, raw event}, ...}
@@ -65,7 +65,8 @@ local function render(R, kind, vals, ts, value, reason)
 end
 
 local function action(x, rec)
-  local R, ev, code = x[4][rec[3]], x[5][rec[1]], rec[2]
+  local R, code = x[4][rec[3]], rec[2]
+  local ev = {string.match(x[5][rec[1]], '^(%S+) (%S+) (.+)$')} -- a day's start may be negative
   local v = rec[5]
   if type(v) == 'number' then v = string.format('%d', v) end
   local vals = values(rec[4])
@@ -100,21 +101,31 @@ end
 
 function emit.run(W, X)
   local x = W.x
-  local by_pos, verdicts = {}, {}
+  -- only the events with records or verdicts can emit: visit those, in event order
+  local by_pos, verdicts, positions = {}, {}, {}
   for _, rec in ipairs(X.out) do
-    local l = by_pos[rec[1]] or {}
-    by_pos[rec[1]] = l
+    local l = by_pos[rec[1]]
+    if not l then
+      l = {}
+      by_pos[rec[1]] = l
+      positions[#positions + 1] = rec[1]
+    end
     l[#l + 1] = rec
   end
   local sl = x[6]
   for i = 1, #sl, 3 do
-    local l = verdicts[sl[i]] or {}
-    verdicts[sl[i]] = l
+    local l = verdicts[sl[i]]
+    if not l then
+      l = {}
+      verdicts[sl[i]] = l
+      if not by_pos[sl[i]] then positions[#positions + 1] = sl[i] end
+    end
     l[#l + 1] = {sl[i + 1], sl[i + 2]}
   end
+  table.sort(positions)
   local hint, last = {W.aid}, nil -- W.aid: the lease's last action id, read by fence.check_epoch
   local maxlen = tonumber(x[8]) or 0
-  for pos = 1, #x[5] do
+  for _, pos in ipairs(positions) do
     for _, json in ipairs(event_actions(x, by_pos[pos] or {}, verdicts[pos] or {})) do
       if maxlen > 0 then
         last = redis.call('XADD', W.actions, 'MAXLEN', '~', maxlen, '*', 'a', json)

@@ -66,19 +66,21 @@ class Renderer:
     ) -> list[Any]:
         """``positions[k]``: the batch index of the plan's event k+1; ``scopes``: batch index ->
         the (enriched) scope of an order or trade."""
-        per_event: list[list[str]] = []
+        # per event one text "<timestamp> <start of its trading day> <YYYY-MM-DD>": the script
+        # reads it only for the events that emit, so each costs it one string, not a table of three
+        per_event: list[str] = []
         verdicts: list[Any] = []
         day_range = self.calendar.day_range
         lo = hi = 0
-        start, iso = "", ""
+        tail = ""
         stateless = bool(self.stateless)
         for pos, index in enumerate(positions, 1):
             event = events[index]
             t = event.timestamp
             if not lo <= t < hi:  # a batch's events are mostly of one trading day
                 day, lo, hi = day_range(t)
-                start, iso = str(lo), date.fromordinal(day).isoformat()
-            per_event.append([str(t), start, iso])
+                tail = f" {lo} {date.fromordinal(day).isoformat()}"
+            per_event.append(f"{t}{tail}")
             if not stateless:
                 continue
             scope = scopes.get(index)
