@@ -43,15 +43,20 @@ def run_lua(request: pytest.FixtureRequest) -> Callable[[list[str], str, str], A
     return run
 
 
-WINDOW_HARNESS = """
-local p = cjson.decode(ARGV[1])
-local K, threshold, resume = p[1], p[2], p[3]
+CHUNKS = """
 local chunks = {} -- the older buckets (window.lua's backend), kept in a Lua table here
 window.backend = {
   get = function(_, n) return chunks[n] end,
   set = function(_, n, chunk) chunks[n] = chunk end,
   del = function(_, n) chunks[n] = nil end,
 }
+"""
+
+WINDOW_HARNESS = (
+    CHUNKS
+    + """
+local p = cjson.decode(ARGV[1])
+local K, threshold, resume = p[1], p[2], p[3]
 local w, out = window.decode(nil), {}
 for i, op in ipairs(p[4]) do
   if op[1] == 1 then
@@ -66,6 +71,7 @@ for i, op in ipairs(p[4]) do
 end
 return cjson.encode(out)
 """
+)
 
 
 def _window_case(rnd: random.Random, k: int, steps: list[int], late: list[int], n: int) -> tuple[list[Any], Any]:
@@ -112,15 +118,11 @@ def test_window_lua_keeps_long_windows_in_chunks(run_lua: Callable[..., Any], se
     assert run_lua(["window.lua"], WINDOW_HARNESS, json.dumps(case)) == expected
 
 
-RAW_HARNESS = """
+RAW_HARNESS = (
+    CHUNKS
+    + """
 local p = cjson.decode(ARGV[1])
 local K, threshold, resume = p[1], p[2], p[3]
-local chunks = {}
-window.backend = {
-  get = function(_, n) return chunks[n] end,
-  set = function(_, n, chunk) chunks[n] = chunk end,
-  del = function(_, n) chunks[n] = nil end,
-}
 local s, out, raw, differ = nil, {}, 0, {}
 for i, op in ipairs(p[4]) do
   local w = window.decode(s)
@@ -141,6 +143,7 @@ for i, op in ipairs(p[4]) do
 end
 return cjson.encode({out, raw, differ})
 """
+)
 
 
 @pytest.mark.parametrize("seed", range(6))
