@@ -26,6 +26,8 @@ __all__ = [
     "check_order",
     "check_trade",
     "check_timestamp",
+    "order_ok",
+    "trade_ok",
 ]
 
 MAX_ID = 1 << 64  # oid / tid in [0, 2**64)
@@ -117,6 +119,7 @@ class Action:
 
 
 _DIRECTIONS = frozenset(("BID", "ASK"))
+_BID, _ASK = Direction.BID, Direction.ASK
 
 
 def check_timestamp(value: object, name: str = "timestamp") -> int:
@@ -148,6 +151,58 @@ def _check_price(value: object) -> None:
 def _check_volume(value: object) -> None:
     if type(value) is not int or not 0 < value < MAX_VOLUME:
         raise invalid("volume", "must be an integer in [1, 2**31)")
+
+
+def order_ok(order: Order) -> bool:
+    """check_order's rules as one expression, for hot paths: True means check_order passes;
+    False means call check_order, which decides (and names the bad field)."""
+    oid = order.oid
+    volume = order.volume
+    t = order.timestamp
+    price = order.price
+    direction = order.direction
+    account_id = order.account_id
+    contract_id = order.contract_id
+    return (
+        type(oid) is int
+        and 0 <= oid < MAX_ID
+        and type(account_id) is str
+        and account_id != ""
+        and type(contract_id) is str
+        and contract_id != ""
+        and (direction is _BID or direction is _ASK or (type(direction) is str and direction in _DIRECTIONS))
+        and (type(price) is float or (type(price) is int and -MAX_INT_PRICE < price < MAX_INT_PRICE))
+        and price - price == 0.0  # finite: inf - inf and nan - nan are nan
+        and type(volume) is int
+        and 0 < volume < MAX_VOLUME
+        and type(t) is int
+        and 0 <= t < MAX_TIMESTAMP
+    )
+
+
+def trade_ok(trade: Trade) -> bool:
+    """check_trade's rules as one expression (as order_ok for check_order)."""
+    tid = trade.tid
+    oid = trade.oid
+    volume = trade.volume
+    t = trade.timestamp
+    price = trade.price
+    account_id = trade.account_id
+    contract_id = trade.contract_id
+    return (
+        type(tid) is int
+        and 0 <= tid < MAX_ID
+        and type(oid) is int
+        and 0 <= oid < MAX_ID
+        and (type(price) is float or (type(price) is int and -MAX_INT_PRICE < price < MAX_INT_PRICE))
+        and price - price == 0.0
+        and type(volume) is int
+        and 0 < volume < MAX_VOLUME
+        and type(t) is int
+        and 0 <= t < MAX_TIMESTAMP
+        and (account_id is None or (type(account_id) is str and account_id != ""))
+        and (contract_id is None or (type(contract_id) is str and contract_id != ""))
+    )
 
 
 def check_order(order: Order) -> None:

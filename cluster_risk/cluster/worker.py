@@ -54,7 +54,7 @@ from cluster_risk.cluster.render import DeadLetter, Renderer, dead_letter
 from cluster_risk.cluster.shards import Client, Deployment, Keys, text
 from cluster_risk.config import EngineConfig
 from cluster_risk.errors import EventError
-from cluster_risk.events import MAX_ID, MAX_INT_PRICE, MAX_TIMESTAMP, MAX_VOLUME, Event, Order, Tick, Trade
+from cluster_risk.events import Event, Order, Tick, Trade, order_ok, trade_ok
 from cluster_risk.observability import WorkerMetrics
 from cluster_risk.remote import KnownIds, RemoteEngine, ShardBatch
 from cluster_risk.state.redis import RedisStore, StoreError, by_node, evalsha_pipeline, load_lua
@@ -71,8 +71,6 @@ _ACCOUNT = re.compile(r'"account_id"\s*:\s*"([^"\\]*)"')  # a dead letter's acco
 _XREAD = b"XREAD"
 _scan: Callable[[str, int], tuple[Any, int]] = _json_scanner.c_make_scanner(json.JSONDecoder())  # type: ignore[attr-defined]
 _NONE = object()
-_SIDES = frozenset(("BID", "ASK"))
-_PRICE = MAX_INT_PRICE
 
 
 class ShardLost(RedisError):
@@ -111,51 +109,6 @@ class WorkerStats:
 # ---------------------------------------------------------------------- decoding entries
 
 
-def _amounts_ok(price: Any, volume: Any, t: Any) -> bool:
-    """Price (finite float or int within ±MAX_INT_PRICE), volume and timestamp, as
-    check_order / check_trade see them."""
-    return (
-        (
-            (type(price) is float and price - price == 0.0)
-            or (type(price) is int and -MAX_INT_PRICE < price < MAX_INT_PRICE)
-        )
-        and type(volume) is int
-        and 0 < volume < MAX_VOLUME
-        and type(t) is int
-        and 0 <= t < MAX_TIMESTAMP
-    )
-
-
-def _order_ok(o: Order) -> bool:
-    """check_order's rules as one expression (the common case); False: let check_order name
-    the culprit."""
-    oid, price, volume, t, a, c = o.oid, o.price, o.volume, o.timestamp, o.account_id, o.contract_id
-    return (
-        type(oid) is int
-        and 0 <= oid < MAX_ID
-        and type(a) is str
-        and a != ""
-        and type(c) is str
-        and c != ""
-        and type(o.direction) is str
-        and o.direction in _SIDES
-        and _amounts_ok(price, volume, t)
-    )
-
-
-def _trade_ok(e: Trade) -> bool:
-    tid, oid, price, volume, t, a, c = e.tid, e.oid, e.price, e.volume, e.timestamp, e.account_id, e.contract_id
-    return (
-        type(tid) is int
-        and 0 <= tid < MAX_ID
-        and type(oid) is int
-        and 0 <= oid < MAX_ID
-        and _amounts_ok(price, volume, t)
-        and (a is None or (type(a) is str and a != ""))
-        and (c is None or (type(c) is str and c != ""))
-    )
-
-
 def _event(obj: Any) -> Event:
     """decode_event, with a fast path for a valid order or trade (same result)."""
     if type(obj) is dict:
@@ -171,7 +124,7 @@ def _event(obj: Any) -> Event:
                     obj["volume"],
                     obj["timestamp"],
                 )
-                if _order_ok(o):
+                if order_ok(o):
                     return o
             elif kind == "trade":
                 get = obj.get
@@ -184,7 +137,7 @@ def _event(obj: Any) -> Event:
                     get("account_id"),
                     get("contract_id"),
                 )
-                if _trade_ok(e):
+                if trade_ok(e):
                     return e
         except KeyError:
             pass

@@ -1,4 +1,5 @@
-"""The engine's one-line validation on the hot path must agree with check_order/check_trade.
+"""The one-line validations on the hot paths must agree with check_order/check_trade: the
+engine's, and events.order_ok / trade_ok (the Redis planner's and the worker's).
 
 The hot path only falls back to the field-by-field checks when its combined test fails, so
 the risk is a value the combined test lets through that the definition refuses.  Hypothesis
@@ -13,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cluster_risk import Direction, EventError, Order, RiskEngine, Trade
-from cluster_risk.events import check_order, check_trade
+from cluster_risk.events import check_order, check_trade, order_ok, trade_ok
 from cluster_risk.rules import OrderRateLimitRule
 
 ints = st.one_of(
@@ -72,6 +73,28 @@ def test_fast_trade_check_agrees_with_check_trade(tid, oid, price, volume, ts, a
         assert got is None or got == ("unknown_order", "oid")
     else:
         assert got == expected
+
+
+@settings(max_examples=600, deadline=None)
+@given(oid=ints, account=texts, contract=texts, direction=directions, price=prices, volume=ints, ts=ints)
+def test_order_ok_passes_only_what_check_order_passes(oid, account, contract, direction, price, volume, ts):  # type: ignore[no-untyped-def]
+    order = Order(oid, account, contract, direction, price, volume, ts)
+    if order_ok(order):
+        assert _outcome(check_order, order) is None
+
+
+@settings(max_examples=600, deadline=None)
+@given(tid=ints, oid=ints, price=prices, volume=ints, ts=ints, account=st.one_of(st.none(), texts), contract=texts)
+def test_trade_ok_passes_only_what_check_trade_passes(tid, oid, price, volume, ts, account, contract):  # type: ignore[no-untyped-def]
+    trade = Trade(tid, oid, price, volume, ts, account, contract)
+    if trade_ok(trade):
+        assert _outcome(check_trade, trade) is None
+
+
+def test_order_ok_and_trade_ok_pass_valid_events() -> None:  # the fast path is taken at all
+    assert order_ok(Order(1, "A1", "T2303", Direction.BID, 101.5, 3, 1))
+    assert order_ok(Order(2, "A", "C", "ASK", 7, 1, 0))
+    assert trade_ok(Trade(1, 2, 101.5, 3, 1)) and trade_ok(Trade(1, 2, 100, 3, 1, "A1", "T2303"))
 
 
 def test_non_finite_and_huge_prices_are_refused_on_the_hot_path() -> None:
