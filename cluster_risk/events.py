@@ -153,25 +153,11 @@ def _check_volume(value: object) -> None:
         raise invalid("volume", "must be an integer in [1, 2**31)")
 
 
-def order_ok(order: Order) -> bool:
-    """check_order's rules as one expression, for hot paths: True means check_order passes;
-    False means call check_order, which decides (and names the bad field)."""
-    oid = order.oid
-    volume = order.volume
-    t = order.timestamp
-    price = order.price
-    direction = order.direction
-    account_id = order.account_id
-    contract_id = order.contract_id
+def _amounts_ok(price: object, volume: object, t: object) -> bool:
+    """Price (a finite float, or an int within +-2**53), volume and timestamp, as check_order
+    and check_trade see them."""
     return (
-        type(oid) is int
-        and 0 <= oid < MAX_ID
-        and type(account_id) is str
-        and account_id != ""
-        and type(contract_id) is str
-        and contract_id != ""
-        and (direction is _BID or direction is _ASK or (type(direction) is str and direction in _DIRECTIONS))
-        and (type(price) is float or (type(price) is int and -MAX_INT_PRICE < price < MAX_INT_PRICE))
+        (type(price) is float or (type(price) is int and -MAX_INT_PRICE < price < MAX_INT_PRICE))
         and price - price == 0.0  # finite: inf - inf and nan - nan are nan
         and type(volume) is int
         and 0 < volume < MAX_VOLUME
@@ -180,26 +166,31 @@ def order_ok(order: Order) -> bool:
     )
 
 
+def order_ok(order: Order) -> bool:
+    """check_order's rules as one expression, for hot paths: True means check_order passes;
+    False means call check_order, which decides (and names the bad field)."""
+    oid, account_id, contract_id, direction = order.oid, order.account_id, order.contract_id, order.direction
+    return (
+        type(oid) is int
+        and 0 <= oid < MAX_ID
+        and type(account_id) is str
+        and account_id != ""
+        and type(contract_id) is str
+        and contract_id != ""
+        and (direction is _BID or direction is _ASK or (type(direction) is str and direction in _DIRECTIONS))
+        and _amounts_ok(order.price, order.volume, order.timestamp)
+    )
+
+
 def trade_ok(trade: Trade) -> bool:
     """check_trade's rules as one expression (as order_ok for check_order)."""
-    tid = trade.tid
-    oid = trade.oid
-    volume = trade.volume
-    t = trade.timestamp
-    price = trade.price
-    account_id = trade.account_id
-    contract_id = trade.contract_id
+    tid, oid, account_id, contract_id = trade.tid, trade.oid, trade.account_id, trade.contract_id
     return (
         type(tid) is int
         and 0 <= tid < MAX_ID
         and type(oid) is int
         and 0 <= oid < MAX_ID
-        and (type(price) is float or (type(price) is int and -MAX_INT_PRICE < price < MAX_INT_PRICE))
-        and price - price == 0.0
-        and type(volume) is int
-        and 0 < volume < MAX_VOLUME
-        and type(t) is int
-        and 0 <= t < MAX_TIMESTAMP
+        and _amounts_ok(trade.price, trade.volume, trade.timestamp)
         and (account_id is None or (type(account_id) is str and account_id != ""))
         and (contract_id is None or (type(contract_id) is str and contract_id != ""))
     )
