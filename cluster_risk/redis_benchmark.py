@@ -14,7 +14,8 @@ loopback port and stopped at the end; with one, the database is flushed first, s
 point it at data you care about.
 
 ``--callgrind`` runs that private server under ``valgrind --tool=callgrind``, counting only
-inside EVALSHA, and prints apply.lua's instructions per event and per script call: the same
+inside EVALSHA (apply.lua, and lookup_ids.lua for fills whose order is in an earlier batch),
+and prints the scripts' instructions per event and per script call: the same
 figure on a busy machine as on a quiet one (valgrind slows Redis ~50x: use a smaller
 workload, e.g. ``--orders 40000 --trades 10000``).
 """

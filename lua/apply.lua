@@ -190,7 +190,7 @@ local function window_step(pos, ts, r, key, b, a)
   local code, n
   if not w then -- not decoded in this batch: try the value-to-value hit first
     local raw = X.raw[r]
-    local s = raw[key]
+    local s = raw[key] -- shard.window_value, inline on the hot path
     if s == nil then s = cache.get(X.win[r], key) end
     local v
     v, code, n = window.hit_raw(s, b, rule[3], rule[4], rule[5])

@@ -17,6 +17,8 @@ batch, not per event (notes/performance.md). Reads go through `get` (one HGET on
   cache.set(c, field, value)   / cache.del(c, field)
   cache.fields(c)              -> array of the fields present (one HGETALL the first time)
   cache.send(cmd, key, list)   one variadic command (HSET, HDEL, HMGET-like) in chunks
+  cache.write(key, sets, ttl_ms, touch)  HSET a ready field/value list (not through a cache,
+                               for values only this call writes), then its TTL as flush does
   cache.clear(c)               the whole hash goes (DEL at flush)
   cache.flush(c, ttl_ms, touch) -> true if written; PEXPIREs the key when written (or touch)
 ]]
@@ -115,6 +117,11 @@ function cache.send(cmd, key, list)
     redis.call(cmd, key, unpack(list, i, j))
     i = j + 1
   end
+end
+
+function cache.write(key, sets, ttl_ms, touch)
+  if #sets > 0 then cache.send('HSET', key, sets) end
+  if ttl_ms > 0 and (#sets > 0 or touch) then redis.call('PEXPIRE', key, ttl_ms) end
 end
 
 function cache.flush(c, ttl_ms, touch)

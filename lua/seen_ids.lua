@@ -18,7 +18,8 @@ their orders and trades upwards, so most of a batch's ids skip the HMGET.
   ids.fresh(I, field, kind) -> true when the id is above every id of its kind (111 "o", 116
                          "t": its first byte) ever added and every id checked before it in
                          this batch (unseen); raises the maximum to it
-  ids.preload(I, fields)             one HMGET per live generation (newest first)
+  ids.preload(I, fields)             newest generation first, each asked (one HMGET) only for
+                                     the ids no newer one holds
   ids.seen(I, field) -> value or nil
   ids.add(I, field, value)           into generation I.latest
   ids.advance(I, day)                the shard's latest day moves to `day`; old generations go
@@ -128,11 +129,7 @@ function ids.flush(I, ttl_ms)
   for _, c in pairs(I.caches) do
     cache.flush(c, ttl_ms, false)
   end
-  for d, l in pairs(I.adds) do
-    local key = keys.ids(I.base, d)
-    cache.send('HSET', key, l)
-    if ttl_ms > 0 then redis.call('PEXPIRE', key, ttl_ms) end
-  end
+  for d, l in pairs(I.adds) do cache.write(keys.ids(I.base, d), l, ttl_ms, false) end
   local out = {}
   for i, d in ipairs(I.gens) do out[i] = string.format('%d', d) end
   return table.concat(out, ','), I.max[111], I.max[116]

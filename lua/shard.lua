@@ -16,6 +16,7 @@ X = shard.open(base, plan, meta) holds:
 
   shard.account(X, a) -> info       (day = max(D_a, clock): a tick moves every account)
   shard.window(X, r, key) -> w      shard.sum(X, r, d, key) -> e = {sum, isfloat}
+  shard.window_value(X, r, key) -> value, changed in this batch
   raw[r][key]  a window value changed by window.hit_raw in this batch (no table: the common
                hit); shard.window decodes it when a rarer path needs the table
   shard.sums(X, r, d)               the day's cache entry {c = cache, v = {key -> e}}
@@ -73,17 +74,18 @@ window.backend = {
   del = function(ctx, number) cache.del(ctx[1], window.field(number, ctx[2])) end,
 }
 
+-- A window's value as of now: changed by window.hit_raw earlier in this batch (true), or stored
+function shard.window_value(X, r, key)
+  local s = X.raw[r][key]
+  if s ~= nil then return s, true end
+  return cache.get(X.win[r], key), false
+end
+
 function shard.window(X, r, key)
   local w = X.ws[r][key]
   if not w then
-    local raw = X.raw[r]
-    local s = raw[key] -- changed by window.hit_raw earlier in this batch: the table takes over
-    local changed = s ~= nil
-    if changed then
-      raw[key] = nil
-    else
-      s = cache.get(X.win[r], key)
-    end
+    local s, changed = shard.window_value(X, r, key)
+    if changed then X.raw[r][key] = nil end -- the table takes over
     w = window.decode(s, {X.winc[r], key})
     w.dirty = changed
     X.ws[r][key] = w
@@ -182,9 +184,7 @@ function shard.flush(X, meta, seq, digest, result)
           end
         end
       end
-      local win = X.win[r].key
-      if n > 0 then cache.send('HSET', win, sets) end
-      if ttl > 0 and (n > 0 or touch) then redis.call('PEXPIRE', win, ttl) end
+      cache.write(X.win[r].key, sets, ttl, touch)
       cache.flush(X.winc[r], ttl, touch)
     else
       for _, s in pairs(X.sums[r]) do

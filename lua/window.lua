@@ -187,6 +187,17 @@ local function insert(w, b)
   w.cf, w.cn, w.co, w.chunk = w.cf + w.cn, 0, 1, nil
 end
 
+-- The pause flag after a hit that left n in the window (SEMANTICS.md, step 3): p and the
+-- code 0 | 1 paused | 2 resumed.
+local function crossing(p, n, threshold, resume)
+  if p == 1 then
+    if n <= resume then return 0, 2 end
+  elseif n > threshold then
+    return 1, 1
+  end
+  return p, 0
+end
+
 function window.hit(w, b, K, threshold, resume)
   local hb = w.hb
   if hb == nil then
@@ -203,17 +214,9 @@ function window.hit(w, b, K, threshold, resume)
     w.n = w.n + 1
   end
   -- else: too late for the window, not counted; the pause is re-checked all the same
-  local n = w.n
-  if w.p == 1 then
-    if n <= resume then
-      w.p = 0
-      return 2
-    end
-  elseif n > threshold then
-    w.p = 1
-    return 1
-  end
-  return 0
+  local code
+  w.p, code = crossing(w.p, w.n, threshold, resume)
+  return code
 end
 
 -- Count text <-> number, memoised for the call: the groups of a batch share their counts,
@@ -256,12 +259,8 @@ function window.hit_raw(s, b, K, threshold, resume)
   else
     n, p, hb, lc, fb, hc, rest, s = 1, 0, b, 1, b, 0, 1, NO_COLD
   end
-  local code = 0
-  if p == 1 then
-    if n <= resume then p, code = 0, 2 end
-  elseif n > threshold then
-    p, code = 1, 1
-  end
+  local code
+  p, code = crossing(p, n, threshold, resume)
   return text_of(n) .. '|' .. struct.pack(HOT_HEADER, p, hb, lc, fb, hc) .. string.sub(s, rest) .. add, code, n
 end
 
