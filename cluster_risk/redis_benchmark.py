@@ -14,7 +14,7 @@ loopback port and stopped at the end; with one, the database is flushed first, s
 point it at data you care about.
 
 ``--callgrind`` runs that private server under ``valgrind --tool=callgrind``, counting only
-inside EVALSHA (apply.lua, and lookup_ids.lua for fills whose order is in an earlier batch),
+inside FCALL and EVALSHA (apply.lua, and lookup_ids.lua for fills whose order is in an earlier batch),
 and prints the scripts' instructions per event and per script call: the same
 figure on a busy machine as on a quiet one (valgrind slows Redis ~50x: use a smaller
 workload, e.g. ``--orders 40000 --trades 10000``).
@@ -44,6 +44,9 @@ from cluster_risk.remote import RemoteEngine
 from cluster_risk.state.redis import SERVER_SETTINGS, RedisStore
 
 __all__ = ["callgrind_run", "main", "run"]
+
+# apply.lua runs by FCALL (Redis 7+), lookup_ids.lua by EVALSHA
+_SCRIPT_STATS = ("cmdstat_fcall", "cmdstat_evalsha")
 
 
 @contextmanager
@@ -108,7 +111,7 @@ def _engine_run(
     cpu, server = time.process_time() - cpu0, _server_cpu(client) - server0
     n = len(events) - 1
     stats = client.info("commandstats")
-    script_us = stats.get("cmdstat_evalsha", {}).get("usec", 0)
+    script_us = sum(stats.get(name, {}).get("usec", 0) for name in _SCRIPT_STATS)
     accounts = len({e.account_id for e in events if isinstance(e, Order)})
     memory = sum(int(client.memory_usage(key) or 0) for key in client.scan_iter(count=1000))
     store.close()
@@ -178,17 +181,24 @@ def run(
 
 
 def callgrind_run(*, orders: int, trades: int, accounts: int, batch_size: int, shards: int) -> dict[str, Any]:
-    """apply.lua's instructions per event and per call (callgrind counts inside EVALSHA only,
+    """apply.lua's instructions per event and per call (callgrind counts inside FCALL and EVALSHA only,
     which also counts the warm-up batch's call: one call in thousands)."""
     if shutil.which("valgrind") is None:
         raise SystemExit("--callgrind needs valgrind (apt-get install valgrind)")
     _, mixed = make_workload(orders, trades, accounts)
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "callgrind.out"
-        tool = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--toggle-collect=evalShaCommand"]
+        tool = [
+            "valgrind",
+            "--tool=callgrind",
+            f"--callgrind-out-file={out}",
+            "--toggle-collect=evalShaCommand",
+            "--toggle-collect=fcallCommand",
+        ]
         with private_redis(tool) as url:
             engine = _engine_run(url, mixed, batch_size, shards, pipelined=False)
-            calls = int(Redis.from_url(url).info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+            stats = Redis.from_url(url).info("commandstats")
+            calls = sum(int(stats.get(name, {}).get("calls", 0)) for name in _SCRIPT_STATS)
         summary = next(line for line in out.read_text().splitlines() if line.startswith(("summary:", "totals:")))
     instructions = int(summary.split()[1])
     n = engine["events"]
@@ -196,7 +206,7 @@ def callgrind_run(*, orders: int, trades: int, accounts: int, batch_size: int, s
         "workload": {"orders": orders, "trades": len(mixed) - orders, "accounts": accounts},
         "batch_size": batch_size,
         "shards": shards,
-        "evalsha_calls": calls + 1,
+        "script_calls": calls + 1,
         "instructions_per_event": round(instructions / n),
         "instructions_per_call": round(instructions / (calls + 1)),
     }
@@ -208,7 +218,7 @@ def _callgrind_line(counted: dict[str, Any]) -> str:
         f"workload: {w['orders']:,} orders + {w['trades']:,} trades over {w['accounts']:,} accounts; "
         f"batches of {counted['batch_size']:,}, {counted['shards']} shard(s): apply.lua "
         f"{counted['instructions_per_event']:,} instructions per event, "
-        f"{counted['instructions_per_call']:,} per call ({counted['evalsha_calls']:,} calls)"
+        f"{counted['instructions_per_call']:,} per call ({counted['script_calls']:,} calls)"
     )
 
 

@@ -60,6 +60,8 @@ record = {pos, code, r, scope key, value}   (pos = the event's number in this pl
 --@include fence.lua
 --@include emit.lua
 
+--@body (the library above is defined once per server when this runs as a Redis Function)
+window.new_call()
 local meta = KEYS[1]
 local base = keys.base(meta)
 local seq, digest, prev = ARGV[2], ARGV[3], ARGV[5]

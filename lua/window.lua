@@ -222,6 +222,9 @@ end
 -- Count text <-> number, memoised for the call: the groups of a batch share their counts,
 -- and sprintf (number to text) and strtod (text to number) are the costly part of a hit.
 local count_text, count_of = {}, {}
+function window.new_call() -- a Redis Function's library outlives the call: forget its counts
+  count_text, count_of = {}, {}
+end
 local function text_of(n)
   local t = count_text[n]
   if not t then

@@ -36,7 +36,7 @@ from redis.commands.core import Script
 from cluster_risk.errors import RiskError
 from cluster_risk.remote import scope_key
 from cluster_risk.rules.base import BaseRule, DailyCapRule, WindowRule
-from cluster_risk.state.redis import by_node, evalsha_pipeline, load_lua
+from cluster_risk.state.redis import by_node, load_lua, script_pipeline
 
 __all__ = ["DEFAULT_SHARDS", "MANUAL", "Deployment", "DeploymentError", "Keys", "Scripts", "text"]
 
@@ -193,8 +193,8 @@ class Scripts:
         replies: list[Any] = [None] * len(calls)
         for node, indices in by_node(self.client, [keys[0] for _, keys, _ in calls]):
             group = [calls[i] for i in indices]
-            evals = [(self._script(name).sha, (len(keys), *keys, *args)) for name, keys, args in group]
-            got = evalsha_pipeline(node, evals, partial(self._load, node, group))
+            evals = [("EVALSHA", self._script(name).sha, len(keys), *keys, *args) for name, keys, args in group]
+            got = script_pipeline(node, evals, partial(self._load, node, group))
             for i, reply in zip(indices, got, strict=True):
                 replies[i] = reply
         for reply in replies:

@@ -57,7 +57,8 @@ from cluster_risk.errors import EventError
 from cluster_risk.events import Event, Order, Tick, Trade, order_ok, trade_ok
 from cluster_risk.observability import WorkerMetrics
 from cluster_risk.remote import KnownIds, RemoteEngine, ShardBatch
-from cluster_risk.state.redis import RedisStore, StoreError, by_node, evalsha_pipeline, load_lua
+from cluster_risk.state.functions import LuaOperation
+from cluster_risk.state.redis import RedisStore, StoreError, by_node, load_lua, script_pipeline
 from cluster_risk.wire import decode_event, decode_line
 
 __all__ = ["Durability", "ShardLost", "Worker", "WorkerStats", "decode_entries"]
@@ -303,8 +304,7 @@ class Worker:
         self.cursors: dict[int, _Cursor] = {}
         self._stop = threading.Event()
         self._next_beat = 0.0
-        self._script = ""
-        self._sha = ""
+        self._script: LuaOperation | None = None
         self._is_cluster = isinstance(client, RedisCluster)
 
     # ------------------------------------------------------------------ the loop
@@ -318,8 +318,7 @@ class Worker:
         if self.tune_gc:
             _tune_gc()
         shebang = self.store.codec == "m"
-        self._script = load_lua("apply.lua", shebang=shebang)
-        self._sha = hashlib.sha1(self._script.encode()).hexdigest()
+        self._script = LuaOperation("apply.lua", load_lua("apply.lua", shebang=shebang), functions=shebang)
         next_tick = 0.0
         idle = 0
         try:
@@ -597,13 +596,16 @@ class Worker:
         return True
 
     def _eval(self, node: Any, jobs: Sequence[_Job]) -> list[Any]:
-        """EVALSHA apply.lua for each job in one pipeline (loading the script on NOSCRIPT and
-        sending those again: a NOSCRIPT call ran nothing), then WAIT on the same connection
-        when durability asks for replicas.  Per job its reply, or the error it got."""
-        calls = [(self._sha, (len(job.keys), *job.keys, *job.args[:7])) for job in jobs]
+        """apply.lua (FCALL, or EVALSHA without Functions) for each job in one pipeline, loading
+        it where the node lacks it and sending those again (such a call ran nothing), then WAIT
+        on the same connection when durability asks for replicas.  Per job its reply, or the
+        error it got."""
+        script = self._script
+        assert script is not None  # set by run()
+        calls = [script.command(len(job.keys), *job.keys, *job.args[:7]) for job in jobs]
         replicas = self.durability.replicas
         wait = ("WAIT", replicas, self.durability.timeout_ms) if replicas else ()
-        return evalsha_pipeline(node, calls, lambda _: node.script_load(self._script), wait, self._acked)
+        return script_pipeline(node, calls, lambda _: script.load(node), wait, self._acked)
 
     def _acked(self, acked: Any) -> None:
         """WAIT's reply after a pipeline of batches: how many replicas have them."""

@@ -26,9 +26,12 @@ and old window buckets are dropped by the script itself (event time, exact).
 Scripts: ``apply.lua`` (one shard's part of a batch) and ``lookup_ids.lua`` (read-only
 order index probe) are assembled at load time: each ``--@include x.lua`` line is replaced by
 that library file minus its ``#!lua`` line, so every primitive lives in its own file and each
-call is still one script.  They are registered as redis-py ``Script`` objects, called by
-EVALSHA in pipelines grouped per node, and loaded again when a server answers NOSCRIPT
-(``SCRIPT FLUSH``, a restart, a failover to a replica that never saw them).
+call is still one script.  ``apply.lua`` runs as a Redis Function (FCALL; its libraries
+are defined once per server, not on every call: ``functions.py``), falling back to EVALSHA
+where the server has no Functions; ``lookup_ids.lua`` runs by EVALSHA.  Calls go in pipelines
+grouped per node, and a script or function is loaded again when a server answers NOSCRIPT or
+"Function not found" (``SCRIPT FLUSH``, ``FUNCTION FLUSH``, a restart without persistence, a
+failover to a replica that never saw it).
 """
 
 from __future__ import annotations
@@ -45,14 +48,14 @@ import msgpack  # type: ignore[import-untyped]
 from redis import Redis
 from redis.backoff import ExponentialBackoff
 from redis.cluster import RedisCluster
-from redis.commands.core import Script
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import RedisError, ResponseError
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 from cluster_risk.errors import RiskError
+from cluster_risk.state.functions import LuaOperation, is_missing
 
-__all__ = ["SERVER_SETTINGS", "RedisStore", "StoreError", "by_node", "evalsha_pipeline", "load_lua"]
+__all__ = ["SERVER_SETTINGS", "RedisStore", "StoreError", "by_node", "load_lua", "script_pipeline"]
 
 _INCLUDE = "--@include "
 
@@ -113,25 +116,25 @@ def by_node(client: Client, keys: Sequence[str]) -> list[tuple[Any, list[int]]]:
     return list(groups.values())
 
 
-def evalsha_pipeline(
+def script_pipeline(
     conn: Any,
-    calls: Sequence[tuple[str, Sequence[Any]]],
+    calls: Sequence[Sequence[Any]],
     load: Callable[[list[int]], None],
     trailer: Sequence[Any] = (),
     on_trailer: Callable[[Any], None] | None = None,
 ) -> list[Any]:
-    """EVALSHA each ``(sha, numkeys + keys + args)`` in one pipeline on ``conn``; the calls
-    answered NOSCRIPT ran nothing, so ``load(their indices)`` loads their scripts and they are
-    sent once more.  ``trailer``: a command sent after the calls in each pipeline (``WAIT``),
-    its reply given to ``on_trailer``.  Per call its reply, or the error it got."""
+    """Send each call (an EVALSHA or FCALL command) in one pipeline on ``conn``; the calls
+    answered NOSCRIPT or "Function not found" ran nothing, so ``load(their indices)`` loads
+    them and they are sent once more.  ``trailer``: a command sent after the calls in each
+    pipeline (``WAIT``), its reply given to ``on_trailer``.  Per call its reply, or the error
+    it got."""
     replies: list[Any] = [None] * len(calls)
     todo = list(range(len(calls)))
     for attempt in range(2):
         pipe = conn.pipeline(transaction=False)
         for i in todo:
-            sha, args = calls[i]
             # execute_command: ClusterPipeline blocks its evalsha() helper, not the command
-            pipe.execute_command("EVALSHA", sha, *args)
+            pipe.execute_command(*calls[i])
         if trailer:
             pipe.execute_command(*trailer)
         got = pipe.execute(raise_on_error=False)
@@ -141,7 +144,7 @@ def evalsha_pipeline(
                 on_trailer(last)
         for i, reply in zip(todo, got, strict=True):
             replies[i] = reply
-        todo = [i for i in todo if isinstance(replies[i], NoScriptError)]
+        todo = [i for i in todo if is_missing(replies[i])]
         if not todo or attempt:
             break
         load(todo)
@@ -169,7 +172,7 @@ class RedisStore:
         self.ttl_s = ttl_s
         self.is_cluster = isinstance(client, RedisCluster)
         self._meta = [f"{prefix}:{{s{n}}}:meta" for n in range(num_shards)]
-        self._scripts: dict[str, Script] = {}
+        self._scripts: dict[str, LuaOperation] = {}
         self._stream = _Stream(client)
         self.codec = ""  # "m" msgpack or "j" JSON; decided by _probe() on first use
 
@@ -251,15 +254,32 @@ class RedisStore:
         has_msgpack, has_struct = (_text(kind) == "table" for kind in kinds)
         self.codec = "m" if has_msgpack else "j"
         shims = () if has_struct else ("struct_shim.lua",)
-        for name in ("apply.lua", "lookup_ids.lua"):
-            self._scripts[name] = self.client.register_script(load_lua(name, shebang=shebang, shims=shims))
+        for name, functions in (("apply.lua", shebang), ("lookup_ids.lua", False)):
+            source = load_lua(name, shebang=shebang, shims=shims)
+            self._scripts[name] = LuaOperation(name, source, functions=functions)
         self.load_scripts()
 
     def load_scripts(self) -> None:
-        """SCRIPT LOAD every script (on every primary of a cluster): done before pipelines,
-        since a pipeline cannot reload a script half-way."""
-        for script in self._scripts.values():
-            script.sha = _text(self.client.script_load(script.script))
+        """Load every script or function on every primary: done before pipelines, since a
+        pipeline cannot reload one half-way."""
+        cluster: Any = self.client  # redis-py's cluster node look-ups are untyped
+        nodes = (
+            [cluster.get_redis_connection(node) for node in cluster.get_primaries()]
+            if self.is_cluster
+            else [self.client]
+        )
+        try:
+            for script in self._scripts.values():
+                for node in nodes:
+                    script.load(node)
+        except ResponseError as exc:
+            raise StoreError(f"Redis refused a script: {exc}") from exc
+
+    @property
+    def uses_functions(self) -> bool:
+        """Whether apply.lua runs as a Redis Function (FCALL) rather than by EVALSHA."""
+        self._ready()
+        return self._scripts["apply.lua"].functions
 
     def _ready(self) -> None:
         if not self.codec:
@@ -282,13 +302,13 @@ class RedisStore:
         return out if isinstance(out, list) else []  # cjson encodes an empty table as {}
 
     def _run(self, name: str, calls: Sequence[tuple[int, Sequence[str | bytes | int]]]) -> list[Any]:
-        """EVALSHA ``name`` once per (shard, args), pipelined (per node in a cluster); a
-        NOSCRIPT reply (nothing ran) loads the scripts and sends those calls again."""
+        """Call ``name`` once per (shard, args), pipelined (per node in a cluster); a reply
+        saying the script is missing (nothing ran) loads the scripts and sends those calls again."""
         self._ready()
-        sha = self._scripts[name].sha
-        evals = [(sha, (1, self.meta_key(shard), *args)) for shard, args in calls]
+        script = self._scripts[name]
+        commands = [script.command(1, self.meta_key(shard), *args) for shard, args in calls]
         try:
-            replies = evalsha_pipeline(self.client, evals, lambda _: self.load_scripts())
+            replies = script_pipeline(self.client, commands, lambda _: self.load_scripts())
         except RedisError as exc:
             raise StoreError(f"Redis failed during {name}: {exc}") from exc
         for i, reply in enumerate(replies):
@@ -322,21 +342,21 @@ class RedisStore:
         On a standalone server (or a Sentinel master) the calls go out on one dedicated
         connection without waiting, so the caller plans its next batch while Redis runs this
         one; Redis runs a connection's commands in order.  Anything unusual on the way back
-        (a broken connection, NOSCRIPT) is settled by :meth:`apply`, which is safe because a
+        (a broken connection, a missing script) is settled by :meth:`apply`, which is safe because a
         batch that did run is recognised.  Other topologies run at once."""
         if type(self.client) is not Redis:
             result = self.apply(batches)
             return lambda: result
         self._ready()
         calls = self._apply_calls(batches)
-        sha = self._scripts["apply.lua"].sha
+        script = self._scripts["apply.lua"]
         stream = self._stream
         try:
             if stream.conn is None:
                 stream.conn = self.client.connection_pool.get_connection()
             conn = stream.conn
             conn.send_packed_command(
-                conn.pack_commands([("EVALSHA", sha, 1, self.meta_key(shard), *args) for shard, args in calls])
+                conn.pack_commands([script.command(1, self.meta_key(shard), *args) for shard, args in calls])
             )
         except RedisError:
             stream.drop()
@@ -351,7 +371,7 @@ class RedisStore:
                 for _ in calls:
                     try:
                         replies.append(conn.read_response())
-                    except ResponseError as exc:  # NOSCRIPT and the like: that call did not run
+                    except ResponseError as exc:  # a missing script and the like: that call did not run
                         replies.append(exc)
             except RedisError:
                 stream.drop()

@@ -37,7 +37,7 @@ def test_timed_run_reports_the_engines_work_and_the_limits_comparison() -> None:
 def test_callgrind_counts_the_scripts_instructions() -> None:
     assert shutil.which("valgrind"), "valgrind is needed (apt-get install valgrind; CI installs it)"
     counted = callgrind_run(orders=400, trades=100, accounts=50, batch_size=100, shards=1)
-    assert counted["evalsha_calls"] == 6  # the warm-up event, then 499 events in 5 batches
+    assert counted["script_calls"] == 6  # the warm-up event, then 499 events in 5 batches
     # a plausible count: an event in a batch of 100 costs thousands of instructions, and far
     # less than the ~500k of a script call of its own
     assert 1_000 < counted["instructions_per_event"] < 300_000

@@ -115,11 +115,12 @@ def test_lost_replies_are_retried_without_double_counting(standalone: RedisServe
 
 
 def _flush_scripts(store: RedisStore, nodes: RedisCluster3 | None) -> None:
-    if nodes is not None:
-        for node in nodes.nodes:
-            node.client().script_flush()
-    else:
-        store.client.script_flush()
+    """Drop every script and function the store loaded (fakeredis has no functions)."""
+    functions = store.uses_functions
+    for client in [node.client() for node in nodes.nodes] if nodes is not None else [store.client]:
+        client.script_flush()
+        if functions:
+            client.function_flush()
 
 
 @pytest.mark.parametrize("backend", REMOTE, indirect=True)
@@ -135,15 +136,54 @@ def test_script_cache_loss_is_transparent(make_engine: Callable[..., Engine], re
     assert got == data["expected"]
 
 
-def test_noscript_is_what_happened(standalone: RedisServer) -> None:
+def test_apply_runs_as_a_function_and_a_flush_is_what_happened(standalone: RedisServer) -> None:
+    """On Redis 7 apply.lua is an FCALL; after FUNCTION FLUSH and SCRIPT FLUSH the next calls
+    were answered "Function not found" / NOSCRIPT (so the reload path really ran), and the
+    actions are the in-memory ones."""
     standalone.client().flushall()
+    standalone.client().function_flush()
     standalone.client().config_resetstat()
+    data = case(1)
     store = RedisStore.from_url(standalone.url, num_shards=2)
-    engine = RemoteEngine.from_config(build_config(case(1)["config"]), store)
-    run(engine, case(1)["events"][:10])
+    engine = RemoteEngine.from_config(build_config(data["config"]), store)
+    got = run(engine, data["events"][:10])
+    assert store.uses_functions
     store.client.script_flush()
-    run(engine, case(1)["events"][10:20])
-    assert standalone.client().info("errorstats").get("errorstat_NOSCRIPT", {}).get("count", 0) >= 1
+    store.client.function_flush()
+    standalone.client().config_resetstat()
+    got += run(engine, data["events"][10:], start=10)
+    assert got == data["expected"]
+    info = standalone.client().info("commandstats")
+    assert info["cmdstat_fcall"]["calls"] >= 2
+    assert info["cmdstat_function|load"]["calls"] == 1
+    assert standalone.client().info("errorstats")["errorstat_ERR"]["count"] >= 1  # "Function not found"
+    assert len(standalone.client().function_list(library="cluster_risk_apply_*")) == 1
+
+
+def test_without_function_load_permission_apply_falls_back_to_evalsha(standalone: RedisServer) -> None:
+    """An ACL user that may not FUNCTION LOAD (an older deployment's ACL line) still works:
+    apply.lua runs by EVALSHA, with the same actions."""
+    admin = standalone.client()
+    admin.flushall()
+    admin.function_flush()
+    admin.acl_setuser(
+        "nofunc",
+        enabled=True,
+        passwords=["+nofunc-pw"],
+        keys=["risk:*"],
+        commands=["+@all", "-function"],
+    )
+    try:
+        url = standalone.url.replace("redis://", "redis://nofunc:nofunc-pw@")
+        data = case(1)
+        store = RedisStore.from_url(url, num_shards=2)
+        engine = RemoteEngine.from_config(build_config(data["config"]), store)
+        assert run(engine, data["events"]) == data["expected"]
+        assert not store.uses_functions
+        assert admin.function_list() == []
+        store.close()
+    finally:
+        admin.acl_deluser("nofunc")
 
 
 def test_restart_with_aof_keeps_state_and_reloads_scripts(redis_binaries: Any, tmp_path: Path) -> None:

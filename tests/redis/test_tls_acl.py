@@ -52,6 +52,7 @@ ACL_RULES = [
     "-script|flush",
     "-script|kill",
     "-function",
+    "+function|load",  # apply.lua is loaded as a Redis Function (FCALL is in @scripting)
     # Redis Cluster: the client learns the slot map and reads the topology.
     "+cluster|slots",
     "+cluster|shards",
@@ -149,6 +150,7 @@ def test_conformance_vector_over_tls_as_acl_user(tls_server: TlsServer) -> None:
         remote = list(replay_batched(RemoteEngine.from_config(config, store), case["events"], 100, decoded=True))
         local = list(replay_events(RiskEngine.from_config(config), case["events"]))
         assert views(remote) == views(local) == case["expected"]
+        assert store.uses_functions  # the documented ACL line allows FUNCTION LOAD
         assert any(key.startswith("risk:{s") for shard in range(4) for key in store.shard_keys(shard))
         assert_hidden(repr(store), repr(store.client), str(store.client.connection_pool), repr(settings))
     finally:
@@ -226,6 +228,8 @@ def test_acl_user_on_a_redis_cluster(redis_binaries: tuple[str, str], tmp_path: 
             config = build_config(case["config"])
             remote = replay_batched(RemoteEngine.from_config(config, store), case["events"], 100, decoded=True)
             assert views(remote) == case["expected"]
+            assert store.uses_functions
+            assert all(node.client().function_list() for node in nodes)  # loaded on every primary
             assert_hidden(repr(store), repr(store.client))
         finally:
             store.close()
