@@ -11,7 +11,7 @@ The library is generated from the same source as the EVALSHA script (one code pa
 set of tests): the libraries' text first, then the script's body wrapped in a function of
 ``(KEYS, ARGV)``, registered under a name that carries the source's SHA-1, so that workers of
 two versions, during a rolling upgrade, each call their own.  Old versions stay loaded until
-someone runs ``FUNCTION DELETE`` (``FUNCTION LIST LIBRARYNAME cluster_risk`` lists them).
+someone runs ``FUNCTION DELETE`` (``FUNCTION LIST LIBRARYNAME "cluster_risk_*"`` lists them).
 
 Where a server cannot take the library - Redis 6.2, fakeredis, an ACL without
 ``function|load`` - the call falls back to EVALSHA of the same script, once per process.
