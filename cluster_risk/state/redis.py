@@ -125,7 +125,8 @@ def script_pipeline(
 ) -> list[Any]:
     """Send each call (an EVALSHA or FCALL command) in one pipeline on ``conn``; the calls
     answered NOSCRIPT or "Function not found" ran nothing, so ``load(their indices)`` loads
-    them and they are sent once more.  ``trailer``: a command sent after the calls in each
+    them (and may replace those calls in ``calls``: an FCALL becomes an EVALSHA where the
+    server refused the function) and they are sent once more.  ``trailer``: a command sent after the calls in each
     pipeline (``WAIT``), its reply given to ``on_trailer``.  Per call its reply, or the error
     it got."""
     replies: list[Any] = [None] * len(calls)
@@ -307,8 +308,15 @@ class RedisStore:
         self._ready()
         script = self._scripts[name]
         commands = [script.command(1, self.meta_key(shard), *args) for shard, args in calls]
+
+        def load(missing: list[int]) -> None:  # then those calls again, in the form now loaded
+            self.load_scripts()
+            for i in missing:
+                shard, args = calls[i]
+                commands[i] = script.command(1, self.meta_key(shard), *args)
+
         try:
-            replies = script_pipeline(self.client, commands, lambda _: self.load_scripts())
+            replies = script_pipeline(self.client, commands, load)
         except RedisError as exc:
             raise StoreError(f"Redis failed during {name}: {exc}") from exc
         for i, reply in enumerate(replies):

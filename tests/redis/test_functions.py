@@ -1,0 +1,71 @@
+"""LuaOperation and script_pipeline against a real redis-server: a function missing on the
+server is loaded and the call sent again; where FUNCTION LOAD is refused the same calls run
+by EVALSHA, also when the refusal comes half-way through a pipeline's retry."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from cluster_risk.state.functions import LuaOperation, is_missing
+from cluster_risk.state.redis import script_pipeline
+from tests.redis.servers import RedisServer
+
+SOURCE = "#!lua\nlocal lib = {twice = function(x) return x .. x end}\n--@body\nreturn lib.twice(KEYS[1] .. ARGV[1])\n"
+
+
+@pytest.fixture
+def admin(standalone: RedisServer) -> Iterator[redis.Redis]:
+    client = standalone.client()
+    client.function_flush()
+    client.script_flush()
+    yield client
+    client.function_flush()
+
+
+def _run(client: redis.Redis, op: LuaOperation, n: int) -> list[object]:
+    args = [(1, f"fn:k{i}", str(i)) for i in range(n)]
+    calls = [op.command(*a) for a in args]
+
+    def load(missing: list[int]) -> None:
+        op.load(client)
+        for i in missing:
+            calls[i] = op.command(*args[i])
+
+    return script_pipeline(client, calls, load)
+
+
+def test_a_missing_function_is_loaded_and_the_calls_sent_again(admin: redis.Redis) -> None:
+    op = LuaOperation("demo.lua", SOURCE)
+    assert _run(admin, op, 3) == [b"fn:k00fn:k00", b"fn:k11fn:k11", b"fn:k22fn:k22"]
+    assert op.functions
+    assert [lib[1] for lib in admin.function_list()] == [op.function.encode()]  # [b"library_name", name, ...]
+    admin.function_flush()
+    assert _run(admin, op, 1) == [b"fn:k00fn:k00"]
+    assert admin.info("commandstats")["cmdstat_fcall"]["calls"] >= 5
+
+
+def test_refused_function_load_falls_back_to_evalsha(admin: redis.Redis, standalone: RedisServer) -> None:
+    admin.acl_setuser("nofn", enabled=True, passwords=["+nofn-pw"], keys=["fn:*"], commands=["+@all", "-function"])
+    try:
+        user = redis.Redis(port=standalone.port, username="nofn", password="nofn-pw")
+        op = LuaOperation("demo.lua", SOURCE)
+        assert _run(user, op, 2) == [b"fn:k00fn:k00", b"fn:k11fn:k11"]  # FCALL missing, then EVALSHA
+        assert not op.functions and op.command(0)[0] == "EVALSHA"
+        assert admin.function_list() == []
+        user.close()
+    finally:
+        admin.acl_deluser("nofn")
+
+
+def test_a_script_error_is_not_taken_for_a_missing_function(admin: redis.Redis) -> None:
+    op = LuaOperation("bad.lua", "#!lua\n--@body\nreturn redis.call('NO_SUCH_COMMAND')\n")
+    [reply] = _run(admin, op, 1)
+    assert isinstance(reply, redis.ResponseError) and not is_missing(reply)
+
+
+def test_a_source_without_a_body_line_is_refused() -> None:
+    with pytest.raises(ValueError, match="--@body"):
+        LuaOperation("plain.lua", "#!lua\nreturn 1\n")
