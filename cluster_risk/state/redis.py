@@ -126,9 +126,9 @@ def script_pipeline(
     """Send each call (an EVALSHA or FCALL command) in one pipeline on ``conn``; the calls
     answered NOSCRIPT or "Function not found" ran nothing, so ``load(their indices)`` loads
     them (and may replace those calls in ``calls``: an FCALL becomes an EVALSHA where the
-    server refused the function) and they are sent once more.  ``trailer``: a command sent after the calls in each
-    pipeline (``WAIT``), its reply given to ``on_trailer``.  Per call its reply, or the error
-    it got."""
+    server refused the function) and they are sent once more.  ``trailer``: a command sent
+    after the calls in each pipeline (``WAIT``), its reply given to ``on_trailer``.  Per call
+    its reply, or the error it got."""
     replies: list[Any] = [None] * len(calls)
     todo = list(range(len(calls)))
     for attempt in range(2):
