@@ -36,6 +36,7 @@ from redis.commands.core import Script
 from cluster_risk.errors import RiskError
 from cluster_risk.remote import scope_key
 from cluster_risk.rules.base import BaseRule, DailyCapRule, WindowRule
+from cluster_risk.state.functions import LuaOperation
 from cluster_risk.state.redis import by_node, load_lua, script_pipeline
 
 __all__ = ["DEFAULT_SHARDS", "MANUAL", "Deployment", "DeploymentError", "Keys", "Scripts", "text"]
@@ -173,12 +174,19 @@ class Scripts:
     def __init__(self, client: Client) -> None:
         self.client = client
         self._scripts: dict[str, Script] = {}
+        self._operations: dict[str, LuaOperation] = {}  # the same scripts, for pipelines
 
     def _script(self, name: str) -> Script:
         script = self._scripts.get(name)
         if script is None:
             script = self._scripts[name] = self.client.register_script(load_lua(name))
         return script
+
+    def _operation(self, name: str) -> LuaOperation:
+        operation = self._operations.get(name)
+        if operation is None:
+            operation = self._operations[name] = LuaOperation(name, load_lua(name), functions=False)
+        return operation
 
     def __call__(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         return self._script(name)(keys=list(keys), args=list(args))
@@ -193,7 +201,7 @@ class Scripts:
         replies: list[Any] = [None] * len(calls)
         for node, indices in by_node(self.client, [keys[0] for _, keys, _ in calls]):
             group = [calls[i] for i in indices]
-            evals = [("EVALSHA", self._script(name).sha, len(keys), *keys, *args) for name, keys, args in group]
+            evals = [(self._operation(name), (len(keys), *keys, *args)) for name, keys, args in group]
             got = script_pipeline(node, evals, partial(self._load, node, group))
             for i, reply in zip(indices, got, strict=True):
                 replies[i] = reply

@@ -602,17 +602,10 @@ class Worker:
         error it got."""
         script = self._script
         assert script is not None  # set by run()
-        args = [(len(job.keys), *job.keys, *job.args[:7]) for job in jobs]
-        calls = [script.command(*a) for a in args]
-
-        def load(missing: list[int]) -> None:  # then those calls again, in the form now loaded
-            script.load(node)
-            for i in missing:
-                calls[i] = script.command(*args[i])
-
+        calls = [(script, (len(job.keys), *job.keys, *job.args[:7])) for job in jobs]
         replicas = self.durability.replicas
         wait = ("WAIT", replicas, self.durability.timeout_ms) if replicas else ()
-        return script_pipeline(node, calls, load, wait, self._acked)
+        return script_pipeline(node, calls, lambda _: script.load(node), wait, self._acked)
 
     def _acked(self, acked: Any) -> None:
         """WAIT's reply after a pipeline of batches: how many replicas have them."""

@@ -118,24 +118,25 @@ def by_node(client: Client, keys: Sequence[str]) -> list[tuple[Any, list[int]]]:
 
 def script_pipeline(
     conn: Any,
-    calls: Sequence[Sequence[Any]],
+    calls: Sequence[tuple[LuaOperation, Sequence[Any]]],
     load: Callable[[list[int]], None],
     trailer: Sequence[Any] = (),
     on_trailer: Callable[[Any], None] | None = None,
 ) -> list[Any]:
-    """Send each call (an EVALSHA or FCALL command) in one pipeline on ``conn``; the calls
-    answered NOSCRIPT or "Function not found" ran nothing, so ``load(their indices)`` loads
-    them (and may replace those calls in ``calls``: an FCALL becomes an EVALSHA where the
-    server refused the function) and they are sent once more.  ``trailer``: a command sent
-    after the calls in each pipeline (``WAIT``), its reply given to ``on_trailer``.  Per call
-    its reply, or the error it got."""
+    """Send each ``(script, numkeys + keys + args)`` call (FCALL or EVALSHA) in one pipeline on
+    ``conn``; the calls answered NOSCRIPT or "Function not found" ran nothing, so
+    ``load(their indices)`` loads them and they are sent once more, in the form now loaded
+    (an FCALL becomes an EVALSHA where the server refused the function).  ``trailer``: a
+    command sent after the calls in each pipeline (``WAIT``), its reply given to
+    ``on_trailer``.  Per call its reply, or the error it got."""
     replies: list[Any] = [None] * len(calls)
     todo = list(range(len(calls)))
     for attempt in range(2):
         pipe = conn.pipeline(transaction=False)
         for i in todo:
+            script, args = calls[i]
             # execute_command: ClusterPipeline blocks its evalsha() helper, not the command
-            pipe.execute_command(*calls[i])
+            pipe.execute_command(*script.command(*args))
         if trailer:
             pipe.execute_command(*trailer)
         got = pipe.execute(raise_on_error=False)
@@ -307,16 +308,9 @@ class RedisStore:
         saying the script is missing (nothing ran) loads the scripts and sends those calls again."""
         self._ready()
         script = self._scripts[name]
-        commands = [script.command(1, self.meta_key(shard), *args) for shard, args in calls]
-
-        def load(missing: list[int]) -> None:  # then those calls again, in the form now loaded
-            self.load_scripts()
-            for i in missing:
-                shard, args = calls[i]
-                commands[i] = script.command(1, self.meta_key(shard), *args)
-
+        commands = [(script, (1, self.meta_key(shard), *args)) for shard, args in calls]
         try:
-            replies = script_pipeline(self.client, commands, load)
+            replies = script_pipeline(self.client, commands, lambda _: self.load_scripts())
         except RedisError as exc:
             raise StoreError(f"Redis failed during {name}: {exc}") from exc
         for i, reply in enumerate(replies):

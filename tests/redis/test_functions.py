@@ -26,15 +26,8 @@ def admin(standalone: RedisServer) -> Iterator[redis.Redis]:
 
 
 def _run(client: redis.Redis, op: LuaOperation, n: int) -> list[object]:
-    args = [(1, f"fn:k{i}", str(i)) for i in range(n)]
-    calls = [op.command(*a) for a in args]
-
-    def load(missing: list[int]) -> None:
-        op.load(client)
-        for i in missing:
-            calls[i] = op.command(*args[i])
-
-    return script_pipeline(client, calls, load)
+    calls = [(op, (1, f"fn:k{i}", str(i))) for i in range(n)]
+    return script_pipeline(client, calls, lambda _: op.load(client))
 
 
 def test_a_missing_function_is_loaded_and_the_calls_sent_again(admin: redis.Redis) -> None:
