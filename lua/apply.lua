@@ -50,6 +50,7 @@ record = {pos, code, r, scope key, value}   (pos = the event's number in this pl
   4 rollover resume   5 tick resume   6 reset resume (rollover.lua)
 ]]
 
+--@include builtins.lua
 --@include keys.lua
 --@include cache.lua
 --@include window.lua
@@ -61,6 +62,7 @@ record = {pos, code, r, scope key, value}   (pos = the event's number in this pl
 --@include emit.lua
 
 --@body (the library above is defined once per server when this runs as a Redis Function)
+builtins.bind()
 window.new_call()
 local meta = KEYS[1]
 local base = keys.base(meta)

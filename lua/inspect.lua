@@ -25,9 +25,11 @@ key}, read through window.lua's default read-only backend) and window.count_at a
 hot path).
 ]]
 
+--@include builtins.lua
 --@include keys.lua
 --@include window.lua
 
+builtins.bind()
 local base = keys.base(KEYS[1])
 local spec = cjson.decode(ARGV[1])
 

@@ -13,10 +13,12 @@ seen makes the trade a duplicate even when its order has been forgotten. apply.l
 again when it reaches the trade (see cluster_risk/remote.py).
 ]]
 
+--@include builtins.lua
 --@include keys.lua
 --@include cache.lua
 --@include seen_ids.lua
 
+builtins.bind()
 local m = redis.call('HMGET', KEYS[1], 'latest', 'gens')
 -- the gens list holds exactly the live generations (older ones are deleted as the day moves)
 local I = ids.open(keys.base(KEYS[1]), m[2], tonumber(m[1]) or -1, math.huge)

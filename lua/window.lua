@@ -2,7 +2,8 @@
 --[[ window.lua - library: sliding-window counter with threshold and pause flag.
 The Lua twin of cluster_risk.state.memory.SlidingWindow (SEMANTICS.md, OrderRateLimitRule).
 
-KEYS / ARGV: none. Included into apply.lua and inspect.lua (`--@include window.lua`). The caller
+KEYS / ARGV: none. Included into apply.lua and inspect.lua (`--@include window.lua`), after
+builtins.lua (its hot path calls str_match, struct_pack, ... bound per call). The caller
 keeps one state per group: the hot part in the hash <prefix>:{s<N>}:win:<rule> (field = scope
 key, value = encode(w)), older buckets in chunks in <prefix>:{s<N>}:winc:<rule> (field =
 "<chunk number>:<scope key>"), reached through a backend (below).
@@ -228,7 +229,7 @@ end
 local function text_of(n)
   local t = count_text[n]
   if not t then
-    t = string.format('%d', n)
+    t = str_format('%d', n)
     count_text[n] = t
   end
   return t
@@ -243,8 +244,8 @@ function window.hit_raw(s, b, K, threshold, resume)
   if s then
     -- the header's cold-chunk fields (cf, cn, co) do not change here: they go back as bytes,
     -- with the body (`rest` = where they start), so only the first five are unpacked
-    local t, at = string.match(s, '^(%d+)|()')
-    p, hb, lc, fb, hc, rest = struct.unpack(HOT_HEADER, s, at)
+    local t, at = str_match(s, '^(%d+)|()')
+    p, hb, lc, fb, hc, rest = struct_unpack(HOT_HEADER, s, at)
     if b == hb then
       lc = lc + 1
     elseif b > hb and fb > b - K and hc < HOT_MAX then
@@ -264,7 +265,7 @@ function window.hit_raw(s, b, K, threshold, resume)
   end
   local code
   p, code = crossing(p, n, threshold, resume)
-  return text_of(n) .. '|' .. struct.pack(HOT_HEADER, p, hb, lc, fb, hc) .. string.sub(s, rest) .. add, code, n
+  return text_of(n) .. '|' .. struct_pack(HOT_HEADER, p, hb, lc, fb, hc) .. str_sub(s, rest) .. add, code, n
 end
 
 function window.count_at(w, c, K)

@@ -37,7 +37,8 @@ def run_lua(request: pytest.FixtureRequest) -> Callable[[list[str], str, str], A
         shims = []
 
     def run(libraries: list[str], body: str, arg: str) -> Any:
-        script = "\n".join([*shims, *(library(name) for name in libraries), body])
+        # builtins.lua first and bound before the body, as every script that includes libraries does
+        script = "\n".join([*shims, *(library(name) for name in ["builtins.lua", *libraries]), "builtins.bind()", body])
         return json.loads(client.eval(script, 0, arg))
 
     return run
