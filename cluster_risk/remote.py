@@ -134,7 +134,8 @@ class _Account:
 
 
 class _Group:
-    """One stateful rule's group (scope key), shared by every context that falls in it.
+    """One scope key: the group of every stateful rule whose scope gives that key (the plan
+    sends it once; the script tells the rules apart), shared by every context that falls in it.
     Like an account, it memoises its index in the plan being built (``stamp``, ``local``),
     so entering a context costs no dict look-up per rule."""
 
@@ -252,7 +253,9 @@ class RemoteEngine:
         self._ttl_ms = (store.ttl_s * 1000) if store.ttl_s is not None else (id_retention_days + 1) * _DAY_MS
         self._accounts: dict[str, _Account] = {}
         self._contexts: dict[tuple[str, str], _Context] = {}
-        self._groups: dict[tuple[int, str], _Group] = {}  # (rule's lua index, scope key) -> group
+        # scope key -> group: rules with the same scope share its plan entry (the script tells
+        # them apart by rule), so the seed's two account rules send each account's key once
+        self._groups: dict[str, _Group] = {}
         # The rules an order / a trade feeds, in the order the plan lists their values
         # (apply.lua's header); the same for every context.
         self._order_rules = [r for r in self._stateful if r.kind == "w" or r.order_amount]
@@ -599,14 +602,14 @@ class RemoteEngine:
             account = _Account(account_id, self.store.shard_of(account_id))
             self._accounts[account_id] = account
         scope = Scope(account_id, contract, self.contract_to_product.get(contract, contract))
-        ctx = _Context(account, scope, [self._group(r.lua, scope_key(r.rule.scope_key(scope))) for r in self._stateful])
+        ctx = _Context(account, scope, [self._group(scope_key(r.rule.scope_key(scope))) for r in self._stateful])
         self._contexts[(account_id, contract)] = ctx
         return ctx
 
-    def _group(self, lua: int, key: str) -> _Group:
-        group = self._groups.get((lua, key))
+    def _group(self, key: str) -> _Group:
+        group = self._groups.get(key)
         if group is None:
-            group = self._groups[(lua, key)] = _Group(key)
+            group = self._groups[key] = _Group(key)
         return group
 
     # ------------------------------------------------------------------ plan and apply

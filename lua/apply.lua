@@ -30,7 +30,8 @@ plan = {1, rules, accounts, pairs, groups, events, retention_days, ttl_ms, t0}
   accounts[a] account id
   pairs       flat, 2 + #rules values per (account, contract) pair p:
               a, "<account>\31<contract>", then its group g for each rule r
-  groups[g]   a group's scope key (its rule is known from the pair that points at it)
+  groups[g]   a scope key, listed once even when several rules group by it: a pair's entry
+              for rule r that points at g makes it rule r's group
   events      one flat array (cheapest to decode), each event one of
               1, "o<oid>", p, day, ts, then per rule that orders feed (rules[r][6] == 1):
                  bucket (-1: not counted) for a window rule, amount, kind (0 int, 1 float,
