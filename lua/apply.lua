@@ -120,7 +120,9 @@ end
 local I, acc, ws_of, reg = X.ids, X.acc, X.ws, X.reg
 local gen = I.gen -- id -> generation, false when known unseen (ids.fresh)
 local order_rules, trade_rules = {}, {} -- rule numbers, in the order of their event values
+local is_window = {} -- by rule number
 for r, rule in ipairs(rules) do
+  is_window[r] = rule[1] == 'w'
   if rule[1] == 'w' or rule[6] == 1 then order_rules[#order_rules + 1] = r end
   if rule[1] == 'd' then trade_rules[#trade_rules + 1] = r end
 end
@@ -154,14 +156,13 @@ do
       if not ids.fresh(I, ev[i + 1], 116) then idf[#idf + 1] = ev[i + 1] end
       if ev[i + 5] ~= '' then idf[#idf + 1] = ev[i + 5] end
       local d, p = ev[i + 3], ev[i + 2]
-      for r, rule in ipairs(rules) do
-        if rule[1] == 'd' then
-          local byday = days[r] or {}
-          days[r] = byday
-          local l = byday[d] or {}
-          byday[d] = l
-          l[#l + 1] = group(p, r)
-        end
+      for j = 1, #trade_rules do
+        local r = trade_rules[j]
+        local byday = days[r] or {}
+        days[r] = byday
+        local l = byday[d] or {}
+        byday[d] = l
+        l[#l + 1] = group(p, r)
       end
     end
     i = i + SPAN[kind]
@@ -267,7 +268,7 @@ local function order(pos, i)
   local k = i + 5
   for j = 1, #order_rules do
     local r = order_rules[j]
-    if rules[r][1] == 'w' then
+    if is_window[r] then
       local b = ev[k]
       if b >= 0 then window_step(pos, ts, r, groups[pairs_[base_p + 2 + r]], b, a) end
       k = k + 1

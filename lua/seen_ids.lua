@@ -20,7 +20,7 @@ their orders and trades upwards, so most of a batch's ids skip the HMGET.
                          this batch (unseen); raises the maximum to it
   ids.preload(I, fields)             newest generation first, each asked (one HMGET) only for
                                      the ids no newer one holds
-  ids.seen(I, field) -> value or nil
+  ids.seen(I, field) -> its value (true for an id added in this call), or nil when unseen
   ids.add(I, field, value)           into generation I.latest
   ids.advance(I, day)                the shard's latest day moves to `day`; old generations go
   ids.flush(I, ttl_ms) -> gens, maxo, maxt   write back; the new meta fields
@@ -94,7 +94,7 @@ function ids.seen(I, f)
     ids.preload(I, {f})
     g = I.gen[f]
   end
-  if g and I.latest - g <= I.retention then return I.val[f] end
+  if g and I.latest - g <= I.retention then return I.val[f] or true end
   return nil
 end
 
@@ -108,7 +108,7 @@ function ids.add(I, f, x)
   end
   local n = #l
   l[n + 1], l[n + 2] = f, x
-  I.gen[f], I.val[f] = d, x
+  I.gen[f] = d -- its value is not kept: only ids read from Redis are asked for theirs
 end
 
 function ids.advance(I, day)
