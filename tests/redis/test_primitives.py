@@ -115,7 +115,7 @@ def test_window_lua_keeps_long_windows_in_chunks(run_lua: Callable[..., Any], se
     rnd = random.Random(100 + seed)
     k = 300
     case, expected = _window_case(rnd, k, [0, 3, 3, 3, 6, 1], [0, 1, 50, 200, 299, 400], 2000)
-    assert max(n for _, n in expected) > 48  # more live hits than the hot part keeps
+    assert max(n for _, n in expected) > 40  # more live hits than the hot part keeps (HOT_MAX)
     assert run_lua(["window.lua"], WINDOW_HARNESS, json.dumps(case)) == expected
 
 
