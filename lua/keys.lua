@@ -34,12 +34,23 @@ local function iso_day(ordinal)
   if m <= 2 then y = y + 1 end
   return string.format('%04d-%02d-%02d', y, m, d)
 end
-keys.iso_day = iso_day
+
+-- memoised: every call names its day and id hashes, and a Function library keeps this table
+-- across calls (a pure function of the ordinal; one entry per trading day seen)
+local iso_days = {}
+function keys.iso_day(ordinal)
+  local s = iso_days[ordinal]
+  if not s then
+    s = iso_day(ordinal)
+    iso_days[ordinal] = s
+  end
+  return s
+end
 
 function keys.base(meta) return string.sub(meta, 1, -5) end
 function keys.acct(base) return base .. 'acct' end
 function keys.win(base, rule) return base .. 'win:' .. rule end
 function keys.winc(base, rule) return base .. 'winc:' .. rule end
-function keys.day(base, d, rule) return base .. 'day:' .. iso_day(d) .. ':' .. rule end
+function keys.day(base, d, rule) return base .. 'day:' .. keys.iso_day(d) .. ':' .. rule end
 function keys.paused(base, rule) return base .. 'paused:' .. rule end
-function keys.ids(base, d) return base .. 'ids:' .. iso_day(d) end
+function keys.ids(base, d) return base .. 'ids:' .. keys.iso_day(d) end
