@@ -202,7 +202,7 @@ def _latency(
     fleet = _Fleet(folder, shards, workers, config=CONFIG)
     arrived: dict[int, int] = {}
     stop = threading.Event()
-    pubsub = fleet.client.pubsub()  # type: ignore[no-untyped-call]
+    pubsub = fleet.client.pubsub()  # type: ignore[no-untyped-call, unused-ignore]
     pubsub.subscribe(fleet.keys.channel)  # before the first probe
     listener = threading.Thread(target=_listen, args=(pubsub, arrived, stop), daemon=True)
     listener.start()

@@ -199,7 +199,7 @@ class RiskClient:
         while not self._stop.is_set():
             try:
                 if pubsub is None:
-                    pubsub = self.client.pubsub()  # type: ignore[no-untyped-call]
+                    pubsub = self.client.pubsub()  # type: ignore[no-untyped-call, unused-ignore]
                     pubsub.subscribe(self.keys.channel)
                     self.catch_up(range(self.keys.shards))
                 message = pubsub.get_message(ignore_subscribe_messages=True, timeout=min(0.05, self.poll_s))

@@ -231,7 +231,7 @@ class RedisStore:
         """Every key the shard holds now (SCAN on its pattern; for ops and tests)."""
         pattern = f"{self.prefix}:{{s{shard}}}:*"
         if isinstance(self.client, RedisCluster):
-            node = self.client.get_node_from_key(self.meta_key(shard))  # type: ignore[no-untyped-call]
+            node = self.client.get_node_from_key(self.meta_key(shard))  # type: ignore[no-untyped-call, unused-ignore]
             found = self.client.scan_iter(match=pattern, count=1000, target_nodes=node)
         else:
             found = self.client.scan_iter(match=pattern, count=1000)
@@ -472,5 +472,5 @@ def _sentinel_master(parts: Any, options: dict[str, Any]) -> Redis:
     if parts.password is not None:
         options.setdefault("password", unquote(parts.password))
     db = int(path[1]) if len(path) > 1 else 0
-    sentinel = Sentinel(hosts, **{k: v for k, v in options.items() if k.startswith("socket_")})  # type: ignore[no-untyped-call]
-    return cast(Redis, sentinel.master_for(path[0], db=db, **options))  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(hosts, **{k: v for k, v in options.items() if k.startswith("socket_")})  # type: ignore[no-untyped-call, unused-ignore]
+    return cast(Redis, sentinel.master_for(path[0], db=db, **options))  # type: ignore[no-untyped-call, unused-ignore]
