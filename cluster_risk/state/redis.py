@@ -93,6 +93,10 @@ def load_lua(name: str, *, shebang: bool = True, shims: Sequence[str] = ()) -> s
     lines = _lua_text(name).splitlines(keepends=True)
     if not lines[0].startswith("#!lua"):
         raise StoreError(f"lua/{name}: the first line must be #!lua")
+    includes = [line.strip() for line in lines if line.startswith(_INCLUDE)]
+    if includes and includes[0] != _INCLUDE + "builtins.lua":
+        # the libraries use string, struct, ... as locals that builtins.lua declares
+        raise StoreError(f"lua/{name}: its first include must be builtins.lua (the libraries need its locals)")
     out = lines[:1] if shebang else []
     out += [library(shim) for shim in shims]
     for line in lines[1:]:

@@ -5,12 +5,13 @@ by EVALSHA, also when the refusal comes half-way through a pipeline's retry."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
 
 from cluster_risk.state.functions import LuaOperation, is_missing
-from cluster_risk.state.redis import script_pipeline
+from cluster_risk.state.redis import StoreError, load_lua, script_pipeline
 from tests.redis.servers import RedisServer
 
 SOURCE = "#!lua\nlocal lib = {twice = function(x) return x .. x end}\n--@body\nreturn lib.twice(KEYS[1] .. ARGV[1])\n"
@@ -62,3 +63,41 @@ def test_a_script_error_is_not_taken_for_a_missing_function(admin: redis.Redis) 
 def test_a_source_without_a_body_line_is_refused() -> None:
     with pytest.raises(ValueError, match="--@body"):
         LuaOperation("plain.lua", "#!lua\nreturn 1\n")
+
+
+def _builtins_library() -> str:
+    return (Path(__file__).parents[2] / "lua" / "builtins.lua").read_text(encoding="utf-8").split("\n", 1)[1]
+
+
+@pytest.mark.parametrize("bind", [True, False])
+def test_builtins_are_bound_at_each_call_of_a_function(admin: redis.Redis, bind: bool) -> None:
+    """builtins.lua's locals stand for the standard libraries: a Function's top level runs at
+    FUNCTION LOAD without them, so the body binds them first; a body that does not fails."""
+    source = (
+        "#!lua\n"
+        + _builtins_library()
+        + "local function shout(x) return string.upper(x) .. tonumber('1') end\n--@body\n"
+        + ("builtins.bind()\n" if bind else "")
+        + "return shout(ARGV[1])\n"
+    )
+    op = LuaOperation("shout.lua", source)
+    op.load(admin)
+    assert op.functions  # loaded as a Function: the library's top level needs no global
+    if bind:
+        assert admin.execute_command(*op.command(0, "abc")) == b"ABC1"
+    else:
+        with pytest.raises(redis.ResponseError, match="string"):
+            admin.execute_command(*op.command(0, "abc"))
+
+
+def test_every_script_with_libraries_includes_builtins_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """load_lua refuses a script whose first include is not builtins.lua (its libraries would
+    find string, struct, ... nil); every shipped script loads."""
+    for path in sorted((Path(__file__).parents[2] / "lua").glob("*.lua")):
+        load_lua(path.name)
+    monkeypatch.setattr(
+        "cluster_risk.state.redis._lua_text",
+        lambda name: "#!lua\n--@include keys.lua\nreturn 1\n" if name == "bad.lua" else "#!lua\nlocal keys = {}\n",
+    )
+    with pytest.raises(StoreError, match=r"first include must be builtins\.lua"):
+        load_lua("bad.lua")
