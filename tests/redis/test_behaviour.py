@@ -208,3 +208,17 @@ def test_apply_shard_with_the_callers_own_script_call(make_engine: Callable[...,
             got += [outcome.to_dict(index)] if isinstance(outcome, EventError) else [a.to_dict() for a in outcome]
         assert sent and all(isinstance(scope.account, str) for _, scopes in sent for scope in scopes.values())
     assert views(got) == case["expected"]
+
+
+def test_a_scope_key_shared_by_rules_is_planned_once() -> None:
+    """The seed's rate and volume rules both group by account: the plan lists each account's
+    key once and both rules' entries of a pair point at it (the script tells the rules apart)."""
+    from cluster_risk.benchmark import SEED_CONFIG
+
+    engine = RemoteEngine.from_config(build_config(SEED_CONFIG), RedisStore(fakeredis.FakeRedis(), num_shards=1))
+    orders = [Order(i + 1, f"A{i % 3}", "T2303", "BID", 1.0, 1, 1_795_000_000_000_000_000 + i) for i in range(6)]
+    plan = engine.plan_shard(0, orders).plan
+    assert plan.groups == ["A0", "A1", "A2"]
+    width = 2 + 2  # account, pair key, then one group per stateful rule
+    pairs = [plan.pairs[i : i + width] for i in range(0, len(plan.pairs), width)]
+    assert [(rate, volume) for _, _, rate, volume in pairs] == [(1, 1), (2, 2), (3, 3)]
