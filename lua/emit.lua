@@ -140,14 +140,17 @@ function emit.run(W, X)
     redis.call('XADD', W.dead, '*', 'entry', d[1], 'index', d[2], 'error', d[3], 'field', d[4],
       'reason', d[5], 'event', d[6])
   end
-  local cursor = {} -- the worker cursor, in one HSET
-  if x[2] ~= '' then cursor = {'sid', x[2]} end
+  -- the worker cursor and the count of entries applied, in one HSET (the count was read with
+  -- the epoch: one redis.call less than an HINCRBY, in every call of the worker)
+  local cursor = {'applied', string.format('%.0f', W.applied + x[3])}
+  if x[2] ~= '' then
+    cursor[3], cursor[4] = 'sid', x[2]
+  end
   if last then
     cursor[#cursor + 1] = 'aid'
     cursor[#cursor + 1] = last
   end
-  if #cursor > 0 then redis.call('HSET', W.lease, unpack(cursor)) end
-  redis.call('HINCRBY', W.lease, 'applied', x[3])
+  redis.call('HSET', W.lease, unpack(cursor))
   if x[9] and #hint > 1 then
     local message = {x[10]}
     for i = 1, #hint do message[i + 1] = hint[i] end

@@ -38,10 +38,11 @@ function fence.open(json, n)
 end
 
 -- Reads the lease hash once for the whole call (epoch; sid for check_cursor; aid, the last
--- action id, for emit.lua as W.aid): nothing in the call writes it before emit.run.
+-- action id, and applied, the entries applied so far, for emit.lua as W.aid and W.applied):
+-- nothing in the call writes it before emit.run.
 function fence.check_epoch(W)
-  local now = redis.call('HMGET', W.lease, 'epoch', 'sid', 'aid')
-  W.sid, W.aid = now[2] or '0-0', now[3] or '0-0'
+  local now = redis.call('HMGET', W.lease, 'epoch', 'sid', 'aid', 'applied')
+  W.sid, W.aid, W.applied = now[2] or '0-0', now[3] or '0-0', tonumber(now[4]) or 0
   if now[1] ~= W.epoch then return {'fenced', now[1] or '0'} end
   return nil
 end
