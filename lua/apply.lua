@@ -117,7 +117,9 @@ end
 -- The hot path, per order and trade: the shard's tables in locals, the rules each kind of
 -- event feeds listed once, the common cases (an id known unseen, an account already read on
 -- its current day, a window already decoded) without a library call.
-local I, acc, ws_of, reg = X.ids, X.acc, X.ws, X.reg
+local I, acc, ws_of, reg, accounts = X.ids, X.acc, X.ws, X.reg, X.accounts
+local raw_of, win_v = X.raw, {} -- per window rule: this batch's new values; the preloaded ones
+for r, c in pairs(X.win) do win_v[r] = c.v end
 local gen = I.gen -- id -> generation, false when known unseen (ids.fresh)
 local order_rules, trade_rules = {}, {} -- rule numbers, in the order of their event values
 local is_window = {} -- by rule number
@@ -195,9 +197,12 @@ local function window_step(pos, ts, r, key, b, a)
   local w = ws_of[r][key]
   local code, n
   if not w then -- not decoded in this batch: try the value-to-value hit first
-    local raw = X.raw[r]
+    local raw = raw_of[r]
     local s = raw[key] -- shard.window_value, inline on the hot path
-    if s == nil then s = cache.get(X.win[r], key) end
+    if s == nil then
+      s = win_v[r][key] -- preloaded: the value, or false for none (hit_raw takes either)
+      if s == nil then s = cache.get(X.win[r], key) end
+    end
     local v
     v, code, n = window.hit_raw(s, b, rule[3], rule[4], rule[5])
     if v then
@@ -261,7 +266,7 @@ local function order(pos, i)
     return
   end
   local base_p = (ev[i + 2] - 1) * W
-  local a = X.accounts[pairs_[base_p + 1]]
+  local a = accounts[pairs_[base_p + 1]]
   local d, ts = ev[i + 3], ev[i + 4]
   local current = enter_day(pos, a, d)
   ids.add(I, f, pairs_[base_p + 2])
@@ -288,7 +293,7 @@ local function trade(pos, i)
   end
   if ev[i + 5] ~= '' and not ids.seen(I, ev[i + 5]) then return true end
   local base_p = (ev[i + 2] - 1) * W
-  local a = X.accounts[pairs_[base_p + 1]]
+  local a = accounts[pairs_[base_p + 1]]
   local d, ts = ev[i + 3], ev[i + 4]
   local current = enter_day(pos, a, d)
   ids.add(I, f, '1')

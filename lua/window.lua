@@ -268,7 +268,9 @@ function window.hit_raw(s, b, K, threshold, resume)
   end
   local code
   p, code = crossing(p, n, threshold, resume)
-  return text_of(n) .. '|' .. struct_pack(HOT_HEADER, p, hb, lc, fb, hc) .. str_sub(s, rest) .. add, code, n
+  local text = count_text[n] -- text_of, inline on the hot path
+  if not text then text = text_of(n) end
+  return text .. '|' .. struct_pack(HOT_HEADER, p, hb, lc, fb, hc) .. str_sub(s, rest) .. add, code, n
 end
 
 function window.count_at(w, c, K)
