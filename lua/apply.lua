@@ -119,12 +119,12 @@ end
 -- its current day, a window already decoded) without a library call.
 local I, acc, ws_of, reg, accounts = X.ids, X.acc, X.ws, X.reg, X.accounts
 local raw_of, win_v = X.raw, {} -- per window rule: this batch's new values; the preloaded ones
-for r, c in pairs(X.win) do win_v[r] = c.v end
 local gen = I.gen -- id -> generation, false when known unseen (ids.fresh)
 local order_rules, trade_rules = {}, {} -- rule numbers, in the order of their event values
 local is_window = {} -- by rule number
 for r, rule in ipairs(rules) do
   is_window[r] = rule[1] == 'w'
+  if is_window[r] then win_v[r] = X.win[r].v end
   if rule[1] == 'w' or rule[6] == 1 then order_rules[#order_rules + 1] = r end
   if rule[1] == 'd' then trade_rules[#trade_rules + 1] = r end
 end
