@@ -124,9 +124,13 @@ local order_rules, trade_rules = {}, {} -- rule numbers, in the order of their e
 local is_window = {} -- by rule number
 for r, rule in ipairs(rules) do
   is_window[r] = rule[1] == 'w'
-  if is_window[r] then win_v[r] = X.win[r].v end
-  if rule[1] == 'w' or rule[6] == 1 then order_rules[#order_rules + 1] = r end
-  if rule[1] == 'd' then trade_rules[#trade_rules + 1] = r end
+  if is_window[r] then
+    win_v[r] = cache.values(X.win[r])
+    order_rules[#order_rules + 1] = r
+  else
+    if rule[6] == 1 then order_rules[#order_rules + 1] = r end
+    trade_rules[#trade_rules + 1] = r
+  end
 end
 
 -- Preload what the batch reads: accounts, window groups, day sums, ids (a few variadic calls).
@@ -239,7 +243,7 @@ local function daily_step(pos, ts, d, r, key, a, amount, kind, current)
 end
 
 -- The account's day D_a: a later day rolls it over first (SEMANTICS.md, step 1).
-local acct_v, day_text = X.acct.v, {} -- the preloaded account records; day -> its record text
+local acct_v, day_text = cache.values(X.acct), {} -- the preloaded account records; day -> its record text
 local function enter_day(pos, a, d)
   local info = acc[a]
   if not info then

@@ -14,6 +14,9 @@ batch, not per event (notes/performance.md). Reads go through `get` (one HGET on
   cache.preload(c, fields)     fetch the fields not yet known (chunked HMGET)
   cache.preload_unique(c, fs)  the same for distinct fields known not fetched yet
   cache.get(c, field)          -> value or nil
+  cache.values(c)              -> the table behind get: field -> value, false when known absent,
+                               nil when not fetched (for hot loops that read preloaded fields
+                               without a call; valid until cache.clear)
   cache.set(c, field, value)   / cache.del(c, field)
   cache.fields(c)              -> array of the fields present (one HGETALL the first time)
   cache.send(cmd, key, list)   one variadic command (HSET, HDEL, HMGET-like) in chunks
@@ -70,6 +73,10 @@ function cache.get(c, f)
   end
   if x then return x end
   return nil
+end
+
+function cache.values(c)
+  return c.v
 end
 
 function cache.set(c, f, x)
