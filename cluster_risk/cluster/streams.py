@@ -3,9 +3,10 @@
 Each valid event becomes one entry ``{e: wire JSON (encode_event), i: line index}`` of
 ``P:{sN}:in``, N = the shard of its account; a tick or a reset goes to every shard, in the
 order it came (a reset of one account, ``reset_account``, to that account's shard).
-Invalid events are returned, never sent.  A chunk costs one ``lua/publish.lua`` call per
-shard, with the shard's events joined in one argument (a Redis command per event cost 4x more
-CPU here, and an argument per event 1.6x).
+Invalid events are returned, never sent.  On one server a chunk costs one ``lua/publish.lua``
+call (every shard's events, then the orders' routes); on a Redis Cluster, where a script's keys
+share a slot, one call per shard and the routes after them.  A shard's events are joined in
+one argument (a Redis command per event cost 4x more CPU here, and an argument per event 1.6x).
 
 Routing a trade without ``account_id``: by the account of its order.  The publisher writes
 ``oid -> account`` for every order it sends (``P:{rM}:route:<day>``, M = crc32(oid) mod S,
@@ -19,8 +20,8 @@ nowhere goes to the shard of its oid; the worker then decides exactly as the eng
 Retries: a pipeline that fails is sent again (after a cluster map refresh) for up to
 ``retry_s``, and redis-py itself resends a pipeline after a connection error.  Neither adds an
 entry twice: every ``publish.lua`` call carries this publisher's id and its next sequence
-number for the shard (``P:{sN}:pub:<id>``, kept a day), and a call whose number is not above
-the last one seen is skipped - so a reset_daily is never applied twice by a retry.  Calls of
+number for each of its shards (``P:{sN}:pub:<id>``, kept a day), and a shard's part whose
+number is not above the last one seen is skipped - so a reset_daily is never applied twice by a retry.  Calls of
 one publisher are serialised (a lock), so its numbers reach each shard in order.
 """
 
@@ -51,6 +52,7 @@ _SIDES = frozenset(("BID", "ASK"))
 _SEQ_TTL_S = 86_400  # a publisher's sequence number per shard is kept this long after its last call
 _T = TypeVar("_T")
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
+_route_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode  # UTF-8 as is, for cjson
 
 
 class Publisher:
@@ -121,8 +123,9 @@ class Publisher:
     # ------------------------------------------------------------------ events
 
     def publish(self, events: Sequence[tuple[int | None, Event]]) -> None:
-        """Append already-valid events (with their line index, or None) in order: one
-        ``lua/publish.lua`` call per shard, then the orders' routes (one HSET per route key).
+        """Append already-valid events (with their line index, or None) in order, then the
+        orders' routes: one ``lua/publish.lua`` call on one server; on a Redis Cluster one call
+        per shard, then one HSET per route key.
         One call at a time per publisher (a lock): the sequence numbers must reach each shard
         in the order they were given, or a later call would make an earlier one look repeated."""
         with self._lock:
@@ -142,24 +145,38 @@ class Publisher:
                     got = per_shard[shard] = ([], [])
                 got[0].append(body)
                 got[1].append(number)
-        calls = []
+        parts = []  # per shard: its two keys and three arguments
         for shard, (bodies, numbers) in per_shard.items():
             self._seq[shard] = seq = self._seq.get(shard, 0) + 1
             keys = (self.keys.input(shard), self.keys.publisher(shard, self.publisher_id))
-            indices = "\n".join(numbers) if numbered else ""
-            calls.append(("EVALSHA", self._sha, 2, *keys, "\n".join(bodies), indices, seq, _SEQ_TTL_S))
-        self._send(calls)
+            parts.append((keys, ("\n".join(bodies), "\n".join(numbers) if numbered else "", seq)))
         routes: dict[str, list[str]] = {}
         for _, e in events:
             if isinstance(e, Order):
                 routes.setdefault(self.keys.route(e.oid, e.timestamp // _DAY_NS), []).extend((str(e.oid), e.account_id))
                 self._remember(e.oid, e.account_id)
-        if routes:
-            ttl = (self.retention_days + 2) * 86_400
-            fresh = [key for key in routes if key not in self._expiring]
-            commands = [("HSET", key, *pairs) for key, pairs in routes.items()]
-            self._send(commands + [("EXPIRE", key, ttl, "NX") for key in fresh])
-            self._expiring.update(fresh)  # a route key's TTL is set once (NX), by its first writer
+        fresh = [key for key in routes if key not in self._expiring]
+        ttl = (self.retention_days + 2) * 86_400
+        if isinstance(self.client, RedisCluster):  # a script's keys share a slot: one call per shard
+            self._send([self._call([part], {}, ()) for part in parts])
+            if routes:  # after the entries: a fill finds a route only once its order is ahead of it
+                commands = [("HSET", key, *pairs) for key, pairs in routes.items()]
+                self._send(commands + [("EXPIRE", key, ttl, "NX") for key in fresh])
+        elif parts or routes:
+            self._send([self._call(parts, routes, fresh)])
+        self._expiring.update(fresh)  # a route key's TTL is set once (NX), by its first writer
+
+    def _call(
+        self, parts: Sequence[tuple[tuple[str, str], tuple[str, str, int]]], routes: dict[str, list[str]], fresh: Any
+    ) -> tuple[Any, ...]:
+        """One ``publish.lua`` call: these shards' parts, then these routes."""
+        keys = [k for part_keys, _ in parts for k in part_keys] + list(routes)
+        args: list[Any] = [len(parts), len(routes)]
+        args += [a for _, part_args in parts for a in part_args]
+        args += [_route_json(pairs) for pairs in routes.values()]
+        args += ["1" if key in fresh else "0" for key in routes]
+        args += [_SEQ_TTL_S, (self.retention_days + 2) * 86_400]
+        return ("EVALSHA", self._sha, len(keys), *keys, *args)
 
     def _route(self, events: Sequence[tuple[int | None, Event]]) -> list[range | list[int]]:
         every = range(self.keys.shards)

@@ -124,3 +124,39 @@ def test_lost_replies_to_a_publisher_do_not_repeat_entries(server: RedisProcess)
     got = [decode_line(raw) for raw in entries(server, publisher)]
     assert sum(isinstance(e, ResetDaily) for e in got) == 20 * SHARDS
     assert sorted(e.oid for e in got if isinstance(e, Order)) == sorted(10 * k + i for k in range(20) for i in range(5))
+
+
+def test_one_call_per_chunk_and_routes_keep_every_character(server: RedisProcess) -> None:
+    client = connect(server.url)
+    publisher = Publisher(client, shards=SHARDS)
+    sent: list[list[tuple[object, ...]]] = []
+    real = publisher._send_once
+
+    def record(commands: list[tuple[object, ...]]) -> list[object]:
+        sent.append(list(commands))
+        return real(commands)
+
+    publisher._send_once = record  # type: ignore[method-assign]
+    accounts = ['ä"\\x', "A\nB", "\U0001f600", "plain", "\x00"]
+    orders = [Order(i + 1, account, "C1", "BID", 1.0, 1, T) for i, account in enumerate(accounts)]
+    publisher.publish([(None, order) for order in orders] + [(None, ResetDaily(T + 1))])
+    assert [len(commands) for commands in sent] == [1] * len(sent)  # every shard's events and the routes
+    assert sent[-1][0][2] == 2 * SHARDS + len({publisher.keys.route(o.oid, T // 86_400_000_000_000) for o in orders})
+    for order in orders:
+        assert client.hget(publisher.keys.route(order.oid, T // 86_400_000_000_000), str(order.oid)) == (
+            order.account_id.encode()
+        )
+        assert client.ttl(publisher.keys.route(order.oid, T // 86_400_000_000_000)) > 0
+    got = [decode_line(raw) for raw in entries(server, publisher)]
+    assert sorted(e.oid for e in got if isinstance(e, Order)) == [1, 2, 3, 4, 5]
+
+
+def test_a_chunk_larger_than_a_script_can_unpack_at_once(server: RedisProcess) -> None:
+    publisher = Publisher(connect(server.url), shards=SHARDS)
+    orders = [Order(i + 1, f"A{i % 3}", "C1", "BID", 1.0, 1, T) for i in range(2 * 4000 * SHARDS)]
+    publisher.publish([(None, order) for order in orders])  # ~8k route values per route hash
+    client = connect(server.url)
+    day = T // 86_400_000_000_000
+    keys = {publisher.keys.route(order.oid, day) for order in orders}
+    assert sum(client.hlen(key) for key in keys) == len(orders)
+    assert len(entries(server, publisher)) == len(orders)
