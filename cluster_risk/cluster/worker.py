@@ -5,11 +5,13 @@ durability the worker publishes it, after WAIT).  Stateless: everything it knows
 so any worker can die at any instruction and another carries on from the shard's cursor.
 
 A round: one ``XREAD`` of every held shard (per Redis node on a cluster, where a read cannot
-span slots), the entries of each shard decoded and planned, then every shard's script call
-of the round in one pipeline per node (the shards are independent: each call is atomic on
-its own).  When a round found nothing, the next read blocks briefly (standalone) or the
-worker polls (cluster: after 1 ms, doubling while idle up to 20 ms); there is no waiting
-under load, so a thin input makes small batches at low latency and a heavy one bigger ones.
+span slots), the entries of each shard decoded and planned, and every shard's script call
+(the shards are independent: each call is atomic on its own).  On one server each call is
+sent as soon as its shard is planned, so Redis applies a shard while the worker plans the
+next; on a cluster the calls go in one pipeline per node.  When a round found nothing, the
+next read blocks briefly (standalone) or the worker polls (cluster: after 1 ms, doubling while
+idle up to 20 ms); there is no waiting under load, so a thin input makes small batches at low
+latency and a heavy one bigger ones.
 
 Failure handling, by what the worker can know:
 
@@ -57,7 +59,7 @@ from cluster_risk.errors import EventError
 from cluster_risk.events import Event, Order, Tick, Trade, order_ok, trade_ok
 from cluster_risk.observability import WorkerMetrics
 from cluster_risk.remote import KnownIds, RemoteEngine, ShardBatch
-from cluster_risk.state.functions import LuaOperation
+from cluster_risk.state.functions import LuaOperation, is_missing
 from cluster_risk.state.redis import RedisStore, StoreError, by_node, load_lua, script_pipeline
 from cluster_risk.wire import decode_event, decode_line
 
@@ -186,6 +188,14 @@ def _fields(raw: Any) -> tuple[bytes, str]:
     got = {text(k): v for k, v in raw.items()}
     event = got.get("e", b"")
     return (event.encode() if isinstance(event, str) else event), text(got.get("i", ""))
+
+
+def _reply(conn: Any) -> Any:
+    """The next reply on ``conn``; an error reply (a missing script, ...) as its exception."""
+    try:
+        return conn.read_response()
+    except ResponseError as exc:
+        return exc
 
 
 class _Batch:
@@ -432,12 +442,61 @@ class Worker:
         except (RedisError, StoreError) as exc:
             self._trouble(None, exc)
             return 0
+        if not self._is_cluster:
+            return self._run_streamed(batches, known)
         jobs = []
         for shard, batch in batches.items():
             job = self._job(shard, batch, known.get(shard))
             if job is not None:
                 jobs.append(job)
         return self._run(jobs, raise_refusals=False)
+
+    def _run_streamed(self, batches: Mapping[int, _Batch], known: Mapping[int, KnownIds]) -> int:
+        """The round on one server: each shard's script call is sent as soon as it is planned,
+        on one connection, and the replies are read after the last; Redis applies a shard
+        while the worker plans the next, so a round lasts about the longer of the two, not
+        their sum.  A Redis error on the way sends the round's calls again as one pipeline
+        (an applied batch answers "again"), as redis-py's retry of a pipeline would."""
+        script = self._script
+        assert script is not None  # set by run()
+        jobs: list[_Job] = []
+        replies: list[Any] | None = None
+        one_server: Any = self.client  # a Redis, not a RedisCluster: it has a connection pool
+        pool = one_server.connection_pool
+        conn = pool.get_connection()
+        read = False  # every reply read: the connection can go back to the pool as it is
+        try:
+            for shard, batch in batches.items():
+                job = self._job(shard, batch, known.get(shard))
+                if job is not None:
+                    jobs.append(job)
+                    call = script.command(len(job.keys), *job.keys, *job.args[:7])
+                    conn.send_packed_command(conn.pack_command(*call))
+            replicas = self.durability.replicas
+            if replicas and jobs:
+                conn.send_packed_command(conn.pack_command("WAIT", replicas, self.durability.timeout_ms))
+            replies = [_reply(conn) for _ in jobs]
+            if replicas and jobs:
+                self._acked(_reply(conn))
+            read = True
+        except RedisError as exc:
+            log.debug("streamed round failed (%s): sending its calls again", exc)
+            replies = None
+        finally:
+            if not read:
+                conn.disconnect()  # replies may still be on their way
+            pool.release(conn)
+        if replies is not None:
+            missing = [i for i, reply in enumerate(replies) if is_missing(reply)]
+            if missing:  # those calls ran nothing: load the script, send them again
+                try:
+                    again = self._eval(self.client, [jobs[i] for i in missing])
+                except (RedisError, StoreError) as exc:
+                    self._trouble(None, exc)
+                    return 0
+                for i, reply in zip(missing, again, strict=True):
+                    replies[i] = reply
+        return self._run(jobs, raise_refusals=False, replies=replies)
 
     def _read(self, wanted: Mapping[int, str], idle: int) -> dict[int, list[Any]]:
         """Every wanted shard's entries after its id; ``idle``: rounds in a row that found
@@ -510,9 +569,10 @@ class Worker:
         digest = hashlib.blake2b(blob + xblob, digest_size=16).hexdigest()
         job.args = [blob, cursor.seq, digest, self.store.codec, cursor.seq - 1, cursor.epoch, xblob, len(dead)]
 
-    def _run(self, jobs: list[_Job], raise_refusals: bool) -> int:
+    def _run(self, jobs: list[_Job], raise_refusals: bool, replies: list[Any] | None = None) -> int:
         """Send the jobs' script calls (one pipeline per node), settle the replies, publish
-        the hints; returns the number of entries applied."""
+        the hints; returns the number of entries applied.  ``replies``: the jobs (on one
+        server) were sent already and these are their replies."""
         applied = 0
         hints: list[bytes] = []
         while jobs:
@@ -522,13 +582,13 @@ class Worker:
                 if not raise_refusals:  # in the loop (not a lone _apply): keep the leases alive
                     self._maybe_beat()
                 try:
-                    replies = self._eval(node, group)
+                    got = replies if replies is not None else self._eval(node, group)
                 except (RedisError, StoreError) as exc:
                     if raise_refusals:
                         raise
                     self._trouble(None if len(group) > 1 else group[0].shard, exc)
                     continue
-                for job, reply in zip(group, replies, strict=True):
+                for job, reply in zip(group, got, strict=True):
                     try:
                         status = self._settle(job, reply, hints, again)
                     except (RedisError, StoreError) as exc:
@@ -541,7 +601,7 @@ class Worker:
                         if self.metrics is not None:
                             self.metrics.events_applied.inc(job.batch.entries)
                             self.metrics.batch_seconds.observe(time.perf_counter() - started)
-            jobs = again
+            jobs, replies = again, None
         if hints:
             self._publish(hints)
         return applied

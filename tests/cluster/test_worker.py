@@ -8,6 +8,7 @@ import json
 import logging
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -178,3 +179,37 @@ def test_publisher_and_worker_refuse_another_shard_count(server: RedisProcess, t
     assert "has 8 shards, this process was started with 4" in done.stderr
     done = cli("publish", *common, "--shards", "16", str(events))
     assert done.returncode == 2 and "has 8 shards" in done.stderr
+
+
+def test_a_lost_script_cache_is_loaded_again_by_publisher_and_worker(server: RedisProcess) -> None:
+    """SCRIPT FLUSH and FUNCTION FLUSH (a restart without persistence, a failover to a node
+    without them) between rounds: the calls that found nothing ran nothing and are sent
+    again, the worker's round as well as the publisher's chunk."""
+    events = with_final_tick(workload(1200, seed=11))
+    text = lines(events)
+    client = connect(server.url)
+    publisher = Publisher(client, shards=SHARDS)
+    worker = make_worker(server.url, batch=40)
+    worker._script = None
+    rejected: set[tuple[str, str, int]] = set()
+    flushes = 0
+    for start in range(0, len(text), 150):
+        chunk = text[start : start + 150]
+        rejected |= {(e.code, e.field, start + i) for i, e in publisher.publish_lines(chunk)}
+        worker.max_events = worker.stats.entries + 1  # a round or two, then stop
+        worker.run()
+        client.function_flush()  # apply.lua: a Redis Function
+        if flushes % 2:  # publish.lua and lookup_ids.lua (whose reload loads apply.lua as well)
+            client.script_flush()
+        flushes += 1
+    worker.max_events, worker.drain = None, True
+    guard = threading.Timer(60, worker.stop)  # a worker that cannot apply would never drain
+    guard.start()
+    worker.run()
+    guard.cancel()
+    assert flushes >= 8 and worker.stats.resyncs == 0  # every call found again its script, none failed
+    want_actions, want_errors = expected(CONFIG, events)
+    actions, dead, ids = fleet_output(client)
+    assert by_scope(actions) == by_scope(want_actions)
+    assert rejected | dead == want_errors
+    assert len(ids) == len(set(ids))
