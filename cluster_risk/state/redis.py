@@ -64,7 +64,9 @@ _INCLUDE = "--@include "
 # account or id; a hash stays a listpack, searched linearly, up to hash-max-listpack-entries
 # fields (512 in Debian's Redis 7.0 build), so at a few hundred fields each HGET/HSET cost
 # ~14k instructions instead of ~1.5k: 7% of all Redis work on the seed benchmark (callgrind).
-SERVER_SETTINGS = {"hash-max-listpack-entries": "64"}
+# Even at 64 fields (1,000 accounts over 16 shards) a worker's call of 5 events cost 764k
+# instructions against 703k at 16 (callgrind); memory is what a lower bound costs.
+SERVER_SETTINGS = {"hash-max-listpack-entries": "16"}
 
 
 class StoreError(RiskError):
