@@ -20,10 +20,19 @@ batch, not per event (notes/performance.md). Reads go through `get` (one HGET on
   cache.set(c, field, value)   / cache.del(c, field)
   cache.fields(c)              -> array of the fields present (one HGETALL the first time)
   cache.send(cmd, key, list)   one variadic command (HSET, HDEL, HMGET-like) in chunks
-  cache.write(key, sets, ttl_ms, touch)  HSET a ready field/value list (not through a cache,
-                               for values only this call writes), then its TTL as flush does
+  cache.write(key, sets, ttl_ms, touch, known)  HSET a ready field/value list (not through a
+                               cache, for values only this call writes), then its TTL as flush
+                               does (known: the caller saw the key exist)
   cache.clear(c)               the whole hash goes (DEL at flush)
   cache.flush(c, ttl_ms, touch) -> true if written; PEXPIREs the key when written (or touch)
+                               and not seen to exist, or when touch
+
+TTLs: every key written here gets its TTL (PEXPIRE) from the call that may have created it:
+one that wrote the key without having read any field of it (c.found, or `known` for write).
+A key with a field was written by such a call, so it has a TTL: a write to it is not followed
+by a PEXPIRE, except on the caller's `touch` (shard.lua: a shard's first batch of a new day and
+every 256th), which keeps long-lived keys from expiring. (A PEXPIRE per written key and call
+was 3 of the ~19 redis.calls of a worker's call of 5 events.)
 ]]
 
 local cache = {}
@@ -34,7 +43,8 @@ local CHUNK = 4000
 function cache.new(key)
   -- v[field]: the value, or false when known to be absent; nil = not fetched yet
   -- dirty: the fields set since, a table made on the first set (most caches are only read)
-  return {key = key, v = {}, all = false, cleared = false, dirty = false, ndirty = 0}
+  -- found: a field of the key was read, so the key exists (and has its TTL)
+  return {key = key, v = {}, all = false, cleared = false, dirty = false, ndirty = 0, found = false}
 end
 
 function cache.preload(c, fields)
@@ -60,6 +70,14 @@ function cache.preload_unique(c, want)
     for k = i, j do
       v[want[k]] = got[k - i + 1]
     end
+    if not c.found then
+      for k = 1, #got do
+        if got[k] then
+          c.found = true
+          break
+        end
+      end
+    end
     i = j + 1
   end
 end
@@ -70,6 +88,7 @@ function cache.get(c, f)
     if c.all then return nil end
     x = redis.call('HGET', c.key, f)
     c.v[f] = x
+    if x then c.found = true end
   end
   if x then return x end
   return nil
@@ -99,6 +118,7 @@ end
 function cache.fields(c)
   if not c.all then
     local flat = redis.call('HGETALL', c.key)
+    if #flat > 0 then c.found = true end
     local v = c.v
     for i = 1, #flat, 2 do
       if v[flat[i]] == nil then v[flat[i]] = flat[i + 1] end
@@ -113,7 +133,7 @@ function cache.fields(c)
 end
 
 function cache.clear(c)
-  c.v, c.all, c.cleared, c.dirty, c.ndirty = {}, true, true, false, 0
+  c.v, c.all, c.cleared, c.dirty, c.ndirty, c.found = {}, true, true, false, 0, false
 end
 
 -- cmd key list[1] list[2] ..., in chunks of CHUNK values (CHUNK is even: field/value pairs stay together)
@@ -126,9 +146,9 @@ function cache.send(cmd, key, list)
   end
 end
 
-function cache.write(key, sets, ttl_ms, touch)
+function cache.write(key, sets, ttl_ms, touch, known)
   if #sets > 0 then cache.send('HSET', key, sets) end
-  if ttl_ms > 0 and (#sets > 0 or touch) then redis.call('PEXPIRE', key, ttl_ms) end
+  if ttl_ms > 0 and ((#sets > 0 and not known) or touch) then redis.call('PEXPIRE', key, ttl_ms) end
 end
 
 function cache.flush(c, ttl_ms, touch)
@@ -149,6 +169,6 @@ function cache.flush(c, ttl_ms, touch)
     cache.send('HDEL', c.key, dels)
     wrote = true
   end
-  if ttl_ms > 0 and (wrote or touch) then redis.call('PEXPIRE', c.key, ttl_ms) end
+  if ttl_ms > 0 and ((wrote and not c.found) or touch) then redis.call('PEXPIRE', c.key, ttl_ms) end
   return wrote
 end

@@ -34,8 +34,11 @@ function ids.open(base, gens, latest, retention, maxo, maxt)
   local I = {base = base, latest = latest, retention = retention, gens = {}, caches = {}, gen = {}, val = {},
     adds = {}}
   I.max = {[111] = maxo or '', [116] = maxt or ''} -- by first byte ("o", "t"): the largest id added
-  for d in string.gmatch(gens or '', '(%-?%d+)') do
-    I.gens[#I.gens + 1] = tonumber(d)
+  I.had = {} -- the generations listed at open: their hashes exist (with their TTL)
+  for text in string.gmatch(gens or '', '(%-?%d+)') do
+    local d = tonumber(text)
+    I.gens[#I.gens + 1] = d
+    I.had[d] = true
   end
   return I
 end
@@ -129,7 +132,7 @@ function ids.flush(I, ttl_ms)
   for _, c in pairs(I.caches) do
     cache.flush(c, ttl_ms, false)
   end
-  for d, l in pairs(I.adds) do cache.write(keys.ids(I.base, d), l, ttl_ms, false) end
+  for d, l in pairs(I.adds) do cache.write(keys.ids(I.base, d), l, ttl_ms, false, I.had[d]) end
   local out = {}
   for i, d in ipairs(I.gens) do out[i] = string.format('%d', d) end
   return table.concat(out, ','), I.max[111], I.max[116]

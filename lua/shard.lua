@@ -184,7 +184,7 @@ function shard.flush(X, meta, seq, digest, result)
           end
         end
       end
-      cache.write(X.win[r].key, sets, ttl, touch)
+      cache.write(X.win[r].key, sets, ttl, touch, X.win[r].found)
       cache.flush(X.winc[r], ttl, touch)
     else
       for _, s in pairs(X.sums[r]) do

@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from cluster_risk import build_config
+from cluster_risk.events import Tick
 from cluster_risk.remote import RemoteEngine, replay_batched
 from cluster_risk.state.redis import RedisStore, StoreError
 from tests.helpers import views
@@ -275,9 +276,9 @@ def test_servers_keep_big_hashes_out_of_listpacks(standalone: RedisServer) -> No
     store.close()
 
 
-def test_keys_only_read_keep_their_ttl_until_a_new_day(standalone: RedisServer) -> None:
-    """A key a batch only reads is not PEXPIREd on every batch, but on the shard's first batch of
-    a new trading day; a key it writes gets its TTL again."""
+def test_keys_that_exist_keep_their_ttl_until_a_new_day(standalone: RedisServer) -> None:
+    """A key a batch reads, or writes after seeing it exist, is not PEXPIREd on every batch,
+    but on the shard's first batch of a new trading day (and every 256th batch)."""
     from cluster_risk.benchmark import SEED_CONFIG, make_workload
 
     store = RedisStore.from_url(standalone.url, num_shards=1, prefix="ttl")
@@ -290,8 +291,30 @@ def test_keys_only_read_keep_their_ttl_until_a_new_day(standalone: RedisServer) 
     client.pexpire(window, 60_000)
     engine.process_batch(orders[10:20])  # same day: acct is only read, the windows are written
     assert 0 < client.pttl(acct) <= 60_000
-    assert client.pttl(window) > 60_000
+    assert 0 < client.pttl(window) <= 60_000
     next_day = [replace(o, timestamp=o.timestamp + 86_400 * 10**9) for o in orders[20:]]
     engine.process_batch(next_day)
     assert client.pttl(acct) > full - 60_000  # refreshed on the new day's first batch
+    assert client.pttl(window) > full - 60_000
+    store.close()
+
+
+def test_every_key_a_batch_creates_gets_its_ttl(standalone: RedisServer) -> None:
+    """Keys are created mid-day by batches that are not a new day's first (a day's sums at its
+    first fill, a window at its rule's first order, a pause registry): each gets its TTL from
+    the call that created it."""
+    from cluster_risk.benchmark import SEED_CONFIG, make_workload
+
+    store = RedisStore.from_url(standalone.url, num_shards=1, prefix="ttlnew")
+    engine = RemoteEngine.from_config(build_config(SEED_CONFIG), store)
+    _, mixed = make_workload(12000, 3000, 20)  # 600 orders an account: the rate limit pauses
+    day = 86_400 * 10**9
+    engine.process_batch([Tick(mixed[0].timestamp + day)])  # the day's first batch: the meta only
+    client = standalone.client()
+    assert {k.decode() for k in client.scan_iter("ttlnew:*")} == {"ttlnew:{s0}:meta"}
+    for start in range(0, len(mixed), 397):  # none of these is a day's first batch
+        engine.process_batch([replace(e, timestamp=e.timestamp + day) for e in mixed[start : start + 397]])
+    keys = [k.decode() for k in client.scan_iter("ttlnew:*")]
+    assert any(":day:" in k for k in keys) and any(":paused:" in k for k in keys) and any(":ids:" in k for k in keys)
+    assert {k: client.pttl(k) for k in keys if client.pttl(k) <= 0} == {}
     store.close()
