@@ -187,7 +187,7 @@ class _Batch:
         items: list[_Item],
         outcomes: list[Outcome],
         plans: dict[int, _Plan],
-        calls: dict[int, tuple[int, bytes, str]],
+        calls: dict[int, tuple[int, bytes, str, bytes]],
         wait: Callable[[], dict[int, tuple[str, Any]]],
     ) -> None:
         self.items = items
@@ -249,6 +249,7 @@ class RemoteEngine:
         for i, rule in enumerate(self.rules):
             self._add_rule(i, rule)
         self._header = [r.header(scope_key([r.rule.name])) for r in self._stateful]
+        self._constants: bytes | None = None  # constants(), encoded on first use (the codec is the server's)
         self._rule_index = {rule.name: i for i, rule in enumerate(self.rules)}
         self._ttl_ms = (store.ttl_s * 1000) if store.ttl_s is not None else (id_retention_days + 1) * _DAY_MS
         self._accounts: dict[str, _Account] = {}
@@ -373,12 +374,13 @@ class RemoteEngine:
         """Apply ``events`` (orders and trades of ``shard``'s accounts, ticks, resets) through
         the caller's own script call - a cluster worker adds its lease, cursor and output
         streams.  ``send(plan, positions, scopes, outcomes)`` must run ``apply.lua`` on the
-        shard with ``plan`` as ARGV[1] and return ``("ok", records)`` or ``("abort", pos)``;
-        ``positions[k]`` is the batch index of the plan's event k+1, ``scopes`` maps the
-        batch index of each order and trade to its (enriched) scope, ``outcomes`` already
-        holds the :class:`EventError` of every event rejected so far.  An abort rejects that
-        trade (``unknown_order``) and calls ``send`` again with the rest; ``send`` is called
-        even when nothing is left, so the caller can record the batch (dead letters, cursor).
+        shard with ``plan`` as ARGV[1] and :meth:`constants` as ARGV[6] and return
+        ``("ok", records)`` or ``("abort", pos)``; ``positions[k]`` is the batch index of the
+        plan's event k+1, ``scopes`` maps the batch index of each order and trade to its
+        (enriched) scope, ``outcomes`` already holds the :class:`EventError` of every event
+        rejected so far.  An abort rejects that trade (``unknown_order``) and calls ``send``
+        again with the rest; ``send`` is called even when nothing is left, so the caller can
+        record the batch (dead letters, cursor).
         An order or trade whose account is on another shard is rejected (``wrong_shard``), so
         a misrouted entry is dead-lettered instead of stopping the worker.
         Returns the outcome of every event.  (:meth:`plan_shard`, :meth:`drop_aborted` and
@@ -627,14 +629,24 @@ class RemoteEngine:
             self._next[shard] += 1
         return _Batch(items, outcomes, plans, calls, self.store.send_apply(calls))
 
-    def _encode(self, plan: _Plan, seq: int) -> tuple[int, bytes, str]:
+    def _encode(self, plan: _Plan, seq: int) -> tuple[int, bytes, str, bytes]:
         blob = self._blob(plan)
-        return seq, blob, hashlib.blake2b(blob, digest_size=16).hexdigest()
+        return seq, blob, hashlib.blake2b(blob, digest_size=16).hexdigest(), self.constants()
 
     def _blob(self, plan: _Plan) -> bytes:
         """ARGV[1] of apply.lua (its header documents the layout)."""
         tables = (plan.accounts, plan.pairs, plan.groups, plan.events)
-        return self.store.encode([1, self._header, *tables, self.id_retention_days, self._ttl_ms, str(plan.t0)])
+        return self.store.encode([1, 0, *tables, self.id_retention_days, self._ttl_ms, str(plan.t0)])
+
+    def constants(self, extra: Sequence[Any] = ()) -> bytes:
+        """ARGV[6] of apply.lua: the rules, then ``extra`` (a worker's texts for its actions).
+        Send the same bytes in every call (apply.lua decodes a blob once per server): keep
+        the result rather than calling this per batch with ``extra``."""
+        if extra:
+            return self.store.encode([self._header, *extra])
+        if self._constants is None:
+            self._constants = self.store.encode([self._header])
+        return self._constants
 
     def _finish(self, batch: _Batch) -> list[Outcome]:
         """Wait for the batch's replies and turn them into outcomes (one per event)."""

@@ -10,7 +10,9 @@ ARGV[3]  digest of the plan: the same number with the same digest is a retry of 
          flight behind another)
 ARGV[4]  "m" or "j": codec of ARGV[1] and of the result
 ARGV[5]  the hwm the sender expects (its previous batch): the batch applies only on top of it
-KEYS[2..4], ARGV[6..7]  a cluster worker's lease, input cursor and output streams
+ARGV[6]  the sender's constants, in the codec of ARGV[1] (decoded once per server while the
+         bytes stay the same: constants.lua): {rules, emit.lua's rules or absent}
+KEYS[2..4], ARGV[7..8]  a cluster worker's lease, input cursor and output streams
          (lua/fence.lua, lua/emit.lua); RemoteEngine's own batches pass none of them
 
 Returns  {"ok", result}     applied; result = encoded list of records (below)
@@ -25,8 +27,9 @@ Returns  {"ok", result}     applied; result = encoded list of records (below)
          {"fenced", epoch} / {"gap", sid}   (cluster worker) refused before any write
          {"ok", result, hint}               (cluster worker) hint: see emit.lua
 
-plan = {1, rules, accounts, pairs, groups, events, retention_days, ttl_ms, t0}
-  rules[r]    {"w", name, K, threshold, resume, 1} | {"d", name, cap, 0, 0, 1 if orders feed it}
+plan = {1, 0, accounts, pairs, groups, events, retention_days, ttl_ms, t0}
+  rules[r]    (ARGV[6][1]) {"w", name, K, threshold, resume, 1} | {"d", name, cap, 0, 0, 1 if
+              orders feed it}
   accounts[a] account id
   pairs       flat, 2 + #rules values per (account, contract) pair p:
               a, "<account>\31<contract>", then its group g for each rule r
@@ -53,6 +56,7 @@ record = {pos, code, r, scope key, value}   (pos = the event's number in this pl
 
 --@include builtins.lua
 --@include keys.lua
+--@include constants.lua
 --@include cache.lua
 --@include window.lua
 --@include daily_sum.lua
@@ -69,7 +73,8 @@ local meta = KEYS[1]
 local base = keys.base(meta)
 local seq, digest, prev = ARGV[2], ARGV[3], ARGV[5]
 local json = ARGV[4] == 'j'
-local worker = fence.open(json, 6)
+local static = constants.decode(ARGV[6], json)
+local worker = fence.open(json, 7, static[2])
 if worker then
   local refused = fence.check_epoch(worker)
   if refused then return refused end
@@ -91,6 +96,7 @@ end
 
 local plan
 if json then plan = cjson.decode(ARGV[1]) else plan = cmsgpack.unpack(ARGV[1]) end
+plan[2] = static[1]
 local X = shard.open(base, plan, tonumber(m[2]) or -1, tonumber(m[3]) or -1, m[4], m[5] or nil, m[6] or nil, m[7])
 local ev, nev = plan[6], #plan[6]
 local rules, groups, pairs_ = X.rules, X.groups, X.pairs

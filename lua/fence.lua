@@ -11,14 +11,15 @@ KEYS[3]  <prefix>:{s<N>}:actions the shard's actions stream (lua/emit.lua)
 KEYS[4]  <prefix>:{s<N>}:dead    the shard's dead-letter stream (lua/emit.lua)
 ARGV[n]  the caller's lease epoch (decimal); n = the first ARGV after apply.lua's own
 ARGV[n+1] extras, in the codec of ARGV[1]:
-           {after id, last id, entries, rules, events, stateless, dead, actions maxlen}
+           {after id, last id, entries, 0, events, stateless, dead, actions maxlen}
+         (x[4], emit.lua's rules, is a constant: apply.lua's ARGV[6][2], given to fence.open)
          (the batch covers the input entries after `after` up to `last`, `entries` of them;
          last = "" when it has none, e.g. a clock tick; the rest is emit.lua's)
 
 The lease hash has no TTL: the epoch must never go back, or a worker paused for long could
 match a fresh epoch.
 
-  fence.open(json, n) -> W or nil
+  fence.open(json, n, rules) -> W or nil
   fence.check_epoch(W) -> refusal or nil    {"fenced", epoch now}: the lease moved on; called
                                             before anything else, so a stale worker writes nothing
   fence.check_cursor(W) -> refusal or nil   {"gap", sid}: the batch does not start right after
@@ -30,10 +31,11 @@ match a fresh epoch.
 
 local fence = {}
 
-function fence.open(json, n)
+function fence.open(json, n, rules)
   if #KEYS < 4 then return nil end
   local x
   if json then x = cjson.decode(ARGV[n + 1]) else x = cmsgpack.unpack(ARGV[n + 1]) end
+  x[4] = rules
   return {lease = KEYS[2], actions = KEYS[3], dead = KEYS[4], epoch = ARGV[n], x = x, json = json}
 end
 

@@ -46,7 +46,8 @@ def rule_table(rules: Sequence[BaseRule]) -> list[list[Any]]:
 
 
 class Renderer:
-    """Builds the extras (ARGV[6] of apply.lua in cluster mode) for one batch."""
+    """Builds the extras (ARGV[8] of apply.lua in cluster mode) for one batch; ``rules`` goes in
+    apply.lua's constants (ARGV[6]), the same in every call."""
 
     def __init__(self, rules: Sequence[BaseRule], calendar: TradingCalendar, actions_maxlen: int = 0) -> None:
         self.rules = rule_table(rules)
@@ -87,7 +88,8 @@ class Renderer:
             if scope is not None:
                 for i, action in self._verdicts(event, scope):
                     verdicts += (pos, i, _dumps(action.to_dict()))
-        return [after, last, entries, self.rules, per_event, verdicts, list(dead), self.actions_maxlen]
+        # x[4], the rules' texts, goes as a constant (apply.lua's ARGV[6], RemoteEngine.constants)
+        return [after, last, entries, 0, per_event, verdicts, list(dead), self.actions_maxlen]
 
     def _verdicts(self, event: Event, scope: Scope) -> Iterable[tuple[int, Action]]:
         for i, rule in self.stateless:

@@ -315,6 +315,7 @@ class Worker:
         self._stop = threading.Event()
         self._next_beat = 0.0
         self._script: LuaOperation | None = None
+        self._constants: bytes | None = None  # apply.lua's ARGV[6]
         self._is_cluster = isinstance(client, RedisCluster)
 
     # ------------------------------------------------------------------ the loop
@@ -470,7 +471,7 @@ class Worker:
                 job = self._job(shard, batch, known.get(shard))
                 if job is not None:
                     jobs.append(job)
-                    call = script.command(len(job.keys), *job.keys, *job.args[:7])
+                    call = script.command(len(job.keys), *job.keys, *job.args[:8])
                     conn.send_packed_command(conn.pack_command(*call))
             replicas = self.durability.replicas
             if replicas and jobs:
@@ -567,7 +568,11 @@ class Worker:
         xblob = self.store.encode(extras)
         blob = planned.blob
         digest = hashlib.blake2b(blob + xblob, digest_size=16).hexdigest()
-        job.args = [blob, cursor.seq, digest, self.store.codec, cursor.seq - 1, cursor.epoch, xblob, len(dead)]
+        constants = self._constants
+        if constants is None:  # the same bytes in every call: apply.lua decodes them once per server
+            constants = self._constants = self.engine.constants((self.renderer.rules,))
+        seq = cursor.seq
+        job.args = [blob, seq, digest, self.store.codec, seq - 1, constants, cursor.epoch, xblob, len(dead)]
 
     def _run(self, jobs: list[_Job], raise_refusals: bool, replies: list[Any] | None = None) -> int:
         """Send the jobs' script calls (one pipeline per node), settle the replies, publish
@@ -624,7 +629,7 @@ class Worker:
         shard, cursor, batch = job.shard, job.cursor, job.batch
         if status == "ok":
             hint = reply[2]
-            self.stats.dead += job.args[7]
+            self.stats.dead += job.args[8]
             for entry_id, _, code, field, reason, raw in job.dead:
                 account = _ACCOUNT.search(raw)
                 log.warning(
@@ -662,7 +667,7 @@ class Worker:
         error it got."""
         script = self._script
         assert script is not None  # set by run()
-        calls = [(script, (len(job.keys), *job.keys, *job.args[:7])) for job in jobs]
+        calls = [(script, (len(job.keys), *job.keys, *job.args[:8])) for job in jobs]
         replicas = self.durability.replicas
         wait = ("WAIT", replicas, self.durability.timeout_ms) if replicas else ()
         return script_pipeline(node, calls, lambda _: script.load(node), wait, self._acked)

@@ -337,14 +337,17 @@ class RedisStore:
             raise StoreError(f"Redis is unreachable: {exc}") from exc
         return {n: int(v) if v is not None else 0 for n, v in enumerate(got)}
 
-    def apply(self, batches: Mapping[int, tuple[int, bytes, str]]) -> dict[int, tuple[str, Any]]:
-        """Run ``apply.lua`` for each ``shard -> (seq, plan, digest)`` on top of batch seq - 1.
+    def apply(self, batches: Mapping[int, tuple[int, bytes, str, bytes]]) -> dict[int, tuple[str, Any]]:
+        """Run ``apply.lua`` for each ``shard -> (seq, plan, digest, constants)`` on top of batch
+        seq - 1 (``constants``: ``RemoteEngine.constants()``).
         Returns per shard ``("ok", records)`` (also for a retry of an applied batch),
         ``("abort", pos)`` or ``("stale", hwm)``; nothing is written for the last two."""
         calls = self._apply_calls(batches)
         return self._results(calls, self._run("apply.lua", calls))
 
-    def send_apply(self, batches: Mapping[int, tuple[int, bytes, str]]) -> Callable[[], dict[int, tuple[str, Any]]]:
+    def send_apply(
+        self, batches: Mapping[int, tuple[int, bytes, str, bytes]]
+    ) -> Callable[[], dict[int, tuple[str, Any]]]:
         """Start :meth:`apply` and return a function that waits for its result.
 
         On a standalone server (or a Sentinel master) the calls go out on one dedicated
@@ -397,8 +400,11 @@ class RedisStore:
 
         return wait
 
-    def _apply_calls(self, batches: Mapping[int, tuple[int, bytes, str]]) -> list[tuple[int, Sequence[Any]]]:
-        return [(shard, (plan, seq, digest, self.codec, seq - 1)) for shard, (seq, plan, digest) in batches.items()]
+    def _apply_calls(self, batches: Mapping[int, tuple[int, bytes, str, bytes]]) -> list[tuple[int, Sequence[Any]]]:
+        return [
+            (shard, (plan, seq, digest, self.codec, seq - 1, constants))
+            for shard, (seq, plan, digest, constants) in batches.items()
+        ]
 
     def _results(
         self, calls: Sequence[tuple[int, Sequence[Any]]], replies: Sequence[Any]

@@ -199,7 +199,7 @@ def test_apply_shard_with_the_callers_own_script_call(make_engine: Callable[...,
         ) -> Any:
             sent.append((list(positions), dict(scopes)))
             digest = hashlib.blake2b(blob, digest_size=16).hexdigest()
-            return store.apply({0: (number, blob, digest)})[0]
+            return store.apply({0: (number, blob, digest, engine.constants())})[0]
 
         outcomes = iter(engine.apply_shard(0, events, send))
         seq += 1

@@ -101,3 +101,26 @@ def test_every_script_with_libraries_includes_builtins_first(monkeypatch: pytest
     )
     with pytest.raises(StoreError, match=r"first include must be builtins\.lua"):
         load_lua("bad.lua")
+
+
+def test_constants_are_decoded_once_per_server_and_shared_read_only(admin: redis.Redis) -> None:
+    """constants.lua: a Function's library keeps what a blob decoded to across calls (the
+    same table again: this test marks it to see that), for at most KEEP blobs; by EVALSHA
+    every call decodes."""
+    library = (Path(__file__).parents[2] / "lua" / "constants.lua").read_text(encoding="utf-8").split("\n", 1)[1]
+    body = "local t = constants.decode(ARGV[1], true)\nt.calls = (t.calls or 0) + 1\nreturn {t.calls, t[2]}\n"
+    op = LuaOperation("consts.lua", "#!lua\n" + library + "--@body\n" + body)
+
+    def run(operation: LuaOperation, blob: str) -> list[object]:
+        [reply] = script_pipeline(admin, [(operation, (0, blob))], lambda _: operation.load(admin))
+        assert not isinstance(reply, Exception), reply
+        return list(reply)
+
+    assert run(op, '[1,"x"]') == [1, b"x"] and op.functions
+    assert run(op, '[1,"x"]') == [2, b"x"]  # the same table: not decoded again
+    assert run(op, '[2,"y"]') == [1, b"y"]
+    for i in range(8):
+        run(op, f'[{i},"z"]')  # past KEEP blobs the memo starts over
+    assert run(op, '[1,"x"]') == [1, b"x"]
+    plain = LuaOperation("consts.lua", op.source, functions=False)
+    assert run(plain, '[1,"x"]') == run(plain, '[1,"x"]') == [1, b"x"]
