@@ -81,9 +81,9 @@ if worker then
 end
 
 local m = redis.call('HMGET', meta, 'hwm', 'clock', 'latest', 'gens', 'maxo', 'maxt', 'touched')
-local hwm = tonumber(m[1]) or 0
-if tonumber(seq) <= hwm then
-  local slot = tonumber(seq) % 4
+local hwm, seqn = tonumber(m[1]) or 0, tonumber(seq)
+if seqn <= hwm then
+  local slot = seqn % 4
   local done = redis.call('HMGET', meta, 'rseq' .. slot, 'result' .. slot, 'digest' .. slot)
   if done[1] == seq and done[3] == digest then return {'again', done[2]} end
   return {'stale', string.format('%.0f', hwm)}
@@ -103,17 +103,30 @@ local rules, groups, pairs_ = X.rules, X.groups, X.pairs
 
 local W = 2 + #rules -- values per pair
 
--- values an order / a trade carries after its fixed fields
-local order_width, trade_width = 0, 0
-for _, rule in ipairs(rules) do
-  if rule[1] == 'w' then
-    order_width = order_width + 1
-  else
-    trade_width = trade_width + 2
-    if rule[6] == 1 then order_width = order_width + 2 end
+-- What the rules make of a plan's shape, the same in every call (computed once per server):
+-- SPAN[kind], the values an event of each kind takes in the plan; the rules an order / a
+-- trade feeds, in the order of its values; and which rules are window rules.
+local shape = constants.derived(rules, function()
+  local order_width, trade_width = 0, 0
+  local order_rules, trade_rules, is_window = {}, {}, {}
+  for r, rule in ipairs(rules) do
+    is_window[r] = rule[1] == 'w'
+    if is_window[r] then
+      order_width = order_width + 1
+      order_rules[#order_rules + 1] = r
+    else
+      trade_width = trade_width + 2
+      if rule[6] == 1 then
+        order_width = order_width + 2
+        order_rules[#order_rules + 1] = r
+      end
+      trade_rules[#trade_rules + 1] = r
+    end
   end
-end
-local SPAN = {5 + order_width, 6 + trade_width, 2 + #rules, 2}
+  return {span = {5 + order_width, 6 + trade_width, 2 + #rules, 2}, order_rules = order_rules,
+    trade_rules = trade_rules, is_window = is_window}
+end)
+local SPAN = shape.span
 
 -- the scope key of pair p's group for rule r
 local function group(p, r)
@@ -126,17 +139,9 @@ end
 local I, acc, ws_of, reg, accounts = X.ids, X.acc, X.ws, X.reg, X.accounts
 local raw_of, win_v = X.raw, {} -- per window rule: this batch's new values; the preloaded ones
 local gen = I.gen -- id -> generation, false when known unseen (ids.fresh)
-local order_rules, trade_rules = {}, {} -- rule numbers, in the order of their event values
-local is_window = {} -- by rule number
-for r, rule in ipairs(rules) do
-  is_window[r] = rule[1] == 'w'
-  if is_window[r] then
-    win_v[r] = cache.values(X.win[r])
-    order_rules[#order_rules + 1] = r
-  else
-    if rule[6] == 1 then order_rules[#order_rules + 1] = r end
-    trade_rules[#trade_rules + 1] = r
-  end
+local order_rules, trade_rules, is_window = shape.order_rules, shape.trade_rules, shape.is_window
+for r in ipairs(rules) do
+  if is_window[r] then win_v[r] = cache.values(X.win[r]) end
 end
 
 -- Preload what the batch reads: accounts, window groups, day sums, ids (a few variadic calls).
@@ -341,6 +346,6 @@ end
 -- Every check has passed: write back.
 local result
 if json then result = cjson.encode(X.out) else result = cmsgpack.pack(X.out) end
-shard.flush(X, meta, seq, digest, result)
+shard.flush(X, meta, seq, seqn, digest, result)
 if worker then return {'ok', result, emit.run(worker, X)} end
 return {'ok', result}

@@ -9,11 +9,13 @@ globals through an __index metatable, so each `string.sub` or `tonumber` is a fa
 a metatable fetch and a second look-up: ~250 instructions, where an upvalue costs one. The
 libraries' own names below are locals that shadow the globals for all the code after them.
 A Function library's top level runs at FUNCTION LOAD, where these globals do not exist, so
-they are bound at the start of every call (under EVALSHA too: one code path).
+they are bound by the first call (under EVALSHA, where each call runs the whole script: by
+every call; one code path).
 
   builtins.bind()   string, struct, math, table, tonumber, type, pairs, ipairs, unpack, and for
                     the hot paths the functions str_sub, str_match, str_format, struct_pack,
-                    struct_unpack (one upvalue, not an upvalue and a field look-up)
+                    struct_unpack (one upvalue, not an upvalue and a field look-up); once: the
+                    standard libraries are the same tables for the life of the server's Lua
 ]]
 
 -- defined before the locals below, so these names are the globals here
@@ -23,7 +25,10 @@ local string, struct, math, table, tonumber, type, pairs, ipairs, unpack
 local str_sub, str_match, str_format, struct_pack, struct_unpack
 local builtins = {}
 
+local bound = false
 function builtins.bind()
+  if bound then return end
+  bound = true
   string, struct, math, table, tonumber, type, pairs, ipairs, unpack = globals()
   str_sub, str_match, str_format = string.sub, string.match, string.format
   struct_pack, struct_unpack = struct.pack, struct.unpack

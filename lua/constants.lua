@@ -13,20 +13,31 @@ seen before is not decoded again; under EVALSHA it lives for one call (no gain, 
 
   constants.decode(blob, json) -> the decoded value, shared by every call that passes the same
                                   blob: read it, never change it
+  constants.derived(v, build) -> build(v), computed once per decoded value v (what a script
+                                  derives from the rules: the same for every call)
 ]]
 
 local constants = {}
 
-local decoded, size = {}, 0
+local decoded, derived, size = {}, {}, 0
 local KEEP = 8 -- distinct blobs kept (one per configuration that calls this server)
 
 function constants.decode(blob, json)
   local v = decoded[blob]
   if v == nil then
     if json then v = cjson.decode(blob) else v = cmsgpack.unpack(blob) end
-    if size >= KEEP then decoded, size = {}, 0 end
+    if size >= KEEP then decoded, derived, size = {}, {}, 0 end
     decoded[blob] = v
     size = size + 1
   end
   return v
+end
+
+function constants.derived(v, build)
+  local d = derived[v]
+  if d == nil then
+    d = build(v)
+    derived[v] = d
+  end
+  return d
 end

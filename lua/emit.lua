@@ -99,8 +99,26 @@ local function event_actions(x, records, verdicts)
   return out
 end
 
+-- The worker cursor and the count of entries applied, in one HSET (the count was read with
+-- the epoch: one redis.call less than an HINCRBY, in every call of the worker).
+local function advance(W, x, last)
+  local cursor = {'applied', string.format('%.0f', W.applied + x[3])}
+  if x[2] ~= '' then
+    cursor[3], cursor[4] = 'sid', x[2]
+  end
+  if last then
+    cursor[#cursor + 1] = 'aid'
+    cursor[#cursor + 1] = last
+  end
+  redis.call('HSET', W.lease, unpack(cursor))
+end
+
 function emit.run(W, X)
   local x = W.x
+  if #X.out == 0 and #x[6] == 0 and #x[7] == 0 then -- most small batches: nothing to emit
+    advance(W, x, nil)
+    return {W.aid}
+  end
   -- only the events with records or verdicts can emit: visit those, in event order
   local by_pos, verdicts, positions = {}, {}, {}
   for _, rec in ipairs(X.out) do
@@ -140,17 +158,7 @@ function emit.run(W, X)
     redis.call('XADD', W.dead, '*', 'entry', d[1], 'index', d[2], 'error', d[3], 'field', d[4],
       'reason', d[5], 'event', d[6])
   end
-  -- the worker cursor and the count of entries applied, in one HSET (the count was read with
-  -- the epoch: one redis.call less than an HINCRBY, in every call of the worker)
-  local cursor = {'applied', string.format('%.0f', W.applied + x[3])}
-  if x[2] ~= '' then
-    cursor[3], cursor[4] = 'sid', x[2]
-  end
-  if last then
-    cursor[#cursor + 1] = 'aid'
-    cursor[#cursor + 1] = last
-  end
-  redis.call('HSET', W.lease, unpack(cursor))
+  advance(W, x, last)
   if x[9] and #hint > 1 then
     local message = {x[10]}
     for i = 1, #hint do message[i + 1] = hint[i] end

@@ -156,13 +156,13 @@ function shard.advance_latest(X, d)
   end
 end
 
-function shard.flush(X, meta, seq, digest, result)
+function shard.flush(X, meta, seq, seqn, digest, result)
   local ttl = X.ttl
   -- A written key gets its TTL again; a key only read keeps its TTL, refreshed on the first
   -- batch of each new latest day and on every 256th batch (a PEXPIRE per key and batch was 6
   -- of the ~17 redis.calls of a one-event batch, the fixed cost that small batches pay).
   local latest = string.format('%d', X.latest)
-  local touch = X.touched ~= latest or tonumber(seq) % 256 == 0
+  local touch = X.touched ~= latest or seqn % 256 == 0
   for a, info in pairs(X.acc) do
     if info.dirty then
       cache.set(X.acct, a, string.format('%d', info.day) .. (info.flag and 'p' or ''))
@@ -199,7 +199,7 @@ function shard.flush(X, meta, seq, digest, result)
   local gens, maxo, maxt = ids.flush(X.ids, ttl)
   -- with the results of the last 4 batches, for retries (a sender keeps at most one batch in
   -- flight), in slots seq % 4 of the same hash: one HSET, nothing to delete
-  local slot = string.format('%d', tonumber(seq) % 4)
+  local slot = string.format('%d', seqn % 4)
   redis.call('HSET', meta, 'hwm', seq, 'clock', string.format('%d', X.clock),
     'latest', latest, 'gens', gens, 'maxo', maxo, 'maxt', maxt, 'touched', latest,
     'rseq' .. slot, seq, 'result' .. slot, result, 'digest' .. slot, digest)

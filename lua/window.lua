@@ -223,17 +223,21 @@ function window.hit(w, b, K, threshold, resume)
   return code
 end
 
--- Count text <-> number, memoised for the call: the groups of a batch share their counts,
--- and sprintf (number to text) and strtod (text to number) are the costly part of a hit.
-local count_text, count_of = {}, {}
-function window.new_call() -- a Redis Function's library outlives the call: forget its counts
-  count_text, count_of = {}, {}
+-- Count text <-> number, memoised: the groups of a batch share their counts, and sprintf
+-- (number to text) and strtod (text to number) are the costly part of a hit. A pure memo, so a
+-- Redis Function's library keeps it across calls (a call of a few events rarely meets a count
+-- twice); window.new_call() starts it over past MEMO entries.
+local count_text, count_of, memo_size = {}, {}, 0
+local MEMO = 8192
+function window.new_call()
+  if memo_size > MEMO then count_text, count_of, memo_size = {}, {}, 0 end
 end
 local function text_of(n)
   local t = count_text[n]
   if not t then
     t = str_format('%d', n)
     count_text[n] = t
+    memo_size = memo_size + 1
   end
   return t
 end
@@ -261,6 +265,7 @@ function window.hit_raw(s, b, K, threshold, resume)
     if not n then
       n = tonumber(t)
       count_of[t] = n
+      memo_size = memo_size + 1
     end
     n = n + 1
   else
