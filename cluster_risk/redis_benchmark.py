@@ -43,7 +43,7 @@ from cluster_risk.events import Order, Trade
 from cluster_risk.remote import RemoteEngine
 from cluster_risk.state.redis import SERVER_SETTINGS, RedisStore
 
-__all__ = ["callgrind_run", "main", "run"]
+__all__ = ["callgrind_run", "callgrind_tool", "callgrind_total", "main", "run"]
 
 # apply.lua runs by FCALL (Redis 7+), lookup_ids.lua by EVALSHA
 _SCRIPT_STATS = ("cmdstat_fcall", "cmdstat_evalsha")
@@ -188,19 +188,11 @@ def callgrind_run(*, orders: int, trades: int, accounts: int, batch_size: int, s
     _, mixed = make_workload(orders, trades, accounts)
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "callgrind.out"
-        tool = [
-            "valgrind",
-            "--tool=callgrind",
-            f"--callgrind-out-file={out}",
-            "--toggle-collect=evalShaCommand",
-            "--toggle-collect=fcallCommand",
-        ]
-        with private_redis(tool) as url:
+        with private_redis(callgrind_tool(out, "evalShaCommand", "fcallCommand")) as url:
             engine = _engine_run(url, mixed, batch_size, shards, pipelined=False)
             stats = Redis.from_url(url).info("commandstats")
             calls = sum(int(stats.get(name, {}).get("calls", 0)) for name in _SCRIPT_STATS)
-        summary = next(line for line in out.read_text().splitlines() if line.startswith(("summary:", "totals:")))
-    instructions = int(summary.split()[1])
+        instructions = callgrind_total(out)
     n = engine["events"]
     return {
         "workload": {"orders": orders, "trades": len(mixed) - orders, "accounts": accounts},
@@ -210,6 +202,21 @@ def callgrind_run(*, orders: int, trades: int, accounts: int, batch_size: int, s
         "instructions_per_event": round(instructions / n),
         "instructions_per_call": round(instructions / (calls + 1)),
     }
+
+
+def callgrind_tool(out: Path, *functions: str) -> list[str]:
+    """valgrind counting instructions only inside ``functions`` of redis-server, into ``out``."""
+    if shutil.which("valgrind") is None:
+        raise SystemExit("--callgrind needs valgrind (apt-get install valgrind)")
+    return ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] + [
+        f"--toggle-collect={name}" for name in functions
+    ]
+
+
+def callgrind_total(out: Path) -> int:
+    """The instructions a callgrind output file counted."""
+    summary = next(line for line in out.read_text().splitlines() if line.startswith(("summary:", "totals:")))
+    return int(summary.split()[1])
 
 
 def _callgrind_line(counted: dict[str, Any]) -> str:

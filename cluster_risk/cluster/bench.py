@@ -11,6 +11,9 @@ local redis-server and worker processes (the benchmark's seed workload).
   workers' pub/sub hints (what a gateway's cache sees), p50/p99/max.
 - **failover**: one of two workers is killed (SIGKILL) under load; the time until every one of
   its shards is held by the survivor (new epoch) and applied again.
+- ``--callgrind``: instead of all that, the instructions Redis spends per worker script call
+  (``valgrind --tool=callgrind`` around FCALL): the seed mix published first, then one worker
+  drains it in batches of at most ``--batch`` entries per shard - deterministic, unlike times.
 
 Each throughput and latency run also reports CPU time per event of the workers (``/proc``),
 the publisher (this process) and Redis (``INFO cpu``): on a shared, noisy machine these are
@@ -296,6 +299,30 @@ def _failover(folder: Path, load: Sequence[Event], shards: int, lease_ms: int) -
         fleet.close()
 
 
+def _callgrind(events: Sequence[Event], shards: int, batch: int) -> dict[str, Any]:
+    """Instructions per worker FCALL, counted by callgrind inside Redis."""
+    from cluster_risk.cluster.worker import Worker
+    from cluster_risk.config import build_config
+    from cluster_risk.redis_benchmark import callgrind_tool, callgrind_total, private_redis
+
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "callgrind.out"
+        with private_redis(callgrind_tool(out, "fcallCommand")) as url:
+            publisher = Publisher(redis.Redis.from_url(url), shards=shards)
+            for i in range(0, len(events), 1000):
+                publisher.publish([(None, e) for e in events[i : i + 1000]])
+            worker = Worker(
+                build_config(CONFIG), redis.Redis.from_url(url), worker_id="cg", tick_ms=0, shards=shards,
+                drain=True, batch=batch,
+            )  # fmt: skip
+            worker.run()
+            calls = int(redis.Redis.from_url(url).info("commandstats")["cmdstat_fcall"]["calls"])
+        instructions = callgrind_total(out)
+    return {"shards": shards, "batch": batch, "entries": worker.stats.entries, "calls": calls,
+            "instructions_per_call": round(instructions / calls),
+            "instructions_per_entry": round(instructions / worker.stats.entries)}  # fmt: skip
+
+
 def _cpu(row: dict[str, Any]) -> str:
     return (
         f"CPU per event: workers {row['workers_us']:.1f} us, publisher {row['publisher_us']:.1f} us, "
@@ -319,8 +346,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--unix", action="store_true", help="connect over a Unix socket (Redis on the same host) instead of TCP"
     )
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--callgrind", action="store_true", help="count Redis's instructions per worker call instead (valgrind)"
+    )
+    parser.add_argument("--batch", type=int, default=5, help="--callgrind: entries per shard and call, at most")
     args = parser.parse_args(argv)
     _OPTIONS["unix"] = args.unix
+    if args.callgrind:
+        _, events = make_workload(args.orders // 20, args.trades // 20, args.accounts)  # 10,000 events
+        counted = _callgrind(events, args.shards, args.batch)
+        if args.json:
+            print(json.dumps(counted))
+        else:
+            print(
+                f"worker calls ({counted['entries']:,} entries, {counted['shards']} shards, at most {counted['batch']} "
+                f"entries per call): {counted['calls']:,} calls, {counted['instructions_per_call']:,} instructions "
+                f"per call, {counted['instructions_per_entry']:,} per entry"
+            )
+        return 0
     _, events = make_workload(args.orders, args.trades, args.accounts)
     gc.collect()
     gc.freeze()  # the workload is the harness's, not the publisher's: keep the collector off it

@@ -41,3 +41,20 @@ def test_callgrind_counts_the_scripts_instructions() -> None:
     # a plausible count: an event in a batch of 100 costs thousands of instructions, and far
     # less than the ~500k of a script call of its own
     assert 1_000 < counted["instructions_per_event"] < 300_000
+
+
+@pytest.mark.redis
+@pytest.mark.slow
+def test_callgrind_counts_a_workers_calls() -> None:
+    """``python -m cluster_risk.benchmark cluster --callgrind``: a worker drains a published
+    stream in calls of at most --batch entries per shard, counted inside FCALL."""
+    from cluster_risk.cluster.bench import _callgrind
+
+    assert shutil.which("valgrind"), "valgrind is needed (apt-get install valgrind; CI installs it)"
+    _, events = make_workload(400, 100, 50)
+    counted = _callgrind(events, shards=4, batch=10)
+    assert counted["entries"] == 500
+    assert counted["calls"] >= 50  # every shard's entries, 10 at a time at most
+    assert 10_000 < counted["instructions_per_call"] < 5_000_000
+    total = counted["instructions_per_call"] * counted["calls"]
+    assert abs(counted["instructions_per_entry"] * counted["entries"] - total) <= total // 100
