@@ -151,12 +151,24 @@ def test_one_call_per_chunk_and_routes_keep_every_character(server: RedisProcess
     assert sorted(e.oid for e in got if isinstance(e, Order)) == [1, 2, 3, 4, 5]
 
 
-def test_a_chunk_larger_than_a_script_can_unpack_at_once(server: RedisProcess) -> None:
-    publisher = Publisher(connect(server.url), shards=SHARDS)
-    orders = [Order(i + 1, f"A{i % 3}", "C1", "BID", 1.0, 1, T) for i in range(2 * 4000 * SHARDS)]
-    publisher.publish([(None, order) for order in orders])  # ~8k route values per route hash
+def test_a_big_publish_goes_as_calls_of_bounded_size_in_order(server: RedisProcess) -> None:
+    publisher = Publisher(connect(server.url), shards=1)  # a fresh server: one shard, one route hash
+    orders = [Order(i + 1, f"A{i % 3}", "C1", "BID", 1.0, 1, T + i) for i in range(5000)]
+    publisher.publish([(None, order) for order in orders])
     client = connect(server.url)
-    day = T // 86_400_000_000_000
-    keys = {publisher.keys.route(order.oid, day) for order in orders}
-    assert sum(client.hlen(key) for key in keys) == len(orders)
-    assert len(entries(server, publisher)) == len(orders)
+    assert client.get(publisher.keys.publisher(0, publisher.publisher_id)) == b"3"  # 2,000 + 2,000 + 1,000
+    got = [decode_line(fields[b"e"]) for _, fields in client.xrange(publisher.keys.input(0))]
+    assert [e.oid for e in got] == [o.oid for o in orders]
+    assert client.hlen(publisher.keys.route(1, T // 86_400_000_000_000)) == 5000
+
+
+def test_routes_past_what_a_script_can_unpack_at_once(server: RedisProcess) -> None:
+    """publish.lua writes a route hash's pairs in HSETs of at most 4,000 values (unpack's
+    limit is ~8,000): one call of 2,000 orders on one route hash."""
+    publisher = Publisher(connect(server.url), shards=1)
+    client = connect(server.url)
+    keys = [publisher.keys.input(0), publisher.keys.publisher(0, "x"), publisher.keys.route(1, 0)]
+    pairs = [str(v) for i in range(5000) for v in (i, f"A{i}")]
+    args = [1, 1, "", "", 1, json.dumps(pairs), "1", 60, 60]
+    assert client.eval(publisher._script, 3, *keys, *args) == 0
+    assert client.hlen(keys[2]) == 5000 and client.hget(keys[2], "4999") == b"A4999"
