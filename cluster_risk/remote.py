@@ -165,7 +165,7 @@ class _Context:
 class _Plan:
     """One shard's part of a batch, in the script's format (indices from 1)."""
 
-    __slots__ = ("accounts", "events", "groups", "pairs", "positions", "t0")
+    __slots__ = ("accounts", "day", "events", "groups", "pairs", "positions", "t0")
 
     def __init__(self) -> None:
         self.accounts: list[str] = []
@@ -174,6 +174,7 @@ class _Plan:
         self.events: list[Any] = []  # flat
         self.positions: list[int] = []  # batch index of each event
         self.t0 = -1  # event times travel as t - t0 (exact in Lua's doubles)
+        self.day = -1  # the trading day of the last order or trade (an entry (5, day) when it changes)
 
 
 class _Batch:
@@ -635,7 +636,10 @@ class RemoteEngine:
 
     def _blob(self, plan: _Plan) -> bytes:
         """ARGV[1] of apply.lua (its header documents the layout)."""
-        tables = (plan.accounts, plan.pairs, plan.groups, plan.events)
+        # the groups list is most often the accounts list (rules that group by account only):
+        # then 0, so the script does not decode each account's text twice
+        groups = 0 if plan.groups == plan.accounts else plan.groups
+        tables = (plan.accounts, plan.pairs, groups, plan.events)
         return self.store.encode([1, 0, *tables, self.id_retention_days, self._ttl_ms, str(plan.t0)])
 
     def constants(self, extra: Sequence[Any] = ()) -> bytes:
@@ -709,7 +713,7 @@ class RemoteEngine:
         trade_rules = self._trade_rules
         shard = -1  # the shard whose plan is bound below
         plan = _Plan()
-        events, positions, t0 = plan.events, plan.positions, plan.t0
+        events, positions, t0, day = plan.events, plan.positions, plan.t0, plan.day
         for index, event, ctx, verify in items:
             if ctx is None:  # tick or reset
                 self._plan_clock(plans, index, event, only)
@@ -719,8 +723,9 @@ class RemoteEngine:
                 if only is not None and account.shard not in only:
                     continue
                 shard = account.shard
+                plan.day = day
                 plan = plans.get(shard) or plans.setdefault(shard, _Plan())
-                events, positions, t0 = plan.events, plan.positions, plan.t0
+                events, positions, t0, day = plan.events, plan.positions, plan.t0, plan.day
             if ctx.stamp != stamp:
                 _enter(plan, ctx, stamp)
             # The event's values, appended to the plan's flat event list.
@@ -729,20 +734,24 @@ class RemoteEngine:
                 account.day, account.lo, account.hi = day_range(t)
             if t0 < 0:
                 t0 = plan.t0 = t  # event times travel as t - t0 (exact in Lua's doubles)
+            if account.day != day:  # the day goes once per run of events on it, not per event
+                day = account.day
+                events += (5, day)
             rel = t - t0
             ts: int | str = rel if below < rel < _MAX_BUCKET else str(t)
             if isinstance(event, Order):
                 if bucket_ns is not None:
-                    events += (1, f"o{event.oid}", ctx.local_pair, account.day, ts, t // bucket_ns)
+                    events += (1, f"o{event.oid}", ctx.local_pair, ts, t // bucket_ns)
                 else:
-                    events += (1, f"o{event.oid}", ctx.local_pair, account.day, ts)
+                    events += (1, f"o{event.oid}", ctx.local_pair, ts)
                     self._order_values(events, event)
             else:
                 assert isinstance(event, Trade)
-                events += (2, f"t{event.tid}", ctx.local_pair, account.day, ts, verify)
+                events += (2, f"t{event.tid}", ctx.local_pair, ts, verify)
                 for rule in trade_rules:
                     _add_amount(events, rule.trade_amount(event, ctx.scope.contract))
             positions.append(index)
+        plan.day = day
         return plans
 
     def _plan_clock(self, plans: dict[int, _Plan], index: int, event: Event, only: set[int] | None) -> None:

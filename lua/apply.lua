@@ -34,17 +34,20 @@ plan = {1, 0, accounts, pairs, groups, events, retention_days, ttl_ms, t0}
   pairs       flat, 2 + #rules values per (account, contract) pair p:
               a, "<account>\31<contract>", then its group g for each rule r
   groups[g]   a scope key, listed once even when several rules group by it: a pair's entry
-              for rule r that points at g makes it rule r's group
+              for rule r that points at g makes it rule r's group; 0 when the list is the
+              accounts list (rules that group by account only)
   events      one flat array (cheapest to decode), each event one of
-              1, "o<oid>", p, day, ts, then per rule that orders feed (rules[r][6] == 1):
+              1, "o<oid>", p, ts, then per rule that orders feed (rules[r][6] == 1):
                  bucket (-1: not counted) for a window rule, amount, kind (0 int, 1 float,
                  2 none) for a daily rule
-              2, "t<tid>", p, day, ts, "o<oid>" to check in the index or "", then per daily
+              2, "t<tid>", p, ts, "o<oid>" to check in the index or "", then per daily
                  rule: amount, kind
               3, day, then per rule: T // B (0 for daily rules)       tick
               4, day                                                  reset_daily
               4, {day, account, escaped account, {its place in the scope of each rule}}
                                                     reset of one account (ops extension)
+              5, day    not an event: the trading day of the orders and trades after it
+                        (sent when it changes, not with every event)
   ts = the event time in ns minus t0 (a decimal string): a number that Lua's doubles hold
   exactly, or the time itself as a string when it is 2^53 ns or more away; Lua only writes
   it into the pause registry. day = the trading-day ordinal, computed by Python (Lua has no
@@ -123,10 +126,10 @@ local shape = constants.derived(rules, function()
       trade_rules[#trade_rules + 1] = r
     end
   end
-  return {span = {5 + order_width, 6 + trade_width, 2 + #rules, 2}, order_rules = order_rules,
+  return {span = {4 + order_width, 5 + trade_width, 2 + #rules, 2, 2}, order_rules = order_rules,
     trade_rules = trade_rules, is_window = is_window}
 end)
-local SPAN = shape.span
+local SPAN = shape.span -- by kind: the values an entry of the events array takes
 
 -- the scope key of pair p's group for rule r
 local function group(p, r)
@@ -164,15 +167,15 @@ do
       wins[r] = l
     end
   end
-  local i = 1
+  local i, d = 1, nil
   while i <= nev do
     local kind = ev[i]
     if kind == 1 then
       if not ids.fresh(I, ev[i + 1], 111) then idf[#idf + 1] = ev[i + 1] end
     elseif kind == 2 then
       if not ids.fresh(I, ev[i + 1], 116) then idf[#idf + 1] = ev[i + 1] end
-      if ev[i + 5] ~= '' then idf[#idf + 1] = ev[i + 5] end
-      local d, p = ev[i + 3], ev[i + 2]
+      if ev[i + 4] ~= '' then idf[#idf + 1] = ev[i + 4] end
+      local p = ev[i + 2]
       for j = 1, #trade_rules do
         local r = trade_rules[j]
         local byday = days[r] or {}
@@ -181,6 +184,8 @@ do
         byday[d] = l
         l[#l + 1] = group(p, r)
       end
+    elseif kind == 5 then
+      d = ev[i + 1]
     end
     i = i + SPAN[kind]
   end
@@ -274,7 +279,7 @@ local function enter_day(pos, a, d)
   return info.day
 end
 
-local function order(pos, i)
+local function order(pos, i, d)
   local f = ev[i + 1]
   if gen[f] ~= false and ids.seen(I, f) then
     X.out[#X.out + 1] = {pos, 1}
@@ -282,10 +287,10 @@ local function order(pos, i)
   end
   local base_p = (ev[i + 2] - 1) * W
   local a = accounts[pairs_[base_p + 1]]
-  local d, ts = ev[i + 3], ev[i + 4]
+  local ts = ev[i + 3]
   local current = enter_day(pos, a, d)
   ids.add(I, f, pairs_[base_p + 2])
-  local k = i + 5
+  local k = i + 4
   for j = 1, #order_rules do
     local r = order_rules[j]
     if is_window[r] then
@@ -300,19 +305,19 @@ local function order(pos, i)
 end
 
 -- Returns true when the trade's order left the index earlier in this batch (abort).
-local function trade(pos, i)
+local function trade(pos, i, d)
   local f = ev[i + 1]
   if gen[f] ~= false and ids.seen(I, f) then
     X.out[#X.out + 1] = {pos, 1}
     return false
   end
-  if ev[i + 5] ~= '' and not ids.seen(I, ev[i + 5]) then return true end
+  if ev[i + 4] ~= '' and not ids.seen(I, ev[i + 4]) then return true end
   local base_p = (ev[i + 2] - 1) * W
   local a = accounts[pairs_[base_p + 1]]
-  local d, ts = ev[i + 3], ev[i + 4]
+  local ts = ev[i + 3]
   local current = enter_day(pos, a, d)
   ids.add(I, f, '1')
-  local k = i + 6
+  local k = i + 5
   for j = 1, #trade_rules do
     local r = trade_rules[j]
     daily_step(pos, ts, d, r, groups[pairs_[base_p + 2 + r]], a, ev[k], ev[k + 1], current)
@@ -321,14 +326,16 @@ local function trade(pos, i)
   return false
 end
 
-local pos, i = 0, 1
+local pos, i, day = 0, 1, nil
 while i <= nev do
-  pos = pos + 1
   local kind = ev[i]
+  if kind < 5 then pos = pos + 1 end -- a day entry is not an event
   if kind == 1 then
-    order(pos, i)
+    order(pos, i, day)
   elseif kind == 2 then
-    if trade(pos, i) then return {'abort', pos} end
+    if trade(pos, i, day) then return {'abort', pos} end
+  elseif kind == 5 then
+    day = ev[i + 1]
   elseif kind == 3 then
     rollover.clock(X, ev[i + 1], pos)
     local buckets = {}

@@ -28,7 +28,7 @@ local shard = {}
 
 function shard.open(base, plan, clock, latest, gens, maxo, maxt, touched)
   local X = {
-    base = base, rules = plan[2], accounts = plan[3], pairs = plan[4], groups = plan[5],
+    base = base, rules = plan[2], accounts = plan[3], pairs = plan[4], groups = plan[5] ~= 0 and plan[5] or plan[3],
     retention = plan[7], ttl = plan[8], clock = clock, latest = latest, touched = touched, out = {},
     acct = cache.new(keys.acct(base)), acc = {}, reg = {}, win = {}, winc = {}, ws = {}, raw = {}, sums = {},
     dpi = nil,
