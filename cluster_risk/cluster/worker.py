@@ -59,7 +59,7 @@ from cluster_risk.errors import EventError
 from cluster_risk.events import Event, Order, Tick, Trade, order_ok, trade_ok
 from cluster_risk.observability import WorkerMetrics
 from cluster_risk.remote import KnownIds, RemoteEngine, ShardBatch
-from cluster_risk.state.functions import LuaOperation, is_missing
+from cluster_risk.state.functions import LuaOperation
 from cluster_risk.state.redis import RedisStore, StoreError, by_node, load_lua, script_pipeline
 from cluster_risk.wire import decode_event, decode_line
 
@@ -487,17 +487,7 @@ class Worker:
             if not read:
                 conn.disconnect()  # replies may still be on their way
             pool.release(conn)
-        if replies is not None:
-            missing = [i for i, reply in enumerate(replies) if is_missing(reply)]
-            if missing:  # those calls ran nothing: load the script, send them again
-                try:
-                    again = self._eval(self.client, [jobs[i] for i in missing])
-                except (RedisError, StoreError) as exc:
-                    self._trouble(None, exc)
-                    return 0
-                for i, reply in zip(missing, again, strict=True):
-                    replies[i] = reply
-        return self._run(jobs, raise_refusals=False, replies=replies)
+        return self._run(jobs, raise_refusals=False, sent=replies)
 
     def _read(self, wanted: Mapping[int, str], idle: int) -> dict[int, list[Any]]:
         """Every wanted shard's entries after its id; ``idle``: rounds in a row that found
@@ -574,10 +564,11 @@ class Worker:
         seq = cursor.seq
         job.args = [blob, seq, digest, self.store.codec, seq - 1, constants, cursor.epoch, xblob, len(dead)]
 
-    def _run(self, jobs: list[_Job], raise_refusals: bool, replies: list[Any] | None = None) -> int:
+    def _run(self, jobs: list[_Job], raise_refusals: bool, sent: list[Any] | None = None) -> int:
         """Send the jobs' script calls (one pipeline per node), settle the replies, publish
-        the hints; returns the number of entries applied.  ``replies``: the jobs (on one
-        server) were sent already and these are their replies."""
+        the hints; returns the number of entries applied.  ``sent``: the jobs (on one server)
+        were sent already and these are their replies (the calls that found no script are
+        loaded and sent again)."""
         applied = 0
         hints: list[bytes] = []
         while jobs:
@@ -587,7 +578,7 @@ class Worker:
                 if not raise_refusals:  # in the loop (not a lone _apply): keep the leases alive
                     self._maybe_beat()
                 try:
-                    got = replies if replies is not None else self._eval(node, group)
+                    got = self._eval(node, group, sent)
                 except (RedisError, StoreError) as exc:
                     if raise_refusals:
                         raise
@@ -606,7 +597,7 @@ class Worker:
                         if self.metrics is not None:
                             self.metrics.events_applied.inc(job.batch.entries)
                             self.metrics.batch_seconds.observe(time.perf_counter() - started)
-            jobs, replies = again, None
+            jobs, sent = again, None
         if hints:
             self._publish(hints)
         return applied
@@ -660,17 +651,18 @@ class Worker:
         self.stats.batches += 1
         return True
 
-    def _eval(self, node: Any, jobs: Sequence[_Job]) -> list[Any]:
+    def _eval(self, node: Any, jobs: Sequence[_Job], sent: Sequence[Any] | None = None) -> list[Any]:
         """apply.lua (FCALL, or EVALSHA without Functions) for each job in one pipeline, loading
         it where the node lacks it and sending those again (such a call ran nothing), then WAIT
-        on the same connection when durability asks for replicas.  Per job its reply, or the
+        on the same connection when durability asks for replicas.  ``sent``: the calls went out
+        already (:meth:`_run_streamed`) and these are their replies.  Per job its reply, or the
         error it got."""
         script = self._script
         assert script is not None  # set by run()
         calls = [(script, (len(job.keys), *job.keys, *job.args[:8])) for job in jobs]
         replicas = self.durability.replicas
         wait = ("WAIT", replicas, self.durability.timeout_ms) if replicas else ()
-        return script_pipeline(node, calls, lambda _: script.load(node), wait, self._acked)
+        return script_pipeline(node, calls, lambda _: script.load(node), wait, self._acked, sent)
 
     def _acked(self, acked: Any) -> None:
         """WAIT's reply after a pipeline of batches: how many replicas have them."""

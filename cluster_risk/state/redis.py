@@ -128,34 +128,37 @@ def script_pipeline(
     load: Callable[[list[int]], None],
     trailer: Sequence[Any] = (),
     on_trailer: Callable[[Any], None] | None = None,
+    sent: Sequence[Any] | None = None,
 ) -> list[Any]:
     """Send each ``(script, numkeys + keys + args)`` call (FCALL or EVALSHA) in one pipeline on
     ``conn``; the calls answered NOSCRIPT or "Function not found" ran nothing, so
     ``load(their indices)`` loads them and they are sent once more, in the form now loaded
     (an FCALL becomes an EVALSHA where the server refused the function).  ``trailer``: a
     command sent after the calls in each pipeline (``WAIT``), its reply given to
-    ``on_trailer``.  Per call its reply, or the error it got."""
-    replies: list[Any] = [None] * len(calls)
-    todo = list(range(len(calls)))
-    for attempt in range(2):
+    ``on_trailer``.  ``sent``: the calls went out already and these are their replies (only
+    the missing ones are sent).  Per call its reply, or the error it got."""
+
+    def send(indices: Sequence[int]) -> list[Any]:
         pipe = conn.pipeline(transaction=False)
-        for i in todo:
+        for i in indices:
             script, args = calls[i]
             # execute_command: ClusterPipeline blocks its evalsha() helper, not the command
             pipe.execute_command(*script.command(*args))
         if trailer:
             pipe.execute_command(*trailer)
-        got = pipe.execute(raise_on_error=False)
+        got: list[Any] = pipe.execute(raise_on_error=False)
         if trailer:
             last = got.pop()
             if on_trailer is not None:
                 on_trailer(last)
-        for i, reply in zip(todo, got, strict=True):
+        return got
+
+    replies = list(sent) if sent is not None else send(range(len(calls)))
+    missing = [i for i, reply in enumerate(replies) if is_missing(reply)]
+    if missing:
+        load(missing)
+        for i, reply in zip(missing, send(missing), strict=True):
             replies[i] = reply
-        todo = [i for i in todo if is_missing(replies[i])]
-        if not todo or attempt:
-            break
-        load(todo)
     return replies
 
 

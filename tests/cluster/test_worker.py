@@ -190,9 +190,10 @@ def test_a_lost_script_cache_is_loaded_again_by_publisher_and_worker(server: Red
     client = connect(server.url)
     publisher = Publisher(client, shards=SHARDS)
     worker = make_worker(server.url, batch=40)
-    worker._script = None
     rejected: set[tuple[str, str, int]] = set()
     flushes = 0
+    guard = threading.Timer(90, worker.stop)  # a worker that cannot apply would never get on
+    guard.start()
     for start in range(0, len(text), 150):
         chunk = text[start : start + 150]
         rejected |= {(e.code, e.field, start + i) for i, e in publisher.publish_lines(chunk)}
@@ -203,8 +204,6 @@ def test_a_lost_script_cache_is_loaded_again_by_publisher_and_worker(server: Red
             client.script_flush()
         flushes += 1
     worker.max_events, worker.drain = None, True
-    guard = threading.Timer(60, worker.stop)  # a worker that cannot apply would never drain
-    guard.start()
     worker.run()
     guard.cancel()
     assert flushes >= 8 and worker.stats.resyncs == 0  # every call found again its script, none failed
