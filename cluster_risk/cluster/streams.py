@@ -21,8 +21,9 @@ Retries: a pipeline that fails is sent again (after a cluster map refresh) for u
 ``retry_s``, and redis-py itself resends a pipeline after a connection error.  Neither adds an
 entry twice: every ``publish.lua`` call carries this publisher's id and its next sequence
 number for each of its shards (``P:{sN}:pub:<id>``, kept a day), and a shard's part whose
-number is not above the last one seen is skipped - so a reset_daily is never applied twice by a retry.  Calls of
-one publisher are serialised (a lock), so its numbers reach each shard in order.
+number is not above the last one seen is skipped - so a reset_daily is never applied twice by
+a retry.  Calls of one publisher are serialised (a lock), so its numbers reach each shard in
+order.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any, TypeVar
 
 from redis.cluster import RedisCluster
@@ -160,18 +161,25 @@ class Publisher:
                 routes.setdefault(self.keys.route(e.oid, e.timestamp // _DAY_NS), []).extend((str(e.oid), e.account_id))
                 self._remember(e.oid, e.account_id)
         fresh = [key for key in routes if key not in self._expiring]
-        ttl = (self.retention_days + 2) * 86_400
         if isinstance(self.client, RedisCluster):  # a script's keys share a slot: one call per shard
             self._send([self._call([part], {}, ()) for part in parts])
             if routes:  # after the entries: a fill finds a route only once its order is ahead of it
                 commands = [("HSET", key, *pairs) for key, pairs in routes.items()]
-                self._send(commands + [("EXPIRE", key, ttl, "NX") for key in fresh])
+                self._send(commands + [("EXPIRE", key, self._route_ttl_s, "NX") for key in fresh])
         elif parts or routes:
             self._send([self._call(parts, routes, fresh)])
         self._expiring.update(fresh)  # a route key's TTL is set once (NX), by its first writer
 
+    @property
+    def _route_ttl_s(self) -> int:
+        """A route hash is kept id-retention + 2 days (a UTC day's hash, read by later fills)."""
+        return (self.retention_days + 2) * 86_400
+
     def _call(
-        self, parts: Sequence[tuple[tuple[str, str], tuple[str, str, int]]], routes: dict[str, list[str]], fresh: Any
+        self,
+        parts: Sequence[tuple[tuple[str, str], tuple[str, str, int]]],
+        routes: dict[str, list[str]],
+        fresh: Collection[str],
     ) -> tuple[Any, ...]:
         """One ``publish.lua`` call: these shards' parts, then these routes."""
         keys = [k for part_keys, _ in parts for k in part_keys] + list(routes)
@@ -179,7 +187,7 @@ class Publisher:
         args += [a for _, part_args in parts for a in part_args]
         args += [_route_json(pairs) for pairs in routes.values()]
         args += ["1" if key in fresh else "0" for key in routes]
-        args += [_SEQ_TTL_S, (self.retention_days + 2) * 86_400]
+        args += [_SEQ_TTL_S, self._route_ttl_s]
         return ("EVALSHA", self._sha, len(keys), *keys, *args)
 
     def _route(self, events: Sequence[tuple[int | None, Event]]) -> list[range | list[int]]:
