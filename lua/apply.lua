@@ -109,10 +109,10 @@ local W = 2 + #rules -- values per pair
 -- What the rules make of a plan's shape, the same in every call (computed once per server):
 -- SPAN[kind], the values an event of each kind takes in the plan; the rules an order / a
 -- trade feeds, in the order of its values; and which rules are window rules.
-local shape = constants.derived(rules, function()
+local shape = constants.derived(rules, function(rs)
   local order_width, trade_width = 0, 0
   local order_rules, trade_rules, is_window = {}, {}, {}
-  for r, rule in ipairs(rules) do
+  for r, rule in ipairs(rs) do
     is_window[r] = rule[1] == 'w'
     if is_window[r] then
       order_width = order_width + 1
@@ -126,7 +126,7 @@ local shape = constants.derived(rules, function()
       trade_rules[#trade_rules + 1] = r
     end
   end
-  return {span = {4 + order_width, 5 + trade_width, 2 + #rules, 2, 2}, order_rules = order_rules,
+  return {span = {4 + order_width, 5 + trade_width, 2 + #rs, 2, 2}, order_rules = order_rules,
     trade_rules = trade_rules, is_window = is_window}
 end)
 local SPAN = shape.span -- by kind: the values an entry of the events array takes

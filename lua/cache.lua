@@ -24,8 +24,8 @@ batch, not per event (notes/performance.md). Reads go through `get` (one HGET on
                                cache, for values only this call writes), then its TTL as flush
                                does (known: the caller saw the key exist)
   cache.clear(c)               the whole hash goes (DEL at flush)
-  cache.flush(c, ttl_ms, touch) -> true if written; PEXPIREs the key when written (or touch)
-                               and not seen to exist, or when touch
+  cache.flush(c, ttl_ms, touch) -> true if written; PEXPIREs the key when written and not
+                               seen to exist, or on touch
 
 TTLs: every key written here gets its TTL (PEXPIRE) from the call that may have created it:
 one that wrote the key without having read any field of it (c.found, or `known` for write).

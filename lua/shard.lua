@@ -28,7 +28,8 @@ local shard = {}
 
 function shard.open(base, plan, clock, latest, gens, maxo, maxt, touched)
   local X = {
-    base = base, rules = plan[2], accounts = plan[3], pairs = plan[4], groups = plan[5] ~= 0 and plan[5] or plan[3],
+    base = base, rules = plan[2], accounts = plan[3], pairs = plan[4],
+    groups = plan[5] ~= 0 and plan[5] or plan[3], -- 0: the groups are the accounts
     retention = plan[7], ttl = plan[8], clock = clock, latest = latest, touched = touched, out = {},
     acct = cache.new(keys.acct(base)), acc = {}, reg = {}, win = {}, winc = {}, ws = {}, raw = {}, sums = {},
     dpi = nil,
@@ -158,9 +159,9 @@ end
 
 function shard.flush(X, meta, seq, seqn, digest, result)
   local ttl = X.ttl
-  -- A written key gets its TTL again; a key only read keeps its TTL, refreshed on the first
-  -- batch of each new latest day and on every 256th batch (a PEXPIRE per key and batch was 6
-  -- of the ~17 redis.calls of a one-event batch, the fixed cost that small batches pay).
+  -- A key gets its TTL from the call that may have created it (cache.lua, "TTLs"); every key,
+  -- read or written, is refreshed on the first batch of each new latest day and on every 256th
+  -- batch (`touch`): a PEXPIRE per key and batch was the fixed cost that small batches pay.
   local latest = string.format('%d', X.latest)
   local touch = X.touched ~= latest or seqn % 256 == 0
   for a, info in pairs(X.acc) do

@@ -3,7 +3,7 @@
 The Lua twin of cluster_risk.state.memory.SlidingWindow (SEMANTICS.md, OrderRateLimitRule).
 
 KEYS / ARGV: none. Included into apply.lua and inspect.lua (`--@include window.lua`), after
-builtins.lua (its hot path calls str_match, struct_pack, ... bound per call). The caller
+builtins.lua (its hot path calls str_match, struct_pack, ... that builtins.bind() binds). The caller
 keeps one state per group: the hot part in the hash <prefix>:{s<N>}:win:<rule> (field = scope
 key, value = encode(w)), older buckets in chunks in <prefix>:{s<N>}:winc:<rule> (field =
 "<chunk number>:<scope key>"), reached through a backend (below).
