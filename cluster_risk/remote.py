@@ -87,6 +87,7 @@ _DUP, _PAUSE, _RESUME, _ROLL, _TICK, _RESET = 1, 2, 3, 4, 5, 6
 WRONG_SHARD = "wrong_shard"  # a worker's dead letter: the event's account lives on another shard
 _MAX_BUCKET = 1 << 53
 _DAY_MS = 86_400_000
+_ERA = 1 << 22  # _Account.seen: era * _ERA + day (day ordinals stay below 2^22)
 _ESCAPE = {c: f"%{c:02X}" for c in [*range(32), 127, ord("%"), ord(":")]}
 
 
@@ -123,7 +124,7 @@ class _Rule:
 
 
 class _Account:
-    __slots__ = ("day", "hi", "id", "lo", "local", "shard", "stamp")
+    __slots__ = ("day", "hi", "id", "lo", "local", "seen", "shard", "stamp")
 
     def __init__(self, account_id: str, shard: int) -> None:
         self.id = account_id
@@ -131,6 +132,9 @@ class _Account:
         self.day = self.lo = self.hi = 0  # [lo, hi): the instants of trading day `day` (a memo)
         self.stamp = -1  # plan the account was last entered in, and its index there
         self.local = 0
+        # era * _ERA + a day the account had an event on, in a batch of this engine's that
+        # applied during that era (RemoteEngine._era), no event of it a duplicate; -1: none
+        self.seen = -1
 
 
 class _Group:
@@ -165,16 +169,34 @@ class _Context:
 class _Plan:
     """One shard's part of a batch, in the script's format (indices from 1)."""
 
-    __slots__ = ("accounts", "day", "events", "groups", "pairs", "positions", "t0")
+    __slots__ = (
+        "accounts",
+        "day",
+        "events",
+        "groups",
+        "hint",
+        "members",
+        "pairs",
+        "positions",
+        "runs",
+        "t0",
+        "unknown",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, hint: int = -1) -> None:
         self.accounts: list[str] = []
+        self.members: list[_Account] = []  # the accounts, as objects
+        # apply.lua's hint (RemoteEngine._hint_key): the accounts (indices) not known to have had
+        # an event on the hint day (-1: no hint)
+        self.hint = hint
+        self.unknown: list[int] = []
         self.pairs: list[Any] = []  # flat: account, index value, then a group per rule
         self.groups: list[str] = []  # scope keys
         self.events: list[Any] = []  # flat
         self.positions: list[int] = []  # batch index of each event
         self.t0 = -1  # event times travel as t - t0 (exact in Lua's doubles)
         self.day = -1  # the trading day of the last order or trade (an entry (5, day) when it changes)
+        self.runs = 0  # the (5, day) entries
 
 
 class _Batch:
@@ -267,6 +289,10 @@ class RemoteEngine:
         plain = [r.bucket_ns for r in self._order_rules if r.kind == "w" and r.every_order]
         self._order_bucket = plain[0] if len(plain) == len(self._order_rules) == 1 else None
         self._next: dict[int, int] | None = None  # per shard: the number of its next batch
+        # apply.lua's account hints (_hints): what this engine's applied batches showed, valid
+        # within one era; a new era starts whenever the high-water marks are read again
+        self._era = 0
+        self._latest: dict[int, int] = {}  # per shard: the latest day of those batches
         self._known: KnownIds | None = None  # look-ups done beforehand (plan_shard)
         self._stamp = 0
 
@@ -623,6 +649,8 @@ class RemoteEngine:
         items = self._prepare(events, outcomes, before_lookup)
         if self._next is None:
             self._next = {shard: hwm + 1 for shard, hwm in self.store.high_water_marks().items()}
+            self._era += 1
+            self._latest = {}
         plans = self._plan(items, None)
         calls = {}
         for shard, plan in plans.items():
@@ -631,16 +659,41 @@ class RemoteEngine:
         return _Batch(items, outcomes, plans, calls, self.store.send_apply(calls))
 
     def _encode(self, plan: _Plan, seq: int) -> tuple[int, bytes, str, bytes]:
-        blob = self._blob(plan)
+        blob = self._blob(plan, [plan.hint % _ERA, plan.unknown] if plan.hint >= 0 else [])
         return seq, blob, hashlib.blake2b(blob, digest_size=16).hexdigest(), self.constants()
 
-    def _blob(self, plan: _Plan) -> bytes:
+    def _blob(self, plan: _Plan, hints: Sequence[Any] = ()) -> bytes:
         """ARGV[1] of apply.lua (its header documents the layout)."""
         # the groups list is most often the accounts list (rules that group by account only):
         # then 0, so the script does not decode each account's text twice
         groups = 0 if plan.groups == plan.accounts else plan.groups
         tables = (plan.accounts, plan.pairs, groups, plan.events)
-        return self.store.encode([1, 0, *tables, self.id_retention_days, self._ttl_ms, str(plan.t0)])
+        return self.store.encode([1, 0, *tables, self.id_retention_days, self._ttl_ms, str(plan.t0), *hints])
+
+    def _new_plan(self, shard: int) -> _Plan:
+        """A plan that carries apply.lua's hint: the latest day this engine's applied batches
+        reached on the shard; the plan lists its accounts not known to have had an event on
+        it (_enter). The script skips reading the others' day records while that day is still
+        the shard's latest."""
+        day = self._latest.get(shard)
+        return _Plan(-1 if day is None else self._era * _ERA + day)
+
+    def _confirm(self, batch: _Batch, shard: int, records: Sequence[list[Any]]) -> None:
+        """The shard's part of ``batch`` applied: when its orders and trades were all on one
+        day, each of its accounts had an event on that day (_new_plan), unless the script
+        called one of its events a duplicate (it skipped it)."""
+        plan = batch.plans[shard]
+        if plan.runs != 1:  # nothing, or several days: no account's day is sure (rare)
+            return
+        seen = self._era * _ERA + plan.day
+        for account in plan.members:
+            account.seen = seen
+        self._latest[shard] = max(self._latest.get(shard, -1), plan.day)
+        duplicates = {plan.positions[record[0] - 1] for record in records if record[1] == 1}
+        if duplicates:
+            for item in batch.items:
+                if item[0] in duplicates and item[2] is not None:
+                    item[2].account.seen = -1
 
     def constants(self, extra: Sequence[Any] = ()) -> bytes:
         """ARGV[6] of apply.lua: the rules, then ``extra`` (a worker's texts for its actions).
@@ -659,7 +712,9 @@ class RemoteEngine:
         try:
             replies = batch.wait()
             for shard, reply in replies.items():
-                for record in self._settle(batch, shard, reply):
+                applied = self._settle(batch, shard, reply)
+                self._confirm(batch, shard, applied)
+                for record in applied:
                     records.setdefault(batch.plans[shard].positions[record[0] - 1], []).append(record)
         except RiskError:
             self._next = None  # unsure what applied: read the high-water marks again next time
@@ -724,7 +779,7 @@ class RemoteEngine:
                     continue
                 shard = account.shard
                 plan.day = day
-                plan = plans.get(shard) or plans.setdefault(shard, _Plan())
+                plan = plans.get(shard) or plans.setdefault(shard, self._new_plan(shard))
                 events, positions, t0, day = plan.events, plan.positions, plan.t0, plan.day
             if ctx.stamp != stamp:
                 _enter(plan, ctx, stamp)
@@ -737,6 +792,7 @@ class RemoteEngine:
             if account.day != day:  # the day goes once per run of events on it, not per event
                 day = account.day
                 events += (5, day)
+                plan.runs += 1
             rel = t - t0
             ts: int | str = rel if below < rel < _MAX_BUCKET else str(t)
             if isinstance(event, Order):
@@ -765,7 +821,7 @@ class RemoteEngine:
         for shard in shards:
             if only is not None and shard not in only:
                 continue
-            plan = plans.get(shard) or plans.setdefault(shard, _Plan())
+            plan = plans.get(shard) or plans.setdefault(shard, self._new_plan(shard))
             plan.events += entry
             plan.positions.append(index)
 
@@ -869,7 +925,10 @@ def _enter(plan: _Plan, ctx: _Context, stamp: int) -> None:
         account.stamp = stamp
         accounts = plan.accounts
         accounts.append(account.id)
+        plan.members.append(account)
         account.local = len(accounts)
+        if account.seen != plan.hint and plan.hint >= 0:
+            plan.unknown.append(account.local)
     pairs = plan.pairs
     start = len(pairs)
     pairs.append(account.local)

@@ -27,7 +27,7 @@ Returns  {"ok", result}     applied; result = encoded list of records (below)
          {"fenced", epoch} / {"gap", sid}   (cluster worker) refused before any write
          {"ok", result, hint}               (cluster worker) hint: see emit.lua
 
-plan = {1, 0, accounts, pairs, groups, events, retention_days, ttl_ms, t0}
+plan = {1, 0, accounts, pairs, groups, events, retention_days, ttl_ms, t0[, hint day, unhinted]}
   rules[r]    (ARGV[6][1]) {"w", name, K, threshold, resume, 1} | {"d", name, cap, 0, 0, 1 if
               orders feed it}
   accounts[a] account id
@@ -48,6 +48,10 @@ plan = {1, 0, accounts, pairs, groups, events, retention_days, ttl_ms, t0}
                                                     reset of one account (ops extension)
               5, day    not an event: the trading day of the orders and trades after it
                         (sent when it changes, not with every event)
+  hint day, unhinted   optional: every account of the plan but those at the indices listed in
+              unhinted had an event on the hint day, in a batch applied before this one and not
+              reported a duplicate; used only when that day is the shard's latest day (then it
+              is the account's current day, whose record need not be read)
   ts = the event time in ns minus t0 (a decimal string): a number that Lua's doubles hold
   exactly, or the time itself as a string when it is 2^53 ns or more away; Lua only writes
   it into the pause registry. day = the trading-day ordinal, computed by Python (Lua has no
@@ -147,9 +151,21 @@ for r in ipairs(rules) do
   if is_window[r] then win_v[r] = cache.values(X.win[r]) end
 end
 
+-- The sender's hint (plan[10], plan[11]): every account but those listed had an event on day
+-- plan[10], applied in an earlier batch. When that day is the shard's latest day, it is each
+-- such account's day D_a (D_a never decreases and never passes the latest day): its record
+-- need not be read for an event on that day.
+local hinted_day = plan[10] ~= nil and plan[10] == X.latest and plan[10] or nil
+
 -- Preload what the batch reads: accounts, window groups, day sums, ids (a few variadic calls).
 do
-  cache.preload_unique(X.acct, X.accounts) -- the plan lists each account once
+  if hinted_day then
+    local unhinted, want = plan[11], {}
+    for k = 1, #unhinted do want[k] = X.accounts[unhinted[k]] end
+    cache.preload_unique(X.acct, want)
+  else
+    cache.preload_unique(X.acct, X.accounts) -- the plan lists each account once
+  end
   local wins, days, idf = {}, {}, {}
   local np = #pairs_ / W
   for r, rule in ipairs(rules) do
@@ -263,14 +279,16 @@ local acct_v, day_text = cache.values(X.acct), {} -- the preloaded account recor
 local function enter_day(pos, a, d)
   local info = acc[a]
   if not info then
-    -- most often the record says day d without daily pauses ("<d>"), and no tick passed it:
-    -- D_a = d, nothing changes, no record to read
+    -- most often D_a = d and no tick passed it: nothing changes. The sender's hint says so
+    -- (its record was not read), or the record says day d without daily pauses ("<d>").
+    local rec = acct_v[a]
+    if rec == nil and d == hinted_day and d >= X.clock then return d end
     local t = day_text[d]
     if not t then
       t = string.format('%d', d)
       day_text[d] = t
     end
-    if acct_v[a] == t and d >= X.clock then return d end
+    if rec == t and d >= X.clock then return d end
     info = shard.account(X, a)
   elseif info.day < X.clock then
     info.day = X.clock -- a tick passed it: shard.account's lazy clock, inline

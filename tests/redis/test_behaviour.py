@@ -16,7 +16,7 @@ from cluster_risk.events import Order, Trade
 from cluster_risk.remote import BatchError, RemoteEngine, replay_batched, scope_key, scope_values
 from cluster_risk.replay import replay_events
 from cluster_risk.rules import OrderRateLimitRule
-from cluster_risk.state.redis import RedisStore
+from cluster_risk.state.redis import RedisStore, StoreError
 from tests.helpers import views
 from tests.redis import streams
 from tests.redis.conftest import Engine
@@ -222,3 +222,81 @@ def test_a_scope_key_shared_by_rules_is_planned_once() -> None:
     width = 2 + 2  # account, pair key, then one group per stateful rule
     pairs = [plan.pairs[i : i + width] for i in range(0, len(plan.pairs), width)]
     assert [(rate, volume) for _, _, rate, volume in pairs] == [(1, 1), (2, 2), (3, 3)]
+
+
+def _account_day_batches() -> list[list[Order | Trade]]:
+    """A is paused by its day-1 volume; on day 2 its first order is a duplicate (in the batch that
+    brings day 2 to the shard), then come its new orders. The first new one lifts the pause."""
+    day, t0 = streams.DAY, streams.T0
+    return [
+        [Order(1, "A", "C", "BID", 1.0, 1, t0), Order(2, "B", "C", "BID", 1.0, 1, t0), Trade(1, 1, 1.0, 5, t0 + 1)],
+        [Order(3, "B", "C", "BID", 1.0, 1, t0 + day), Order(1, "A", "C", "BID", 1.0, 1, t0 + day + 1)],
+        [Order(4, "A", "C", "BID", 1.0, 1, t0 + day + 2), Order(5, "B", "C", "BID", 1.0, 1, t0 + day + 2)],
+        [Order(6, "A", "C", "BID", 1.0, 1, t0 + day + 3), Order(7, "B", "C", "BID", 1.0, 1, t0 + day + 3)],
+    ]
+
+
+@pytest.mark.parametrize("backend", REMOTE, indirect=True)
+def test_a_duplicate_is_not_an_accounts_event_of_the_day(make_engine: Callable[..., Engine]) -> None:
+    """The engine tells apply.lua which accounts had an applied event on the shard's latest day
+    (their day records are not read). A duplicate is no such event: the script skipped it, so
+    A's first new order of day 2 still finds day 1 in its record and lifts A's daily pause."""
+    config = {"rules": [{"type": "AccountVolumeLimitRule", "daily_cap": 1}]}
+    engine = make_engine(config, num_shards=1)
+    memory = RiskEngine.from_config(build_config(config))
+    got = []
+    for batch in _account_day_batches():
+        outcomes = engine.apply_batch(batch)  # type: ignore[union-attr]
+        expected = [o if isinstance(o, EventError) else memory.process(e) for e, o in zip(batch, outcomes, strict=True)]
+        assert outcomes == expected
+        got.append([action.to_dict() for outcome in outcomes if isinstance(outcome, list) for action in outcome])
+    assert [a["type"] for a in got[0]] == ["PAUSE_ORDER"]
+    assert [(a["type"], a["scope"]) for a in got[2]] == [("RESUME_ORDER", {"account": "A"})]
+
+
+def test_the_engine_hints_only_accounts_it_saw_applied_on_the_latest_day(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What apply.lua is told (its plan's optional hint day and list of accounts not hinted)."""
+    store = RedisStore(fakeredis.FakeRedis(), num_shards=1)
+    config = build_config({"rules": [{"type": "AccountVolumeLimitRule", "daily_cap": 1}]})
+    engine = RemoteEngine.from_config(config, store)
+    sent: list[list[Any]] = []
+    send_apply = store.send_apply
+
+    def spy(calls: Any) -> Any:
+        sent.extend(store.decode(call[1]) for call in calls.values())
+        return send_apply(calls)
+
+    monkeypatch.setattr(store, "send_apply", spy)
+    for batch in _account_day_batches():
+        engine.apply_batch(batch)
+    hints = [(plan[9], plan[10]) if len(plan) > 9 else None for plan in sent]
+    accounts = [plan[2] for plan in sent]
+    assert accounts == [["A", "B"], ["B", "A"], ["A", "B"], ["A", "B"]]
+    day1 = sent[0][5][1]  # the plan's first entry: (5, day)
+    assert hints == [
+        None,  # nothing applied yet
+        (day1, []),  # both had day-1 events; the script finds day 2 is not the latest day and reads them
+        (day1 + 1, [1]),  # B's day-2 order applied; A's only day-2 event was a duplicate: read A
+        (day1 + 1, []),
+    ]
+
+
+@pytest.mark.parametrize("backend", ["fakeredis", "redis"], indirect=True)
+def test_hints_start_over_when_the_high_water_marks_are_read_again(make_engine: Callable[..., Engine]) -> None:
+    """The shard's state is wiped under the engine: its next batch is refused (stale), and the
+    engine reads the high-water marks again. What it saw applied before no longer holds, so A's
+    day is read from its (new) record: A's late trade of the day before does not pause A."""
+    config = {"rules": [{"type": "AccountVolumeLimitRule", "daily_cap": 1}]}
+    engine = make_engine(config, num_shards=1)
+    assert isinstance(engine, RemoteEngine)
+    day, t0 = streams.DAY, streams.T0 + streams.DAY
+    engine.apply_batch([Order(1, "A", "C", "BID", 1.0, 1, t0), Order(2, "B", "C", "BID", 1.0, 1, t0)])
+    engine.store.client.flushall()  # a server we started for this test (or fakeredis)
+    again = [Order(3, "B", "C", "BID", 1.0, 1, t0 + 1)]
+    with pytest.raises(StoreError, match="another writer"):
+        engine.apply_batch(again)
+    memory = RiskEngine.from_config(build_config(config))  # what the wiped state has seen
+    late = [Order(4, "A", "C", "BID", 1.0, 1, t0 + 2), Order(5, "A", "C", "BID", 1.0, 1, t0 - day + 5)]
+    for batch in [again, late, [Trade(1, 5, 1.0, 5, t0 - day + 6)]]:
+        assert engine.apply_batch(batch) == [memory.process(event) for event in batch]
+    assert memory.paused_scopes() == engine.paused_scopes() == []
