@@ -115,12 +115,19 @@ class _Rule:
         self.every_order = getattr(cls, "counts_order", None) is WindowRule.counts_order
         self.order_amount = getattr(cls, "order_amount", DailyCapRule.order_amount) is not DailyCapRule.order_amount
 
+    @property
+    def by_account(self) -> bool:
+        """Whether the rule's group is the account's own."""
+        return tuple(self.rule.dimensions) == ("account",)
+
     def header(self, escaped_name: str) -> list[Any]:
         rule = self.rule
+        by_account = 1 if self.by_account else 0
         if isinstance(rule, WindowRule):
-            return ["w", escaped_name, rule.window_ns // rule.bucket_ns, rule.threshold, rule.resume_threshold, 1]
+            K = rule.window_ns // rule.bucket_ns  # the contract's name
+            return ["w", escaped_name, K, rule.threshold, rule.resume_threshold, 1, by_account]
         assert isinstance(rule, DailyCapRule)
-        return ["d", escaped_name, rule.daily_cap, 0, 0, 1 if self.order_amount else 0]
+        return ["d", escaped_name, rule.daily_cap, 0, 0, 1 if self.order_amount else 0, by_account]
 
 
 class _Account:
@@ -155,13 +162,14 @@ class _Context:
     """Per (account, contract): each stateful rule's group (in rule order), and its pair's
     index in the current plan."""
 
-    __slots__ = ("account", "groups", "local_pair", "pair", "scope", "stamp")
+    __slots__ = ("account", "groups", "local_pair", "pair", "paired", "scope", "stamp")
 
-    def __init__(self, account: _Account, scope: Scope, groups: list[_Group]) -> None:
+    def __init__(self, account: _Account, scope: Scope, groups: list[_Group], paired: bool) -> None:
         self.account = account
         self.scope = scope
         self.pair = f"{scope.account}\x1f{scope.contract}"
         self.groups = groups
+        self.paired = paired  # False: every rule groups by account, so its pair lists no group
         self.stamp = -1
         self.local_pair = 0
 
@@ -272,6 +280,7 @@ class RemoteEngine:
         for i, rule in enumerate(self.rules):
             self._add_rule(i, rule)
         self._header = [r.header(scope_key([r.rule.name])) for r in self._stateful]
+        self._by_account = all(r.by_account for r in self._stateful)
         self._constants: bytes | None = None  # constants(), encoded on first use (the codec is the server's)
         self._rule_index = {rule.name: i for i, rule in enumerate(self.rules)}
         self._ttl_ms = (store.ttl_s * 1000) if store.ttl_s is not None else (id_retention_days + 1) * _DAY_MS
@@ -631,7 +640,10 @@ class RemoteEngine:
             account = _Account(account_id, self.store.shard_of(account_id))
             self._accounts[account_id] = account
         scope = Scope(account_id, contract, self.contract_to_product.get(contract, contract))
-        ctx = _Context(account, scope, [self._group(scope_key(r.rule.scope_key(scope))) for r in self._stateful])
+        groups = [self._group(scope_key(r.rule.scope_key(scope))) for r in self._stateful]
+        # When every rule groups by account, the plan's pairs list no groups: the account's own
+        # (entered with it, so at the same index in the groups list as it is in the accounts list)
+        ctx = _Context(account, scope, groups[:1] if self._by_account else groups, not self._by_account)
         self._contexts[(account_id, contract)] = ctx
         return ctx
 
@@ -939,7 +951,8 @@ def _enter(plan: _Plan, ctx: _Context, stamp: int) -> None:
             group.stamp = stamp
             groups.append(group.key)
             group.local = len(groups)
-        pairs.append(group.local)
+        if ctx.paired:
+            pairs.append(group.local)
     ctx.local_pair = len(pairs) // (len(pairs) - start)
 
 

@@ -28,11 +28,12 @@ Returns  {"ok", result}     applied; result = encoded list of records (below)
          {"ok", result, hint}               (cluster worker) hint: see emit.lua
 
 plan = {1, 0, accounts, pairs, groups, events, retention_days, ttl_ms, t0[, hint day, unhinted]}
-  rules[r]    (ARGV[6][1]) {"w", name, K, threshold, resume, 1} | {"d", name, cap, 0, 0, 1 if
-              orders feed it}
+  rules[r]    (ARGV[6][1]) {"w", name, K, threshold, resume, 1, A} | {"d", name, cap, 0, 0, 1 if
+              orders feed it, A}; A = 1 when the rule groups by account only
   accounts[a] account id
-  pairs       flat, 2 + #rules values per (account, contract) pair p:
-              a, "<account>\31<contract>", then its group g for each rule r
+  pairs       flat, per (account, contract) pair p: a, "<account>\31<contract>", then its group g
+              for each rule r; no groups when every rule groups by account only (A = 1): then
+              each rule's group is the account's own, g = a
   groups[g]   a scope key, listed once even when several rules group by it: a pair's entry
               for rule r that points at g makes it rule r's group; 0 when the list is the
               accounts list (rules that group by account only)
@@ -108,15 +109,16 @@ local X = shard.open(base, plan, tonumber(m[2]) or -1, tonumber(m[3]) or -1, m[4
 local ev, nev = plan[6], #plan[6]
 local rules, groups, pairs_ = X.rules, X.groups, X.pairs
 
-local W = 2 + #rules -- values per pair
-
 -- What the rules make of a plan's shape, the same in every call (computed once per server):
 -- SPAN[kind], the values an event of each kind takes in the plan; the rules an order / a
 -- trade feeds, in the order of its values; and which rules are window rules.
 local shape = constants.derived(rules, function(rs)
   local order_width, trade_width = 0, 0
   local order_rules, trade_rules, is_window = {}, {}, {}
+  local by_account, at = true, {} -- at[r]: where rule r's group is among a pair's values
+  for _, rule in ipairs(rs) do by_account = by_account and rule[7] == 1 end
   for r, rule in ipairs(rs) do
+    at[r] = by_account and 1 or 2 + r
     is_window[r] = rule[1] == 'w'
     if is_window[r] then
       order_width = order_width + 1
@@ -131,13 +133,14 @@ local shape = constants.derived(rules, function(rs)
     end
   end
   return {span = {4 + order_width, 5 + trade_width, 2 + #rs, 2, 2}, order_rules = order_rules,
-    trade_rules = trade_rules, is_window = is_window}
+    trade_rules = trade_rules, is_window = is_window, at = at, width = by_account and 2 or 2 + #rs}
 end)
 local SPAN = shape.span -- by kind: the values an entry of the events array takes
+local W, AT = shape.width, shape.at -- values per pair; where each rule's group is among them
 
 -- the scope key of pair p's group for rule r
 local function group(p, r)
-  return groups[pairs_[(p - 1) * W + 2 + r]]
+  return groups[pairs_[(p - 1) * W + AT[r]]]
 end
 
 -- The hot path, per order and trade: the shard's tables in locals, the rules each kind of
@@ -172,7 +175,7 @@ do
     if rule[1] == 'w' then
       -- a group number stands for one (rule, scope): distinct numbers are distinct fields
       local l, seen, n = {}, {}, 0
-      for p = r + 2, np * W, W do
+      for p = AT[r], np * W, W do
         local g = pairs_[p]
         if not seen[g] then
           seen[g] = true
@@ -313,10 +316,10 @@ local function order(pos, i, d)
     local r = order_rules[j]
     if is_window[r] then
       local b = ev[k]
-      if b >= 0 then window_step(pos, ts, r, groups[pairs_[base_p + 2 + r]], b, a) end
+      if b >= 0 then window_step(pos, ts, r, groups[pairs_[base_p + AT[r]]], b, a) end
       k = k + 1
     else
-      daily_step(pos, ts, d, r, groups[pairs_[base_p + 2 + r]], a, ev[k], ev[k + 1], current)
+      daily_step(pos, ts, d, r, groups[pairs_[base_p + AT[r]]], a, ev[k], ev[k + 1], current)
       k = k + 2
     end
   end
@@ -338,7 +341,7 @@ local function trade(pos, i, d)
   local k = i + 5
   for j = 1, #trade_rules do
     local r = trade_rules[j]
-    daily_step(pos, ts, d, r, groups[pairs_[base_p + 2 + r]], a, ev[k], ev[k + 1], current)
+    daily_step(pos, ts, d, r, groups[pairs_[base_p + AT[r]]], a, ev[k], ev[k + 1], current)
     k = k + 2
   end
   return false

@@ -212,16 +212,25 @@ def test_apply_shard_with_the_callers_own_script_call(make_engine: Callable[...,
 
 def test_a_scope_key_shared_by_rules_is_planned_once() -> None:
     """The seed's rate and volume rules both group by account: the plan lists each account's
-    key once and both rules' entries of a pair point at it (the script tells the rules apart)."""
+    key once, and its pairs list no group (each rule's group is the pair's account). With a
+    rule that groups otherwise, a pair lists each rule's group; rules that share a scope key
+    point at one entry (the script tells the rules apart)."""
     from cluster_risk.benchmark import SEED_CONFIG
 
     engine = RemoteEngine.from_config(build_config(SEED_CONFIG), RedisStore(fakeredis.FakeRedis(), num_shards=1))
     orders = [Order(i + 1, f"A{i % 3}", "T2303", "BID", 1.0, 1, 1_795_000_000_000_000_000 + i) for i in range(6)]
     plan = engine.plan_shard(0, orders).plan
-    assert plan.groups == ["A0", "A1", "A2"]
-    width = 2 + 2  # account, pair key, then one group per stateful rule
+    assert plan.groups == plan.accounts == ["A0", "A1", "A2"]
+    assert plan.pairs == [1, "A0\x1fT2303", 2, "A1\x1fT2303", 3, "A2\x1fT2303"]
+
+    by_contract = {"type": "AccountVolumeLimitRule", "name": "c", "daily_cap": 9, "dimensions": ["account", "contract"]}
+    config = build_config({**SEED_CONFIG, "rules": [*SEED_CONFIG["rules"], by_contract]})
+    engine = RemoteEngine.from_config(config, RedisStore(fakeredis.FakeRedis(), num_shards=1))
+    plan = engine.plan_shard(0, orders).plan
+    assert plan.groups == ["A0", "A0:T2303", "A1", "A1:T2303", "A2", "A2:T2303"]
+    width = 2 + 3  # account, pair key, then one group per stateful rule
     pairs = [plan.pairs[i : i + width] for i in range(0, len(plan.pairs), width)]
-    assert [(rate, volume) for _, _, rate, volume in pairs] == [(1, 1), (2, 2), (3, 3)]
+    assert [tuple(pair[2:]) for pair in pairs] == [(1, 1, 2), (3, 3, 4), (5, 5, 6)]  # rate, volume, c
 
 
 def _account_day_batches() -> list[list[Order | Trade]]:
