@@ -231,30 +231,9 @@ local function since(ts)
   return string.format('%.0f', lo)
 end
 
-local function window_step(pos, ts, r, key, b, a)
+-- A window hit's pause (code 1) or resume (2); n the count.
+local function window_crossed(pos, ts, r, key, a, code, n)
   local rule = rules[r]
-  local w = ws_of[r][key]
-  local code, n
-  if not w then -- not decoded in this batch: try the value-to-value hit first
-    local raw = raw_of[r]
-    local s = raw[key] -- shard.window_value, inline on the hot path
-    if s == nil then
-      s = win_v[r][key] -- preloaded: the value, or false for none (hit_raw takes either)
-      if s == nil then s = cache.get(X.win[r], key) end
-    end
-    local v
-    v, code, n = window.hit_raw(s, b, rule[3], rule[4], rule[5])
-    if v then
-      raw[key] = v
-    else
-      w = shard.window(X, r, key)
-    end
-  end
-  if w then
-    code = window.hit(w, b, rule[3], rule[4], rule[5])
-    w.dirty = true
-    n = w.n
-  end
   if code == 1 then
     cache.set(reg[r], key, string.format('since=%s value=%d limit=%d account=%s', since(ts), n, rule[4], a))
     X.out[#X.out + 1] = {pos, 2, r, key, n}
@@ -262,6 +241,15 @@ local function window_step(pos, ts, r, key, b, a)
     cache.del(reg[r], key)
     X.out[#X.out + 1] = {pos, 3, r, key, n}
   end
+end
+
+-- A hit through the group's decoded table (the loop below tries the value-to-value hit first).
+local function window_decoded_hit(pos, ts, r, key, b, a)
+  local rule = rules[r]
+  local w = shard.window(X, r, key)
+  local code = window.hit(w, b, rule[3], rule[4], rule[5])
+  w.dirty = true
+  window_crossed(pos, ts, r, key, a, code, w.n)
 end
 
 local function daily_step(pos, ts, d, r, key, a, amount, kind, current)
@@ -300,73 +288,84 @@ local function enter_day(pos, a, d)
   return info.day
 end
 
-local function order(pos, i, d)
-  local f = ev[i + 1]
-  if gen[f] ~= false and ids.seen(I, f) then
-    X.out[#X.out + 1] = {pos, 1}
-    return
-  end
-  local base_p = (ev[i + 2] - 1) * W
-  local a = accounts[pairs_[base_p + 1]]
-  local ts = ev[i + 3]
-  local current = enter_day(pos, a, d)
-  ids.add(I, f, pairs_[base_p + 2])
-  local k = i + 4
-  for j = 1, #order_rules do
-    local r = order_rules[j]
-    if is_window[r] then
-      local b = ev[k]
-      if b >= 0 then window_step(pos, ts, r, groups[pairs_[base_p + AT[r]]], b, a) end
-      k = k + 1
-    else
-      daily_step(pos, ts, d, r, groups[pairs_[base_p + AT[r]]], a, ev[k], ev[k + 1], current)
-      k = k + 2
-    end
-  end
-end
+local hit_raw = window.hit_raw
 
--- Returns true when the trade's order left the index earlier in this batch (abort).
-local function trade(pos, i, d)
-  local f = ev[i + 1]
-  if gen[f] ~= false and ids.seen(I, f) then
-    X.out[#X.out + 1] = {pos, 1}
-    return false
-  end
-  if ev[i + 4] ~= '' and not ids.seen(I, ev[i + 4]) then return true end
-  local base_p = (ev[i + 2] - 1) * W
-  local a = accounts[pairs_[base_p + 1]]
-  local ts = ev[i + 3]
-  local current = enter_day(pos, a, d)
-  ids.add(I, f, '1')
-  local k = i + 5
-  for j = 1, #trade_rules do
-    local r = trade_rules[j]
-    daily_step(pos, ts, d, r, groups[pairs_[base_p + AT[r]]], a, ev[k], ev[k + 1], current)
-    k = k + 2
-  end
-  return false
-end
-
+-- The events, in order. An order's and a trade's steps, and the common window hit, are inline
+-- in this loop, not in functions of their own: a call and a closure's upvalue reads cost ~1,000
+-- instructions (callgrind, batches of 1,000: -2.7% per event, then -1.9% for the window hit).
 local pos, i, day = 0, 1, nil
 while i <= nev do
   local kind = ev[i]
-  if kind < 5 then pos = pos + 1 end -- a day entry is not an event
-  if kind == 1 then
-    order(pos, i, day)
-  elseif kind == 2 then
-    if trade(pos, i, day) then return {'abort', pos} end
+  if kind <= 2 then -- an order (1) or a trade (2)
+    pos = pos + 1
+    local f = ev[i + 1]
+    if gen[f] ~= false and ids.seen(I, f) then
+      X.out[#X.out + 1] = {pos, 1} -- a duplicate: nothing else happens
+    else
+      if kind == 2 and ev[i + 4] ~= '' and not ids.seen(I, ev[i + 4]) then
+        return {'abort', pos} -- the trade's order left the index earlier in this batch
+      end
+      local d, base_p = day, (ev[i + 2] - 1) * W
+      local a, ts = accounts[pairs_[base_p + 1]], ev[i + 3]
+      local current = d -- enter_day's most common case, inline: a hinted account on the hinted day
+      if d ~= hinted_day or acct_v[a] ~= nil or acc[a] or d < X.clock then current = enter_day(pos, a, d) end
+      if kind == 1 then
+        ids.add(I, f, pairs_[base_p + 2])
+        local k = i + 4
+        for j = 1, #order_rules do
+          local r = order_rules[j]
+          if is_window[r] then
+            local b = ev[k]
+            if b >= 0 then
+              local key, raw = groups[pairs_[base_p + AT[r]]], raw_of[r]
+              local v, code, n
+              if ws_of[r][key] == nil then -- no decoded table: the value-to-value hit (most hits)
+                local s = raw[key] -- changed earlier in this batch (shard.window_value, inline)
+                if s == nil then
+                  s = win_v[r][key] -- preloaded: the value, or false for none (hit_raw takes either)
+                  if s == nil then s = cache.get(X.win[r], key) end
+                end
+                local rule = rules[r]
+                v, code, n = hit_raw(s, b, rule[3], rule[4], rule[5])
+              end
+              if v then
+                raw[key] = v
+                if code ~= 0 then window_crossed(pos, ts, r, key, a, code, n) end
+              else
+                window_decoded_hit(pos, ts, r, key, b, a)
+              end
+            end
+            k = k + 1
+          else
+            daily_step(pos, ts, d, r, groups[pairs_[base_p + AT[r]]], a, ev[k], ev[k + 1], current)
+            k = k + 2
+          end
+        end
+      else
+        ids.add(I, f, '1')
+        local k = i + 5
+        for j = 1, #trade_rules do
+          local r = trade_rules[j]
+          daily_step(pos, ts, d, r, groups[pairs_[base_p + AT[r]]], a, ev[k], ev[k + 1], current)
+          k = k + 2
+        end
+      end
+    end
   elseif kind == 5 then
     day = ev[i + 1]
-  elseif kind == 3 then
-    rollover.clock(X, ev[i + 1], pos)
-    local buckets = {}
-    for r = 1, #rules do buckets[r] = ev[i + 1 + r] end
-    rollover.tick(X, buckets, pos)
-  elseif type(ev[i + 1]) == 'table' then
-    rollover.reset_account(X, ev[i + 1], pos)
   else
-    rollover.clock(X, ev[i + 1], pos)
-    rollover.reset(X, ev[i + 1], pos)
+    pos = pos + 1
+    if kind == 3 then
+      rollover.clock(X, ev[i + 1], pos)
+      local buckets = {}
+      for r = 1, #rules do buckets[r] = ev[i + 1 + r] end
+      rollover.tick(X, buckets, pos)
+    elseif type(ev[i + 1]) == 'table' then
+      rollover.reset_account(X, ev[i + 1], pos)
+    else
+      rollover.clock(X, ev[i + 1], pos)
+      rollover.reset(X, ev[i + 1], pos)
+    end
   end
   i = i + SPAN[kind]
 end

@@ -271,8 +271,12 @@ function window.hit_raw(s, b, K, threshold, resume)
   else
     n, p, hb, lc, fb, hc, rest, s = 1, 0, b, 1, b, 0, 1, NO_COLD
   end
-  local code
-  p, code = crossing(p, n, threshold, resume)
+  local code = 0 -- crossing(), inline
+  if p == 1 then
+    if n <= resume then p, code = 0, 2 end
+  elseif n > threshold then
+    p, code = 1, 1
+  end
   local text = count_text[n] -- text_of, inline on the hot path
   if not text then text = text_of(n) end
   return text .. '|' .. struct_pack(HOT_HEADER, p, hb, lc, fb, hc) .. str_sub(s, rest) .. add, code, n
