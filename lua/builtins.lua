@@ -13,16 +13,16 @@ they are bound by the first call (under EVALSHA, where each call runs the whole 
 every call; one code path).
 
   builtins.bind()   string, struct, math, table, tonumber, type, pairs, ipairs, unpack, and for
-                    the hot paths the functions str_sub, str_match, str_format, struct_pack,
-                    struct_unpack (one upvalue, not an upvalue and a field look-up); once: the
-                    standard libraries are the same tables for the life of the server's Lua
+                    the hot path the functions struct_pack, struct_unpack (one upvalue, not an
+                    upvalue and a field look-up); once: the standard libraries are the same
+                    tables for the life of the server's Lua
 ]]
 
 -- defined before the locals below, so these names are the globals here
 local function globals() return string, struct, math, table, tonumber, type, pairs, ipairs, unpack end
 
 local string, struct, math, table, tonumber, type, pairs, ipairs, unpack
-local str_sub, str_match, str_format, struct_pack, struct_unpack
+local struct_pack, struct_unpack
 local builtins = {}
 
 local bound = false
@@ -30,6 +30,5 @@ function builtins.bind()
   if bound then return end
   bound = true
   string, struct, math, table, tonumber, type, pairs, ipairs, unpack = globals()
-  str_sub, str_match, str_format = string.sub, string.match, string.format
   struct_pack, struct_unpack = struct.pack, struct.unpack
 end

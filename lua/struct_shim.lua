@@ -7,27 +7,33 @@ no `struct`.
 KEYS / ARGV: none.
   struct.pack(fmt, ...)         -> string
   struct.unpack(fmt, s[, pos])  -> values..., next position
-fmt: "<" (little endian, the only order supported), "B" (1 byte), "I<n>" (n-byte unsigned);
-values are non-negative integers below 2^53.
+fmt: "<" (little endian, the only order supported), "B" (1 byte), "I<n>" (n-byte unsigned),
+and for pack "c<n>" (a string's first n bytes; c0: all of it); values are non-negative
+integers below 2^53.
 ]]
 
 local struct = {}
 
-local function sizes(fmt)
+-- the format's items: {kind, size}, kind "B", "I" or "c"
+local function items(fmt)
   local out = {}
-  for kind, n in string.gmatch(fmt, '([BI])(%d*)') do
-    out[#out + 1] = kind == 'B' and 1 or tonumber(n)
+  for kind, n in string.gmatch(fmt, '([BIc])(%d*)') do
+    out[#out + 1] = {kind, kind == 'B' and 1 or tonumber(n)}
   end
   return out
 end
 
 function struct.pack(fmt, ...)
   local args, out = {...}, {}
-  for i, n in ipairs(sizes(fmt)) do
-    local v = args[i]
-    for _ = 1, n do
-      out[#out + 1] = string.char(v % 256)
-      v = math.floor(v / 256)
+  for i, item in ipairs(items(fmt)) do
+    local v, n = args[i], item[2]
+    if item[1] == 'c' then
+      out[#out + 1] = n == 0 and v or string.sub(v, 1, n)
+    else
+      for _ = 1, n do
+        out[#out + 1] = string.char(v % 256)
+        v = math.floor(v / 256)
+      end
     end
   end
   return table.concat(out)
@@ -36,8 +42,9 @@ end
 function struct.unpack(fmt, s, pos)
   pos = pos or 1
   local out = {}
-  for _, n in ipairs(sizes(fmt)) do
-    local v, mul = 0, 1
+  for _, item in ipairs(items(fmt)) do
+    assert(item[1] ~= 'c', 'struct_shim: unpack reads numbers only')
+    local n, v, mul = item[2], 0, 1
     for k = 0, n - 1 do
       v = v + string.byte(s, pos + k) * mul
       mul = mul * 256

@@ -3,7 +3,7 @@
 The Lua twin of cluster_risk.state.memory.SlidingWindow (SEMANTICS.md, OrderRateLimitRule).
 
 KEYS / ARGV: none. Included into apply.lua and inspect.lua (`--@include window.lua`), after
-builtins.lua (its hot path calls str_match, struct_pack, ... that builtins.bind() binds). The caller
+builtins.lua (its hot path calls struct_pack and struct_unpack, that builtins.bind() binds). The caller
 keeps one state per group: the hot part in the hash <prefix>:{s<N>}:win:<rule> (field = scope
 key, value = encode(w)), older buckets in chunks in <prefix>:{s<N>}:winc:<rule> (field =
 "<chunk number>:<scope key>"), reached through a backend (below).
@@ -12,15 +12,22 @@ The contract only ever looks at bucket indices (t // B, h_g // B, T // B), so th
 buckets, never timestamps, and Python sends bucket indices (< 2^53, exact in Lua's doubles).
 K = window_ns / bucket_ns.
 
-Hot value: "<n>|" (n in decimal, so `redis-cli HGET` shows the count), then a 35-byte header
-struct.pack('<BI7I4I7I4I4I4I4', p, hb, lc, fb, hc, cf, cn, co), then the hot body.
-  n   count(g, h_g): hits in buckets [hb - K + 1, hb]
+Hot value: struct.pack('<I4I4I4', cf, cn, co), then the hot body, then a 28-byte trailer
+struct.pack('<BI7I4I7I4I4B', p, hb, lc, fb, hc, n, 2) (2: this format's number).
+  n   count(g, h_g): hits in buckets [hb - K + 1, hb]; the value's last 5 bytes, so
+      `redis-cli EVAL "local v = redis.call('HGET', KEYS[1], ARGV[1]) return v and
+      struct.unpack('<I4', v, #v - 4)" 1 <win key> <scope>` prints it
   p   1 if the group is paused by this rule, else 0
   hb  the group's high-water bucket h_g // B        lc  hits in bucket hb
   fb  the oldest live bucket (hb when there is no other)
   hc  entries in the hot body
   cf, cn, co   the cold chunks: numbers cf .. cf + cn - 1, oldest first; the oldest is read
                from byte co on (its earlier entries have left the window)
+The common hit rewrites only the trailer and appends to the body: one struct.pack copies the
+value's first bytes (c<n>), the new entry and the new trailer, so the hit makes one string
+(Redis's Lua hashes and interns every string it makes). Values of the earlier format ("<n>|",
+a 35-byte header, the body; their last byte is never 2) are read by decode and rewritten in
+this one when written back.
 The live buckets but hb, oldest first, are the entries of the cold chunks then of the hot body,
 each as text "gap[:count]," (count 1 is left out), gap = the next bucket (the last one's next is
 hb) minus this one.
@@ -42,9 +49,10 @@ chunk, written once and read once, when its buckets leave the window.
 
 local window = {}
 
-local HEADER = '<BI7I4I7I4I4I4I4'
-local HOT_HEADER = '<BI7I4I7I4' -- HEADER's first five fields (p, hb, lc, fb, hc)
-local NO_COLD = '\0\0\0\0\0\0\0\0\1\0\0\0' -- struct.pack('<I4I4I4', 0, 0, 1): cf, cn, co without cold chunks
+local COLD = '<I4I4I4' -- cf, cn, co: the value's first 12 bytes
+local TRAILER, TRAILER_BYTES, FORMAT = '<BI7I4I7I4I4B', 28, 2 -- p, hb, lc, fb, hc, n, FORMAT: its last bytes
+local NO_COLD = '\0\0\0\0\0\0\0\0\1\0\0\0' -- struct.pack(COLD, 0, 0, 1): no cold chunks
+local OLD_HEADER = '<BI7I4I7I4I4I4I4' -- the earlier format's, after "<n>|": p, hb, lc, fb, hc, cf, cn, co
 local ENTRY = '^(%d+):?(%d*),()'
 -- A spill moves HOT_MAX - HOT_KEEP = 32 entries; a small HOT_KEEP keeps the hot value short
 -- between spills (Redis's Lua hashes every byte of every string it makes: each hit makes the
@@ -84,9 +92,15 @@ function window.decode(s, ctx)
     return {n = 0, p = 0, hb = nil, lc = 0, fb = 0, hc = 0, cf = 0, cn = 0, co = 1,
       body = '', head = 1, tail = '', ctx = ctx}
   end
-  local bar = string.find(s, '|', 1, true)
-  local p, hb, lc, fb, hc, cf, cn, co, head = struct.unpack(HEADER, s, bar + 1)
-  -- the hot body is s from `head` on, then `tail` (appended since, joined when written back)
+  -- the hot body is `body` from `head` on, then `tail` (appended since, joined when written back)
+  if string.byte(s, -1) == FORMAT then
+    local cf, cn, co, head = struct.unpack(COLD, s)
+    local p, hb, lc, fb, hc, n = struct.unpack(TRAILER, s, #s - TRAILER_BYTES + 1)
+    return {n = n, p = p, hb = hb, lc = lc, fb = fb, hc = hc, cf = cf, cn = cn, co = co,
+      body = string.sub(s, head, #s - TRAILER_BYTES), head = 1, tail = '', ctx = ctx}
+  end
+  local bar = string.find(s, '|', 1, true) -- the earlier format
+  local p, hb, lc, fb, hc, cf, cn, co, head = struct.unpack(OLD_HEADER, s, bar + 1)
   return {n = tonumber(string.sub(s, 1, bar - 1)), p = p, hb = hb, lc = lc, fb = fb, hc = hc,
     cf = cf, cn = cn, co = co, body = s, head = head, tail = '', ctx = ctx}
 end
@@ -111,11 +125,11 @@ end
 function window.encode(w)
   if w.hb == nil then return nil end
   if w.hc > HOT_MAX then spill(w) end
-  return w.n .. '|' .. struct.pack(HEADER, w.p, w.hb, w.lc, w.fb, w.hc, w.cf, w.cn, w.co)
-    .. string.sub(w.body, w.head) .. w.tail
+  return struct.pack(COLD, w.cf, w.cn, w.co) .. string.sub(w.body, w.head) .. w.tail
+    .. struct.pack(TRAILER, w.p, w.hb, w.lc, w.fb, w.hc, w.n, FORMAT)
 end
 
--- Take the oldest live entry off the state: its gap and count text.
+-- Take the oldest live entry off the state: its gap and count, as text.
 local function take(w)
   if w.cn > 0 then
     local chunk = w.chunk
@@ -223,36 +237,27 @@ function window.hit(w, b, K, threshold, resume)
   return code
 end
 
--- Count text <-> number, memoised: the groups of a batch share their counts, and sprintf
--- (number to text) and strtod (text to number) are the costly part of a hit. A pure memo, so a
--- Redis Function's library keeps it across calls (a call of a few events rarely meets a count
--- twice); window.new_call() starts it over past MEMO entries.
-local count_text, count_of, memo_size = {}, {}, 0
-local MEMO = 8192
+-- hit_raw's struct.pack format by the number of bytes it copies from the old value, memoised:
+-- a pure memo, so a Redis Function's library keeps it across calls; window.new_call() starts
+-- it over past MEMO entries (lengths are few: a hot value stays under HOT_MAX entries).
+local pack_format, memo_size = {}, 0
+local MEMO = 4096
 function window.new_call()
-  if memo_size > MEMO then count_text, count_of, memo_size = {}, {}, 0 end
-end
-local function text_of(n)
-  local t = count_text[n]
-  if not t then
-    t = str_format('%d', n)
-    count_text[n] = t
-    memo_size = memo_size + 1
-  end
-  return t
+  if memo_size > MEMO then pack_format, memo_size = {}, 0 end
 end
 
 -- The common hit without a state table, value to value: a hit in the group's latest bucket
 -- or a new one that expires nothing and needs no spill (most groups get one hit per batch).
 -- The same value, code and count as decode + hit + encode; nil when it does not apply.
 function window.hit_raw(s, b, K, threshold, resume)
-  local n, p, hb, lc, fb, hc, rest
+  local n, p, hb, lc, fb, hc, kept
   local add = ''
   if s then
-    -- the header's cold-chunk fields (cf, cn, co) do not change here: they go back as bytes,
-    -- with the body (`rest` = where they start), so only the first five are unpacked
-    local t, at = str_match(s, '^(%d+)|()')
-    p, hb, lc, fb, hc, rest = struct_unpack(HOT_HEADER, s, at)
+    -- the cold fields and the body stay as they are: the value's first `kept` bytes
+    local format
+    kept = #s - TRAILER_BYTES
+    p, hb, lc, fb, hc, n, format = struct_unpack(TRAILER, s, kept + 1)
+    if format ~= FORMAT then return nil end -- the earlier format: decode reads it
     if b == hb then
       lc = lc + 1
     elseif b > hb and fb > b - K and hc < HOT_MAX then
@@ -261,25 +266,23 @@ function window.hit_raw(s, b, K, threshold, resume)
     else
       return nil
     end
-    n = count_of[t]
-    if not n then
-      n = tonumber(t)
-      count_of[t] = n
-      memo_size = memo_size + 1
-    end
     n = n + 1
   else
-    n, p, hb, lc, fb, hc, rest, s = 1, 0, b, 1, b, 0, 1, NO_COLD
+    s, kept, n, p, hb, lc, fb, hc = NO_COLD, 12, 1, 0, b, 1, b, 0
   end
-  local code = 0 -- crossing(), inline
+  local code = 0 -- the pause flag after the hit, as crossing() (inline on the hot path)
   if p == 1 then
     if n <= resume then p, code = 0, 2 end
   elseif n > threshold then
     p, code = 1, 1
   end
-  local text = count_text[n] -- text_of, inline on the hot path
-  if not text then text = text_of(n) end
-  return text .. '|' .. struct_pack(HOT_HEADER, p, hb, lc, fb, hc) .. str_sub(s, rest) .. add, code, n
+  local f = pack_format[kept]
+  if not f then
+    f = '<c' .. kept .. 'c0' .. string.sub(TRAILER, 2)
+    pack_format[kept] = f
+    memo_size = memo_size + 1
+  end
+  return struct_pack(f, s, add, p, hb, lc, fb, hc, n, FORMAT), code, n
 end
 
 function window.count_at(w, c, K)

@@ -10,7 +10,7 @@ Key layout (readable with ``redis-cli``; ``P`` = prefix, default ``risk``; ``N``
                                        rseq<k>, result<k>, digest<k>: the last 4 batches (k = seq % 4), for retries
     P:{sN}:acct                        account -> current trading day (ordinal; "p": daily pauses)
     P:{sN}:paused:<rule>               scope -> "since=<ns> value=<v> limit=<l> ... account=<id>"
-    P:{sN}:win:<rule>                  scope -> "<count>|" + sliding window, recent buckets (lua/window.lua)
+    P:{sN}:win:<rule>                  scope -> sliding window: recent buckets, then its count (lua/window.lua)
     P:{sN}:winc:<rule>                 "<n>:<scope>" -> a chunk of a window's older buckets
     P:{sN}:day:<YYYY-MM-DD>:<rule>     scope -> that trading day's sum (lua/daily_sum.lua)
     P:{sN}:ids:<YYYY-MM-DD>            o<oid> -> account\\x1fcontract, t<tid> -> 1 (seen ids, order index)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
+import subprocess
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -14,7 +16,7 @@ import pytest
 import redis
 
 from cluster_risk import build_config
-from cluster_risk.events import Tick
+from cluster_risk.events import Order, Tick
 from cluster_risk.remote import RemoteEngine, replay_batched
 from cluster_risk.state.redis import RedisStore, StoreError
 from tests.helpers import views
@@ -23,6 +25,7 @@ from tests.redis.proxy import CuttingProxy
 from tests.redis.servers import RedisCluster3, RedisSentinel, RedisServer
 
 CASES = Path(__file__).parents[1] / "conformance" / "cases"
+README = Path(__file__).parents[2] / "README.md"
 REMOTE = ["fakeredis", "redis", "cluster"]
 
 
@@ -317,4 +320,23 @@ def test_every_key_a_batch_creates_gets_its_ttl(standalone: RedisServer) -> None
     keys = [k.decode() for k in client.scan_iter("ttlnew:*")]
     assert any(":day:" in k for k in keys) and any(":paused:" in k for k in keys) and any(":ids:" in k for k in keys)
     assert {k: client.pttl(k) for k in keys if client.pttl(k) <= 0} == {}
+    store.close()
+
+
+def test_the_readmes_window_count_command_works_as_printed(standalone: RedisServer) -> None:
+    """README, "Inspecting with redis-cli": the window count of ACC002 (shard 3 of 16), by the
+    command printed there, run with redis-cli against our own server."""
+    line = next(x for x in README.read_text(encoding="utf-8").splitlines() if x.endswith("# its window count"))
+    command = shlex.split(line.split("   #")[0])
+    assert command[:2] == ["redis-cli", "EVAL"]
+    standalone.client().flushall()
+    store = RedisStore.from_url(standalone.url, num_shards=16)
+    rate = {"type": "OrderRateLimitRule", "threshold": 5, "window_ns": 1_000_000_000}
+    engine = RemoteEngine.from_config(build_config({"rules": [rate]}), store)
+    t0 = 1_795_142_166_436_200_132
+    for n in range(1, 8):
+        engine.process_batch([Order(n, "ACC002", "T2303", "BID", 1.0, 1, t0 + n * 50_000_000)])
+        port = ["-p", str(standalone.port)]
+        out = subprocess.run([command[0], *port, *command[1:]], capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == str(n)  # one order per 50 ms: every one is in the window
     store.close()
