@@ -148,7 +148,7 @@ end
 -- its current day, a window already decoded) without a library call.
 local I, acc, ws_of, reg, accounts = X.ids, X.acc, X.ws, X.reg, X.accounts
 local raw_of, win_v = X.raw, {} -- per window rule: this batch's new values; the preloaded ones
-local gen = I.gen -- id -> generation, false when known unseen (ids.fresh)
+local gen = I.gen -- id -> generation, false when known unseen (ids.split)
 local order_rules, trade_rules, is_window = shape.order_rules, shape.trade_rules, shape.is_window
 for r in ipairs(rules) do
   if is_window[r] then win_v[r] = cache.values(X.win[r]) end
@@ -187,12 +187,15 @@ do
     end
   end
   local i, d = 1, nil
+  local oids, tids, no, nt = {}, {}, 0, 0 -- the batch's own ids, by kind (ids.split below)
   while i <= nev do
     local kind = ev[i]
     if kind == 1 then
-      if not ids.fresh(I, ev[i + 1], 111) then idf[#idf + 1] = ev[i + 1] end
+      no = no + 1
+      oids[no] = ev[i + 1]
     elseif kind == 2 then
-      if not ids.fresh(I, ev[i + 1], 116) then idf[#idf + 1] = ev[i + 1] end
+      nt = nt + 1
+      tids[nt] = ev[i + 1]
       if ev[i + 4] ~= '' then idf[#idf + 1] = ev[i + 4] end
       local p = ev[i + 2]
       for j = 1, #trade_rules do
@@ -208,6 +211,8 @@ do
     end
     i = i + SPAN[kind]
   end
+  ids.split(I, oids, 111, idf)
+  ids.split(I, tids, 116, idf)
   for r, l in pairs(wins) do cache.preload_unique(X.win[r], l) end
   for r, byday in pairs(days) do
     for d, l in pairs(byday) do cache.preload(shard.sums(X, r, d).c, l) end

@@ -15,9 +15,10 @@ retention or not): an id above it was never seen, so it needs no look-up. Gatewa
 their orders and trades upwards, so most of a batch's ids skip the HMGET.
 
   ids.open(base, gens, latest, retention, maxo, maxt) -> I
-  ids.fresh(I, field, kind) -> true when the id is above every id of its kind (111 "o", 116
-                         "t": its first byte) ever added and every id checked before it in
-                         this batch (unseen); raises the maximum to it
+  ids.split(I, fields, kind, out)   the batch's ids of one kind (111 "o", 116 "t": their first
+                         byte), in order: one above every id of its kind ever added and every
+                         one before it is unseen (I.gen[f] = false; the maximum rises to it), the
+                         others are appended to `out` (to look up); one call per kind, not per id
   ids.preload(I, fields)             newest generation first, each asked (one HMGET) only for
                                      the ids no newer one holds
   ids.seen(I, field) -> its value (true for an id added in this call), or nil when unseen
@@ -79,16 +80,22 @@ function ids.preload(I, fields)
   for i = 1, #want do I.gen[want[i]] = false end
 end
 
-function ids.fresh(I, f, kind)
-  local m = I.max[kind]
-  local lf, lm = #f, #m
-  if lf > lm or (lf == lm and f > m) then -- ids are decimal digits without leading zeros: longer is larger, then bytes
-    -- the batch's ids are all added (or the batch aborts), so the maximum moves here, once;
-    -- f is above every id checked before it, so it has no generation yet
-    I.max[kind], I.gen[f] = f, false
-    return true
+function ids.split(I, fields, kind, out)
+  local m, gen, n = I.max[kind], I.gen, #out
+  local lm = #m
+  for k = 1, #fields do
+    local f = fields[k]
+    local lf = #f
+    if lf > lm or (lf == lm and f > m) then -- ids are decimal digits without leading zeros: longer is larger, then bytes
+      -- the batch's ids are all added (or the batch aborts), so the maximum moves here, once;
+      -- f is above every id checked before it, so it has no generation yet
+      m, lm, gen[f] = f, lf, false
+    else
+      n = n + 1
+      out[n] = f
+    end
   end
-  return false
+  I.max[kind] = m
 end
 
 function ids.seen(I, f)
