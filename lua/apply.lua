@@ -172,7 +172,9 @@ do
   local wins, days, idf = {}, {}, {}
   local np = #pairs_ / W
   for r, rule in ipairs(rules) do
-    if rule[1] == 'w' then
+    if rule[1] == 'w' and W == 2 then
+      wins[r] = groups -- every rule groups by account: each account's own group, listed once
+    elseif rule[1] == 'w' then
       -- a group number stands for one (rule, scope): distinct numbers are distinct fields
       local l, seen, n = {}, {}, 0
       for p = AT[r], np * W, W do
