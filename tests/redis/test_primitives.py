@@ -51,6 +51,11 @@ window.backend = {
   set = function(_, n, chunk) chunks[n] = chunk end,
   del = function(_, n) chunks[n] = nil end,
 }
+-- a tick's count at bucket c (at the group's high-water bucket when that is later)
+local function count_at(w, c, K)
+  if w.hb and w.hb > c then c = w.hb end
+  return window.count_at(w, c, K)
+end
 """
 
 WINDOW_HARNESS = (
@@ -64,9 +69,7 @@ for i, op in ipairs(p[4]) do
     local code = window.hit(w, op[2], K, threshold, resume)
     out[#out + 1] = {code, w.n}
   else
-    local c = op[2]
-    if w.hb and w.hb > c then c = w.hb end
-    out[#out + 1] = {0, window.count_at(w, c, K)}
+    out[#out + 1] = {0, count_at(w, op[2], K)}
   end
   if i % 3 == 0 then w = window.decode(window.encode(w)) end -- as between two batches
 end
@@ -137,9 +140,7 @@ for i, op in ipairs(p[4]) do
     end
     out[#out + 1] = {code, w.n}
   else
-    local c = op[2]
-    if w.hb and w.hb > c then c = w.hb end
-    out[#out + 1] = {0, window.count_at(w, c, K)}
+    out[#out + 1] = {0, count_at(w, op[2], K)}
   end
 end
 return cjson.encode({out, raw, differ})
@@ -186,9 +187,7 @@ for _, op in ipairs(p[4]) do
     out[#out + 1] = {code, w.n}
   else
     local w = window.decode(s)
-    local c = op[2]
-    if w.hb and w.hb > c then c = w.hb end
-    out[#out + 1] = {0, window.count_at(w, c, K)}
+    out[#out + 1] = {0, count_at(w, op[2], K)}
   end
 end
 return cjson.encode({out, fast, current})
