@@ -5,75 +5,57 @@ contract), kept for `retention` trading days (the Lua twin of engine.py's IdRete
 KEYS / ARGV: none. Included into apply.lua and lookup_ids.lua (`--@include seen_ids.lua`).
 
 Ids are kept per generation: the shard's latest trading day when the id was first seen.
-Generation g lives in hashes of at most 10,000 ids each, <prefix>:{s<N>}:ids:<YYYY-MM-DD of
-g>:<block> (block: the id's field without its last 4 digits, keys.lua), fields "o<oid>" (value
-"<account>\31<contract>": the order index) and "t<tid>" (value "1"); the set ...:blocks lists
-them. An id is seen while latest - g <= retention, and a generation is deleted as the latest
-day passes that. The live generations are listed in the shard's meta hash (field gens,
-"d1,d2,..."). Why blocks: one hash per day grew to every id of the day (375k fields in the
-benchmark), and Redis's time went into searching it and rehashing it as it doubled, cache
-miss by cache miss; a block stays small enough to stay in cache (-13 to -26% of Redis CPU per
-event in a prototype).
-
-Versions before 2026-12-04 kept a generation in one hash, <prefix>:{s<N>}:ids:<YYYY-MM-DD>.
-The meta field bsince is the latest generation when a shard was first written in blocks (-1
-for a shard that never had the one-hash layout): generations up to it are also looked up in
-their one hash, and it is deleted with them.
+Generation g lives in the hash <prefix>:{s<N>}:ids:<YYYY-MM-DD of g>, fields "o<oid>" (value
+"<account>\31<contract>": the order index) and "t<tid>" (value "1"); an id is seen while
+latest - g <= retention, and a generation is deleted as the latest day passes that. The live
+generations are listed in the shard's meta hash (field gens, "d1,d2,...").
 
 The meta hash also keeps the largest oid and tid ever added (maxo "o<oid>", maxt "t<tid>"; never lowered,
 retention or not): an id above it was never seen, so it needs no look-up. Gateways number
 their orders and trades upwards, so most of a batch's ids skip the HMGET.
 
-  ids.open(base, gens, latest, retention, maxo, maxt, bsince) -> I
+  ids.open(base, gens, latest, retention, maxo, maxt) -> I
   ids.split(I, fields, kind, out)   the batch's ids of one kind (111 "o", 116 "t": their first
                          byte), in order: one above every id of its kind ever added and every
                          one before it is unseen (I.gen[f] = false; the maximum rises to it), the
-                         others are appended to `out` (to look up); one call per kind, not per id.
-                         When none is at or below the maximum, the kind's ids added in this
-                         batch ascend: flush writes them without looking at each one
-  ids.preload(I, fields)             newest generation first, each asked (one HMGET per block,
-                                     and the one hash of a generation up to bsince) only for
+                         others are appended to `out` (to look up); one call per kind, not per id
+  ids.preload(I, fields)             newest generation first, each asked (one HMGET) only for
                                      the ids no newer one holds
   ids.seen(I, field) -> its value (true for an id added in this call), or nil when unseen
-  ids.add(I, field, value, kind)     into generation I.latest (kind: 111 "o", 116 "t")
+  ids.add(I, field, value)           into generation I.latest
   ids.advance(I, day)                the shard's latest day moves to `day`; old generations go
-  ids.flush(I, ttl_ms) -> gens, maxo, maxt, bsince   write back; the new meta fields
+  ids.flush(I, ttl_ms) -> gens, maxo, maxt   write back; the new meta fields
 ]]
 
 local ids = {}
 
-function ids.open(base, gens, latest, retention, maxo, maxt, bsince)
-  -- adds[d][kind]: the ids of a kind added to generation d in this batch, flat (field,
-  -- value, ...), sent by one HSET per block at flush: each id is added once (it is seen
-  -- afterwards), so no dirty tracking; dropped: the generations to delete at flush
+function ids.open(base, gens, latest, retention, maxo, maxt)
+  -- adds[d]: the ids added to generation d in this batch, flat (field, value, ...), sent by
+  -- one HSET at flush: each id is added once (it is seen afterwards), so no dirty tracking
   local I = {base = base, latest = latest, retention = retention, gens = {}, caches = {}, gen = {}, val = {},
-    adds = {}, dropped = {}, ascending = {}}
+    adds = {}}
   I.max = {[111] = maxo or '', [116] = maxt or ''} -- by first byte ("o", "t"): the largest id added
-  for text in string.gmatch(gens or '', '(%-?%d+)') do I.gens[#I.gens + 1] = tonumber(text) end
-  -- first written in blocks now: the generations listed so far may hold one-hash ids
-  I.bsince = tonumber(bsince) or I.gens[#I.gens] or -1
+  I.had = {} -- the generations listed at open: their hashes exist (with their TTL)
+  for text in string.gmatch(gens or '', '(%-?%d+)') do
+    local d = tonumber(text)
+    I.gens[#I.gens + 1] = d
+    I.had[d] = true
+  end
   return I
 end
 
--- An id's block: its field without the last 4 digits ("o12" for o120000 .. o129999; an id of
--- 1 to 4 digits: its kind's letter)
-local function block_of(f)
-  if #f <= 5 then return string.sub(f, 1, 1) end
-  return string.sub(f, 1, -5)
-end
-
-local function key_cache(I, key)
-  local c = I.caches[key]
+local function gen_cache(I, d)
+  local c = I.caches[d]
   if not c then
-    c = cache.new(key)
-    I.caches[key] = c
+    c = cache.new(keys.ids(I.base, d))
+    I.caches[d] = c
   end
   return c
 end
 
 function ids.preload(I, fields)
   -- newest generation first, each asked only for the ids not found in a newer one (a trade's
-  -- order is nearly always in the newest: one HMGET per block, not per retained day)
+  -- order is nearly always in the newest: one HMGET, not one per retained day)
   local want = {}
   for i = 1, #fields do
     if I.gen[fields[i]] == nil then want[#want + 1] = fields[i] end
@@ -81,25 +63,12 @@ function ids.preload(I, fields)
   for k = #I.gens, 1, -1 do
     if #want == 0 then break end
     local d = I.gens[k]
-    local by_block, of = {}, {}
-    for i = 1, #want do
-      local f = want[i]
-      local b = block_of(f)
-      local l = by_block[b]
-      if not l then
-        l = {}
-        by_block[b] = l
-      end
-      l[#l + 1] = f
-      of[f] = b
-    end
-    for b, l in pairs(by_block) do cache.preload(key_cache(I, keys.ids_block(I.base, d, b)), l) end
-    local one = d <= I.bsince and key_cache(I, keys.ids(I.base, d)) -- the one-hash layout's
-    if one then cache.preload(one, want) end
+    local c = gen_cache(I, d)
+    cache.preload(c, want)
     local left = {}
     for i = 1, #want do
       local f = want[i]
-      local x = key_cache(I, keys.ids_block(I.base, d, of[f])).v[f] or (one and one.v[f])
+      local x = c.v[f]
       if x then
         I.gen[f], I.val[f] = d, x
       else
@@ -113,7 +82,7 @@ end
 
 function ids.split(I, fields, kind, out)
   local m, gen, n = I.max[kind], I.gen, #out
-  local lm, before = #m, n
+  local lm = #m
   for k = 1, #fields do
     local f = fields[k]
     local lf = #f
@@ -127,7 +96,6 @@ function ids.split(I, fields, kind, out)
     end
   end
   I.max[kind] = m
-  I.ascending[kind] = n == before -- no id of this kind at or below the maximum: all ascend
 end
 
 function ids.seen(I, f)
@@ -140,15 +108,14 @@ function ids.seen(I, f)
   return nil
 end
 
-function ids.add(I, f, x, kind)
+function ids.add(I, f, x)
   local d = I.latest
-  local by_kind = I.adds[d]
-  if not by_kind then
-    by_kind = {[111] = {}, [116] = {}}
-    I.adds[d] = by_kind
+  local l = I.adds[d]
+  if not l then
+    l = {}
+    I.adds[d] = l
     if I.gens[#I.gens] ~= d then I.gens[#I.gens + 1] = d end
   end
-  local l = by_kind[kind]
   local n = #l
   l[n + 1], l[n + 2] = f, x
   I.gen[f] = d -- its value is not kept: only ids read from Redis are asked for theirs
@@ -159,7 +126,7 @@ function ids.advance(I, day)
   local keep = {}
   for _, d in ipairs(I.gens) do
     if day - d > I.retention then
-      I.dropped[#I.dropped + 1] = d
+      cache.clear(gen_cache(I, d))
       I.adds[d] = nil
     else
       keep[#keep + 1] = d
@@ -168,71 +135,12 @@ function ids.advance(I, day)
   I.gens = keep
 end
 
--- The first id of the block after block b, for ids of n characters (nil: b is the last)
-local function next_block(b, n)
-  local after = string.sub(b, 1, 1) .. string.format('%.0f', tonumber(string.sub(b, 2)) + 1)
-  if #after + 4 ~= n then return nil end
-  return after .. '0000'
-end
-
--- HSET the flat (id, value, ...) list l of one kind into its blocks: one HSET per run of ids
--- in the same block (a batch's ids ascend, so a run is most often the whole list), each id's
--- block found by comparing it with the run's bounds rather than cutting its text
-local function write_blocks(I, d, l, ttl_ms, blocks, ascending)
-  local k, n = 1, #l
-  if n > 0 and ascending then -- ids.split saw every id of this kind above the maximum
-    local b = block_of(l[1])
-    if b == block_of(l[n - 1]) then -- so all of them are in one block: one HSET of the list
-      k = n + 1
-      cache.write(keys.ids_block(I.base, d, b), l, ttl_ms, false, false)
-      if not blocks[b] then
-        blocks[b] = true
-        blocks[#blocks + 1] = b
-      end
-    end
-  end
-  while k <= n do
-    local f = l[k]
-    local b, len = block_of(f), #f
-    local lo, hi = b .. '0000', len > 5 and next_block(b, len)
-    local sets, m = {f, l[k + 1]}, 2
-    k = k + 2
-    while k <= n do
-      local g = l[k]
-      local lg = #g
-      if len <= 5 then
-        if lg > 5 then break end
-      elseif lg ~= len or g < lo or (hi and g >= hi) then
-        break
-      end
-      sets[m + 1], sets[m + 2], m = g, l[k + 1], m + 2
-      k = k + 2
-    end
-    cache.write(keys.ids_block(I.base, d, b), sets, ttl_ms, false, false)
-    if not blocks[b] then
-      blocks[b] = true
-      blocks[#blocks + 1] = b
-    end
-  end
-end
-
 function ids.flush(I, ttl_ms)
-  for d, by_kind in pairs(I.adds) do
-    local blocks = {}
-    write_blocks(I, d, by_kind[111], ttl_ms, blocks, I.ascending[111])
-    write_blocks(I, d, by_kind[116], ttl_ms, blocks, I.ascending[116])
-    if #blocks > 0 then
-      cache.send('SADD', keys.ids_blocks(I.base, d), blocks)
-      if ttl_ms > 0 then redis.call('PEXPIRE', keys.ids_blocks(I.base, d), ttl_ms) end
-    end
+  for _, c in pairs(I.caches) do
+    cache.flush(c, ttl_ms, false)
   end
-  for _, d in ipairs(I.dropped) do
-    local listed = keys.ids_blocks(I.base, d)
-    local gone = {listed, keys.ids(I.base, d)}
-    for _, b in ipairs(redis.call('SMEMBERS', listed)) do gone[#gone + 1] = keys.ids_block(I.base, d, b) end
-    for i = 1, #gone, 4000 do redis.call('DEL', unpack(gone, i, math.min(i + 3999, #gone))) end
-  end
+  for d, l in pairs(I.adds) do cache.write(keys.ids(I.base, d), l, ttl_ms, false, I.had[d]) end
   local out = {}
   for i, d in ipairs(I.gens) do out[i] = string.format('%d', d) end
-  return table.concat(out, ','), I.max[111], I.max[116], string.format('%d', I.bsince)
+  return table.concat(out, ','), I.max[111], I.max[116]
 end

@@ -26,7 +26,7 @@ X = shard.open(base, plan, meta) holds:
 
 local shard = {}
 
-function shard.open(base, plan, clock, latest, gens, maxo, maxt, touched, bsince)
+function shard.open(base, plan, clock, latest, gens, maxo, maxt, touched)
   local X = {
     base = base, rules = plan[2], accounts = plan[3], pairs = plan[4],
     groups = plan[5] ~= 0 and plan[5] or plan[3], -- 0: the groups are the accounts
@@ -45,7 +45,7 @@ function shard.open(base, plan, clock, latest, gens, maxo, maxt, touched, bsince
       X.sums[r] = {}
     end
   end
-  X.ids = ids.open(base, gens, latest, X.retention, maxo, maxt, bsince)
+  X.ids = ids.open(base, gens, latest, X.retention, maxo, maxt)
   return X
 end
 
@@ -197,12 +197,12 @@ function shard.flush(X, meta, seq, seqn, digest, result)
     end
     cache.flush(X.reg[r], ttl, touch)
   end
-  local gens, maxo, maxt, bsince = ids.flush(X.ids, ttl)
+  local gens, maxo, maxt = ids.flush(X.ids, ttl)
   -- with the results of the last 4 batches, for retries (a sender keeps at most one batch in
   -- flight), in slots seq % 4 of the same hash: one HSET, nothing to delete
   local slot = string.format('%d', seqn % 4)
   redis.call('HSET', meta, 'hwm', seq, 'clock', string.format('%d', X.clock),
-    'latest', latest, 'gens', gens, 'maxo', maxo, 'maxt', maxt, 'touched', latest, 'bsince', bsince,
+    'latest', latest, 'gens', gens, 'maxo', maxo, 'maxt', maxt, 'touched', latest,
     'rseq' .. slot, seq, 'result' .. slot, result, 'digest' .. slot, digest)
   if ttl > 0 and touch then redis.call('PEXPIRE', meta, ttl) end
 end
