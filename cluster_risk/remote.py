@@ -194,8 +194,8 @@ class _Plan:
     def __init__(self, hint: int = -1) -> None:
         self.accounts: list[str] = []
         self.members: list[_Account] = []  # the accounts, as objects
-        # apply.lua's hint (RemoteEngine._hint_key): the accounts (indices) not known to have had
-        # an event on the hint day (-1: no hint)
+        # apply.lua's hint (RemoteEngine._new_plan): era * _ERA + the hint day (-1: no hint), and
+        # the accounts (indices) not known to have had an event on that day
         self.hint = hint
         self.unknown: list[int] = []
         self.pairs: list[Any] = []  # flat: account, index value, then a group per rule
@@ -671,15 +671,16 @@ class RemoteEngine:
         return _Batch(items, outcomes, plans, calls, self.store.send_apply(calls))
 
     def _encode(self, plan: _Plan, seq: int) -> tuple[int, bytes, str, bytes]:
-        blob = self._blob(plan, [plan.hint % _ERA, plan.unknown] if plan.hint >= 0 else [])
+        blob = self._blob(plan)
         return seq, blob, hashlib.blake2b(blob, digest_size=16).hexdigest(), self.constants()
 
-    def _blob(self, plan: _Plan, hints: Sequence[Any] = ()) -> bytes:
+    def _blob(self, plan: _Plan) -> bytes:
         """ARGV[1] of apply.lua (its header documents the layout)."""
         # the groups list is most often the accounts list (rules that group by account only):
         # then 0, so the script does not decode each account's text twice
         groups = 0 if plan.groups == plan.accounts else plan.groups
         tables = (plan.accounts, plan.pairs, groups, plan.events)
+        hints = [plan.hint % _ERA, plan.unknown] if plan.hint >= 0 else []
         return self.store.encode([1, 0, *tables, self.id_retention_days, self._ttl_ms, str(plan.t0), *hints])
 
     def _new_plan(self, shard: int) -> _Plan:

@@ -158,7 +158,7 @@ end
 -- plan[10], applied in an earlier batch. When that day is the shard's latest day, it is each
 -- such account's day D_a (D_a never decreases and never passes the latest day): its record
 -- need not be read for an event on that day.
-local hinted_day = plan[10] ~= nil and plan[10] == X.latest and plan[10] or nil
+local hinted_day = plan[10] == X.latest and plan[10] or nil
 
 -- Preload what the batch reads: accounts, window groups, day sums, ids (a few variadic calls).
 do
@@ -277,16 +277,14 @@ local acct_v, day_text = cache.values(X.acct), {} -- the preloaded account recor
 local function enter_day(pos, a, d)
   local info = acc[a]
   if not info then
-    -- most often D_a = d and no tick passed it: nothing changes. The sender's hint says so
-    -- (its record was not read), or the record says day d without daily pauses ("<d>").
-    local rec = acct_v[a]
-    if rec == nil and d == hinted_day and d >= X.clock then return d end
+    -- most often D_a = d and no tick passed it: nothing changes. The loop below does not call
+    -- this when the sender's hint says so; here, the record says day d without daily pauses
     local t = day_text[d]
     if not t then
       t = string.format('%d', d)
       day_text[d] = t
     end
-    if rec == t and d >= X.clock then return d end
+    if acct_v[a] == t and d >= X.clock then return d end
     info = shard.account(X, a)
   elseif info.day < X.clock then
     info.day = X.clock -- a tick passed it: shard.account's lazy clock, inline
