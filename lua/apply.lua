@@ -88,7 +88,7 @@ if worker then
   if refused then return refused end
 end
 
-local m = redis.call('HMGET', meta, 'hwm', 'clock', 'latest', 'gens', 'maxo', 'maxt', 'touched')
+local m = redis.call('HMGET', meta, unpack(shard.META))
 local hwm, seqn = tonumber(m[1]) or 0, tonumber(seq)
 if seqn <= hwm then
   local slot = seqn % 4
@@ -105,7 +105,7 @@ end
 local plan
 if json then plan = cjson.decode(ARGV[1]) else plan = cmsgpack.unpack(ARGV[1]) end
 plan[2] = static[1]
-local X = shard.open(base, plan, tonumber(m[2]) or -1, tonumber(m[3]) or -1, m[4], m[5] or nil, m[6] or nil, m[7])
+local X = shard.open(base, plan, m)
 local ev, nev = plan[6], #plan[6]
 local rules, groups, pairs_ = X.rules, X.groups, X.pairs
 
@@ -315,7 +315,7 @@ while i <= nev do
       local current = d -- enter_day's most common case, inline: a hinted account on the hinted day
       if d ~= hinted_day or acct_v[a] ~= nil or acc[a] or d < X.clock then current = enter_day(pos, a, d) end
       if kind == 1 then
-        ids.add(I, f, pairs_[base_p + 2])
+        ids.add(I, f, pairs_[base_p + 2], 111)
         local k = i + 4
         for j = 1, #order_rules do
           local r = order_rules[j]
@@ -347,7 +347,7 @@ while i <= nev do
           end
         end
       else
-        ids.add(I, f, '1')
+        ids.add(I, f, '1', 116)
         local k = i + 5
         for j = 1, #trade_rules do
           local r = trade_rules[j]

@@ -6,14 +6,20 @@ KEYS / ARGV: none. Included first by apply.lua and lookup_ids.lua. Every key is 
 shard's base "<prefix>:{s<N>}:" (KEYS[1] without its "meta" suffix) plus a suffix, so all of
 a shard's keys share its hash tag and one script touches one Redis Cluster slot.
 
-  base .. "meta"                         shard scalars: hwm, clock, latest, gens, maxo, maxt, touched;
+  base .. "meta"                         shard scalars: hwm, clock, latest, gens, maxo, maxt, touched, bsince,
+                                         lasto, lastt (seen_ids.lua);
                                          rseq<k>, result<k>, digest<k>: the batches seq with seq % 4 == k
   base .. "acct"                         account -> current trading day ("<ordinal>[p]")
   base .. "win:" .. rule                 scope -> sliding window state, hot part (window.lua)
   base .. "winc:" .. rule                "<chunk number>:<scope>" -> older window buckets (window.lua)
   base .. "day:" .. YYYY-MM-DD .. ":" .. rule   scope -> that day's sum (daily_sum.lua)
   base .. "paused:" .. rule              scope -> "since=<ns> value=<v> limit=<l> ..." (current pauses)
-  base .. "ids:" .. YYYY-MM-DD           "o<oid>" -> account\31contract, "t<tid>" -> 1 (seen_ids.lua)
+  base .. "ids:" .. YYYY-MM-DD .. ":" .. block   a block of that day's ids: "o<oid>" -> account\31contract,
+                                         "t<tid>" -> 1; block = the id field without its last 4 digits
+                                         ("o12" holds o120000..o129999; "o" holds o0..o9999) (seen_ids.lua)
+  base .. "ids:" .. YYYY-MM-DD .. ":blocks"   set: the day's blocks
+  base .. "ids:" .. YYYY-MM-DD           the day's ids in one hash, as versions up to a129656 wrote
+                                         them: read until the day leaves retention, then deleted
 
 Trading days travel as proleptic Gregorian ordinals (Python's date.toordinal()).
 ]]
@@ -54,3 +60,5 @@ function keys.winc(base, rule) return base .. 'winc:' .. rule end
 function keys.day(base, d, rule) return base .. 'day:' .. keys.iso_day(d) .. ':' .. rule end
 function keys.paused(base, rule) return base .. 'paused:' .. rule end
 function keys.ids(base, d) return base .. 'ids:' .. keys.iso_day(d) end
+function keys.ids_block(base, d, block) return base .. 'ids:' .. keys.iso_day(d) .. ':' .. block end
+function keys.ids_blocks(base, d) return base .. 'ids:' .. keys.iso_day(d) .. ':blocks' end

@@ -1,7 +1,7 @@
 #!lua flags=no-writes
 --[[ lookup_ids.lua - read one shard's seen-sets and order index (for trade enrichment).
 
-KEYS[1]  <prefix>:{s<N>}:meta (the ids:<day> keys are derived from it, keys.lua)
+KEYS[1]  <prefix>:{s<N>}:meta (the ids:<day>:<block> keys are derived from it, keys.lua)
 ARGV     fields: "o<oid>" (order index) and/or "t<tid>" (seen trade ids), oids/tids decimal
 Returns  one entry per field: "<account>\31<contract>" for a known oid, "1" for a seen tid,
          else false (a nil reply); only generations within id retention are read
@@ -19,9 +19,9 @@ again when it reaches the trade (see cluster_risk/remote.py).
 --@include seen_ids.lua
 
 builtins.bind()
-local m = redis.call('HMGET', KEYS[1], 'latest', 'gens')
+local m = redis.call('HMGET', KEYS[1], 'latest', 'gens', 'bsince')
 -- the gens list holds exactly the live generations (older ones are deleted as the day moves)
-local I = ids.open(keys.base(KEYS[1]), m[2], tonumber(m[1]) or -1, math.huge)
+local I = ids.open(keys.base(KEYS[1]), m[2], tonumber(m[1]) or -1, math.huge, nil, nil, m[3] or nil)
 ids.preload(I, ARGV)
 local out = {}
 for i, f in ipairs(ARGV) do

@@ -5,57 +5,80 @@ contract), kept for `retention` trading days (the Lua twin of engine.py's IdRete
 KEYS / ARGV: none. Included into apply.lua and lookup_ids.lua (`--@include seen_ids.lua`).
 
 Ids are kept per generation: the shard's latest trading day when the id was first seen.
-Generation g lives in the hash <prefix>:{s<N>}:ids:<YYYY-MM-DD of g>, fields "o<oid>" (value
-"<account>\31<contract>": the order index) and "t<tid>" (value "1"); an id is seen while
-latest - g <= retention, and a generation is deleted as the latest day passes that. The live
-generations are listed in the shard's meta hash (field gens, "d1,d2,...").
+Generation g lives in hashes of at most 10,000 ids each, <prefix>:{s<N>}:ids:<YYYY-MM-DD of
+g>:<block> (block: the id's field without its last 4 digits, keys.lua), fields "o<oid>" (value
+"<account>\31<contract>": the order index) and "t<tid>" (value "1"); the set ...:blocks lists
+them. An id is seen while latest - g <= retention, and a generation is deleted as the latest
+day passes that. The live generations are listed in the shard's meta hash (field gens,
+"d1,d2,..."). Why blocks: one hash per day grew to every id of the day (375k fields in the
+benchmark), and Redis's time went into searching it and rehashing it as it doubled, cache
+miss by cache miss; a block stays small enough to stay in cache.
+
+A block is listed in its day's set and given its TTL by the first call that writes it; the
+meta fields lasto and lastt ("<day ordinal>:<block>") name the last block written per kind,
+so the calls after it, whose ids ascend into the same block, pay one HSET and nothing else.
+
+Versions up to a129656 (2026-12-04) kept a generation in one hash, <prefix>:{s<N>}:ids:<YYYY-MM-DD>.
+The meta field bsince is the latest generation when a shard was first written in blocks (-1
+for a shard that never had the one-hash layout): generations up to it are also looked up in
+their one hash, and it is deleted with them.
 
 The meta hash also keeps the largest oid and tid ever added (maxo "o<oid>", maxt "t<tid>"; never lowered,
 retention or not): an id above it was never seen, so it needs no look-up. Gateways number
 their orders and trades upwards, so most of a batch's ids skip the HMGET.
 
-  ids.open(base, gens, latest, retention, maxo, maxt) -> I
+  ids.open(base, gens, latest, retention, maxo, maxt, bsince, lasto, lastt) -> I
   ids.split(I, fields, kind, out)   the batch's ids of one kind (111 "o", 116 "t": their first
                          byte), in order: one above every id of its kind ever added and every
                          one before it is unseen (I.gen[f] = false; the maximum rises to it), the
-                         others are appended to `out` (to look up); one call per kind, not per id
-  ids.preload(I, fields)             newest generation first, each asked (one HMGET) only for
+                         others are appended to `out` (to look up); one call per kind, not per id.
+                         When none is at or below the maximum, the kind's ids added in this
+                         batch ascend: flush writes them without looking at each one
+  ids.preload(I, fields)             newest generation first, each asked (one HMGET per block,
+                                     and the one hash of a generation up to bsince) only for
                                      the ids no newer one holds
   ids.seen(I, field) -> its value (true for an id added in this call), or nil when unseen
-  ids.add(I, field, value)           into generation I.latest
+  ids.add(I, field, value, kind)     into generation I.latest (kind: 111 "o", 116 "t")
   ids.advance(I, day)                the shard's latest day moves to `day`; old generations go
-  ids.flush(I, ttl_ms) -> gens, maxo, maxt   write back; the new meta fields
+  ids.flush(I, ttl_ms) -> gens, maxo, maxt, bsince, lasto, lastt   write back; the new meta fields
 ]]
 
 local ids = {}
 
-function ids.open(base, gens, latest, retention, maxo, maxt)
-  -- adds[d]: the ids added to generation d in this batch, flat (field, value, ...), sent by
-  -- one HSET at flush: each id is added once (it is seen afterwards), so no dirty tracking
+function ids.open(base, gens, latest, retention, maxo, maxt, bsince, lasto, lastt)
+  -- adds[d][kind]: the ids of a kind added to generation d in this batch, flat (field,
+  -- value, ...), sent by one HSET per block at flush: each id is added once (it is seen
+  -- afterwards), so no dirty tracking; dropped: the generations to delete at flush
   local I = {base = base, latest = latest, retention = retention, gens = {}, caches = {}, gen = {}, val = {},
-    adds = {}}
+    adds = {}, dropped = {}, ascending = {}}
   I.max = {[111] = maxo or '', [116] = maxt or ''} -- by first byte ("o", "t"): the largest id added
-  I.had = {} -- the generations listed at open: their hashes exist (with their TTL)
-  for text in string.gmatch(gens or '', '(%-?%d+)') do
-    local d = tonumber(text)
-    I.gens[#I.gens + 1] = d
-    I.had[d] = true
-  end
+  -- by kind, "<day>:<block>" of the block last written: listed in its day's set, with its TTL
+  I.last = {[111] = lasto or '', [116] = lastt or ''}
+  for text in string.gmatch(gens or '', '(%-?%d+)') do I.gens[#I.gens + 1] = tonumber(text) end
+  -- first written in blocks now: the generations listed so far may hold one-hash ids
+  I.bsince = tonumber(bsince) or I.gens[#I.gens] or -1
   return I
 end
 
-local function gen_cache(I, d)
-  local c = I.caches[d]
+-- An id's block: its field without the last 4 digits ("o12" for o120000 .. o129999; an id of
+-- 1 to 4 digits: its kind's letter)
+local function block_of(f)
+  if #f <= 5 then return string.sub(f, 1, 1) end
+  return string.sub(f, 1, -5)
+end
+
+local function key_cache(I, key)
+  local c = I.caches[key]
   if not c then
-    c = cache.new(keys.ids(I.base, d))
-    I.caches[d] = c
+    c = cache.new(key)
+    I.caches[key] = c
   end
   return c
 end
 
 function ids.preload(I, fields)
   -- newest generation first, each asked only for the ids not found in a newer one (a trade's
-  -- order is nearly always in the newest: one HMGET, not one per retained day)
+  -- order is nearly always in the newest: one HMGET per block, not per retained day)
   local want = {}
   for i = 1, #fields do
     if I.gen[fields[i]] == nil then want[#want + 1] = fields[i] end
@@ -63,12 +86,25 @@ function ids.preload(I, fields)
   for k = #I.gens, 1, -1 do
     if #want == 0 then break end
     local d = I.gens[k]
-    local c = gen_cache(I, d)
-    cache.preload(c, want)
+    local by_block, of = {}, {}
+    for i = 1, #want do
+      local f = want[i]
+      local b = block_of(f)
+      local l = by_block[b]
+      if not l then
+        l = {}
+        by_block[b] = l
+      end
+      l[#l + 1] = f
+      of[f] = b
+    end
+    for b, l in pairs(by_block) do cache.preload(key_cache(I, keys.ids_block(I.base, d, b)), l) end
+    local one = d <= I.bsince and key_cache(I, keys.ids(I.base, d)) -- the one-hash layout's
+    if one then cache.preload(one, want) end
     local left = {}
     for i = 1, #want do
       local f = want[i]
-      local x = c.v[f]
+      local x = key_cache(I, keys.ids_block(I.base, d, of[f])).v[f] or (one and one.v[f])
       if x then
         I.gen[f], I.val[f] = d, x
       else
@@ -82,7 +118,7 @@ end
 
 function ids.split(I, fields, kind, out)
   local m, gen, n = I.max[kind], I.gen, #out
-  local lm = #m
+  local lm, before = #m, n
   for k = 1, #fields do
     local f = fields[k]
     local lf = #f
@@ -96,6 +132,7 @@ function ids.split(I, fields, kind, out)
     end
   end
   I.max[kind] = m
+  I.ascending[kind] = n == before -- no id of this kind at or below the maximum: all ascend
 end
 
 function ids.seen(I, f)
@@ -108,14 +145,15 @@ function ids.seen(I, f)
   return nil
 end
 
-function ids.add(I, f, x)
+function ids.add(I, f, x, kind)
   local d = I.latest
-  local l = I.adds[d]
-  if not l then
-    l = {}
-    I.adds[d] = l
+  local by_kind = I.adds[d]
+  if not by_kind then
+    by_kind = {[111] = {}, [116] = {}}
+    I.adds[d] = by_kind
     if I.gens[#I.gens] ~= d then I.gens[#I.gens + 1] = d end
   end
+  local l = by_kind[kind]
   local n = #l
   l[n + 1], l[n + 2] = f, x
   I.gen[f] = d -- its value is not kept: only ids read from Redis are asked for theirs
@@ -126,7 +164,7 @@ function ids.advance(I, day)
   local keep = {}
   for _, d in ipairs(I.gens) do
     if day - d > I.retention then
-      cache.clear(gen_cache(I, d))
+      I.dropped[#I.dropped + 1] = d
       I.adds[d] = nil
     else
       keep[#keep + 1] = d
@@ -135,12 +173,78 @@ function ids.advance(I, day)
   I.gens = keep
 end
 
-function ids.flush(I, ttl_ms)
-  for _, c in pairs(I.caches) do
-    cache.flush(c, ttl_ms, false)
+-- The first id of the block after block b, for ids of n characters (nil: b is the last)
+local function next_block(b, n)
+  local after = string.sub(b, 1, 1) .. string.format('%.0f', tonumber(string.sub(b, 2)) + 1)
+  if #after + 4 ~= n then return nil end
+  return after .. '0000'
+end
+
+-- HSET one block's ids; a block other than its kind's last one written gets its TTL and goes
+-- into `fresh` (for the day's set): the first write to a block pays those two calls, the
+-- calls after it (ids ascend) only the HSET
+local function write_block(I, d, b, sets, kind, ttl_ms, fresh)
+  local key = keys.ids_block(I.base, d, b)
+  cache.send('HSET', key, sets)
+  local name = string.format('%d:%s', d, b)
+  if I.last[kind] ~= name then
+    I.last[kind] = name
+    fresh[#fresh + 1] = b
+    if ttl_ms > 0 then redis.call('PEXPIRE', key, ttl_ms) end
   end
-  for d, l in pairs(I.adds) do cache.write(keys.ids(I.base, d), l, ttl_ms, false, I.had[d]) end
+end
+
+-- HSET the flat (id, value, ...) list l of one kind into its blocks: one HSET per run of ids
+-- in the same block (a batch's ids ascend, so a run is most often the whole list), each id's
+-- block found by comparing it with the run's bounds rather than cutting its text
+local function write_blocks(I, d, l, kind, ttl_ms, fresh)
+  local k, n = 1, #l
+  if n == 0 then return end
+  if I.ascending[kind] then -- ids.split saw every id of this kind above the maximum
+    local b = block_of(l[1])
+    if b == block_of(l[n - 1]) then -- so all of them are in one block: one HSET of the list
+      return write_block(I, d, b, l, kind, ttl_ms, fresh)
+    end
+  end
+  while k <= n do
+    local f = l[k]
+    local b, len = block_of(f), #f
+    local lo, hi = b .. '0000', len > 5 and next_block(b, len)
+    local sets, m = {f, l[k + 1]}, 2
+    k = k + 2
+    while k <= n do
+      local g = l[k]
+      local lg = #g
+      if len <= 5 then
+        if lg > 5 then break end
+      elseif lg ~= len or g < lo or (hi and g >= hi) then
+        break
+      end
+      sets[m + 1], sets[m + 2], m = g, l[k + 1], m + 2
+      k = k + 2
+    end
+    write_block(I, d, b, sets, kind, ttl_ms, fresh)
+  end
+end
+
+function ids.flush(I, ttl_ms)
+  for d, by_kind in pairs(I.adds) do
+    local fresh = {}
+    write_blocks(I, d, by_kind[111], 111, ttl_ms, fresh)
+    write_blocks(I, d, by_kind[116], 116, ttl_ms, fresh)
+    if #fresh > 0 then
+      local listed = keys.ids_blocks(I.base, d)
+      cache.send('SADD', listed, fresh)
+      if ttl_ms > 0 then redis.call('PEXPIRE', listed, ttl_ms) end
+    end
+  end
+  for _, d in ipairs(I.dropped) do
+    local listed = keys.ids_blocks(I.base, d)
+    local gone = {listed, keys.ids(I.base, d)}
+    for _, b in ipairs(redis.call('SMEMBERS', listed)) do gone[#gone + 1] = keys.ids_block(I.base, d, b) end
+    for i = 1, #gone, 4000 do redis.call('DEL', unpack(gone, i, math.min(i + 3999, #gone))) end
+  end
   local out = {}
   for i, d in ipairs(I.gens) do out[i] = string.format('%d', d) end
-  return table.concat(out, ','), I.max[111], I.max[116]
+  return table.concat(out, ','), I.max[111], I.max[116], string.format('%d', I.bsince), I.last[111], I.last[116]
 end

@@ -7,7 +7,7 @@ few variadic calls, the rare rest on first use); everything it changes is writte
 shard.flush at the end, so every check of the batch (hwm, unknown orders) comes before the
 first write.
 
-X = shard.open(base, plan, meta) holds:
+X = shard.open(base, plan, m) (m: the meta hash's shard.META fields, HMGET's reply) holds:
   rules[r]   {"w", name, K, threshold, resume} | {"d", name, cap}  (stateful rules, config order)
   accounts, pairs, groups      the plan's tables (apply.lua's header)
   clock      day of the latest tick/reset (-1: none); latest  latest day of any event (-1)
@@ -26,11 +26,15 @@ X = shard.open(base, plan, meta) holds:
 
 local shard = {}
 
-function shard.open(base, plan, clock, latest, gens, maxo, maxt, touched)
+-- the meta hash's fields a call reads first (in this order); keys.lua says what each holds
+shard.META = {'hwm', 'clock', 'latest', 'gens', 'maxo', 'maxt', 'touched', 'bsince', 'lasto', 'lastt'}
+
+function shard.open(base, plan, m)
+  local clock, latest = tonumber(m[2]) or -1, tonumber(m[3]) or -1
   local X = {
     base = base, rules = plan[2], accounts = plan[3], pairs = plan[4],
     groups = plan[5] ~= 0 and plan[5] or plan[3], -- 0: the groups are the accounts
-    retention = plan[7], ttl = plan[8], clock = clock, latest = latest, touched = touched, out = {},
+    retention = plan[7], ttl = plan[8], clock = clock, latest = latest, touched = m[7], out = {},
     acct = cache.new(keys.acct(base)), acc = {}, reg = {}, win = {}, winc = {}, ws = {}, raw = {}, sums = {},
     dpi = nil,
   }
@@ -45,7 +49,7 @@ function shard.open(base, plan, clock, latest, gens, maxo, maxt, touched)
       X.sums[r] = {}
     end
   end
-  X.ids = ids.open(base, gens, latest, X.retention, maxo, maxt)
+  X.ids = ids.open(base, m[4], latest, X.retention, m[5] or nil, m[6] or nil, m[8] or nil, m[9] or nil, m[10] or nil)
   return X
 end
 
@@ -197,12 +201,12 @@ function shard.flush(X, meta, seq, seqn, digest, result)
     end
     cache.flush(X.reg[r], ttl, touch)
   end
-  local gens, maxo, maxt = ids.flush(X.ids, ttl)
+  local gens, maxo, maxt, bsince, lasto, lastt = ids.flush(X.ids, ttl)
   -- with the results of the last 4 batches, for retries (a sender keeps at most one batch in
   -- flight), in slots seq % 4 of the same hash: one HSET, nothing to delete
   local slot = string.format('%d', seqn % 4)
   redis.call('HSET', meta, 'hwm', seq, 'clock', string.format('%d', X.clock),
-    'latest', latest, 'gens', gens, 'maxo', maxo, 'maxt', maxt, 'touched', latest,
-    'rseq' .. slot, seq, 'result' .. slot, result, 'digest' .. slot, digest)
+    'latest', latest, 'gens', gens, 'maxo', maxo, 'maxt', maxt, 'touched', latest, 'bsince', bsince,
+    'lasto', lasto, 'lastt', lastt, 'rseq' .. slot, seq, 'result' .. slot, result, 'digest' .. slot, digest)
   if ttl > 0 and touch then redis.call('PEXPIRE', meta, ttl) end
 end

@@ -47,6 +47,8 @@ def everything(server: RedisProcess) -> dict[bytes, Any]:
             out[key] = client.get(key)
         elif kind == b"zset":
             out[key] = client.zrange(key, 0, -1)
+        elif kind == b"set":
+            out[key] = client.smembers(key)
     return out
 
 

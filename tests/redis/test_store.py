@@ -9,6 +9,7 @@ import shlex
 import subprocess
 from collections.abc import Callable
 from dataclasses import replace
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import pytest
 import redis
 
 from cluster_risk import build_config
-from cluster_risk.events import Order, Tick
+from cluster_risk.events import Order, Tick, Trade
 from cluster_risk.remote import RemoteEngine, replay_batched
 from cluster_risk.state.redis import RedisStore, StoreError
 from tests.helpers import views
@@ -50,7 +51,12 @@ def snapshot(store: RedisStore) -> dict[str, Any]:
     for shard in range(store.num_shards):
         for key in store.shard_keys(shard):
             kind = client.type(key)
-            content = client.hgetall(key) if kind == b"hash" else client.get(key)
+            if kind == b"hash":
+                content = client.hgetall(key)
+            elif kind == b"set":
+                content = client.smembers(key)
+            else:
+                content = client.get(key)
             out[key] = (kind, content, client.pttl(key) > 0)
     return out
 
@@ -207,7 +213,7 @@ def test_restart_with_aof_keeps_state_and_reloads_scripts(redis_binaries: Any, t
 
 
 KEY = re.compile(
-    r"risk:\{s(\d+)\}:(meta|acct|win:[^:]+|winc:[^:]+|paused:[^:]+|day:\d{4}-\d\d-\d\d:[^:]+|ids:\d{4}-\d\d-\d\d)"
+    r"risk:\{s(\d+)\}:(meta|acct|win:[^:]+|winc:[^:]+|paused:[^:]+|day:\d{4}-\d\d-\d\d:[^:]+|ids:\d{4}-\d\d-\d\d:(?:[ot]\d*|blocks))"
 )
 
 
@@ -340,3 +346,83 @@ def test_the_readmes_window_count_command_works_as_printed(standalone: RedisServ
         out = subprocess.run([command[0], *port, *command[1:]], capture_output=True, text=True, check=True)
         assert out.stdout.strip() == str(n)  # one order per 50 ms: every one is in the window
     store.close()
+
+
+@pytest.mark.parametrize("backend", ["fakeredis", "redis"], indirect=True)
+def test_ids_live_in_blocks_that_go_with_their_day(make_engine: Callable[..., Engine]) -> None:
+    """A day's ids are kept in hashes of 10,000 (o1 holds o10000..o19999) listed in a set;
+    when the day leaves id retention, all of them go."""
+    config = {"rules": [{"type": "AccountVolumeLimitRule", "daily_cap": 1000}], "id_retention_days": 1}
+    engine = make_engine(config, num_shards=1)
+    assert isinstance(engine, RemoteEngine)
+    t0, day_ns = 1_795_000_000_000_000_000, 86_400_000_000_000
+    first = [Order(oid, "A", "C", "BID", 1.0, 1, t0 + oid) for oid in range(9_998, 10_003)]
+    engine.process_batch([*first, Trade(7, 9_999, 1.0, 1, t0 + 10_004)])
+    day = date.fromordinal(engine.calendar.day_range(t0)[0]).isoformat()
+    client = engine.store.client
+    assert client.smembers(f"risk:{{s0}}:ids:{day}:blocks") == {b"o", b"o1", b"t"}
+    assert set(client.hkeys(f"risk:{{s0}}:ids:{day}:o")) == {b"o9998", b"o9999"}
+    assert set(client.hkeys(f"risk:{{s0}}:ids:{day}:o1")) == {b"o10000", b"o10001", b"o10002"}
+    assert engine.process_batch([Order(9_999, "A", "C", "BID", 1.0, 1, t0 + 10_005)]) == []  # a duplicate
+    assert engine.store.lookup_ids(["o10001", "t7", "o5"]) == {"o10001": "A\x1fC", "t7": "1"}
+    engine.process_batch([Order(20_000, "A", "C", "BID", 1.0, 1, t0 + 2 * day_ns)])  # day + 2: beyond retention
+    assert not [k for k in client.scan_iter(match=f"risk:{{s0}}:ids:{day}*")]
+
+
+@pytest.mark.parametrize("backend", ["fakeredis", "redis"], indirect=True)
+def test_ids_of_the_one_hash_layout_are_still_read_then_deleted(make_engine: Callable[..., Engine]) -> None:
+    """A shard written by a version up to a129656 keeps a day's ids in one hash,
+    ids:<day>. Its ids stay seen (duplicates, the order index for enrichment) while the day is
+    in retention; the hash goes with the day."""
+    config = {"rules": [{"type": "AccountVolumeLimitRule", "daily_cap": 3}], "id_retention_days": 1}
+    engine = make_engine(config, num_shards=1)
+    assert isinstance(engine, RemoteEngine)
+    t0, day_ns = 1_795_000_000_000_000_000, 86_400_000_000_000
+    d = engine.calendar.day_range(t0)[0]
+    old = f"risk:{{s0}}:ids:{date.fromordinal(d).isoformat()}"
+    client = engine.store.client
+    client.hset(old, mapping={"o50": "A\x1fC", "t7": "1"})
+    client.hset("risk:{s0}:meta", mapping={"latest": d, "gens": str(d), "maxo": "o50", "maxt": "t7"})
+    fill = Trade(8, 50, 1.0, 5, t0 + 2)  # no account: enriched from the old hash, then over the cap
+    actions = engine.process_batch([fill])
+    assert [(a.type.value, a.scope) for a in actions] == [("PAUSE_ORDER", {"account": "A"})]
+    assert engine.process_batch([Trade(7, 50, 1.0, 5, t0 + 3)]) == []  # a seen tid: counts nothing
+    assert engine.process_batch([Order(50, "A", "C", "BID", 1.0, 1, t0 + 4)]) == []  # a seen oid
+    assert client.hget(f"risk:{{s0}}:day:{date.fromordinal(d).isoformat()}:AccountVolumeLimitRule", "A") == b"5"
+    assert client.hkeys(f"{old}:o") == []  # the old order was not added again
+    assert client.hget("risk:{s0}:meta", "bsince") == str(d).encode()
+    engine.process_batch([Order(51, "B", "C", "BID", 1.0, 1, t0 + 2 * day_ns)])
+    assert not client.exists(old)
+
+
+@pytest.mark.parametrize("backend", ["fakeredis", "redis"], indirect=True)
+def test_every_id_block_is_listed_and_expires_though_only_its_first_write_says_so(
+    make_engine: Callable[..., Engine],
+) -> None:
+    """A block is listed in its day's set and given its TTL by the call that writes it first
+    (the meta fields lasto/lastt remember it), not by every call: blocks written in later calls,
+    left and written again (an id below the maximum), or shared by both kinds' calls all end
+    up listed, with a TTL, and all go with their day."""
+    config = {"rules": [{"type": "AccountVolumeLimitRule", "daily_cap": 1000}], "id_retention_days": 1}
+    engine = make_engine(config, num_shards=1)
+    assert isinstance(engine, RemoteEngine)
+    t0, day_ns = 1_795_000_000_000_000_000, 86_400_000_000_000
+    batches = [
+        [Order(9_998, "A", "C", "BID", 1.0, 1, t0 + 1)],  # block o, first write
+        [Order(9_999, "A", "C", "BID", 1.0, 1, t0 + 2), Trade(3, 9_999, 1.0, 1, t0 + 3)],  # o again; t
+        [Order(10_000, "A", "C", "BID", 1.0, 1, t0 + 4)],  # o1
+        [Order(5, "A", "C", "BID", 1.0, 1, t0 + 5), Trade(20_000, 10_000, 1.0, 1, t0 + 6)],  # back to o; t2
+        [Order(10_001, "A", "C", "BID", 1.0, 1, t0 + 7)],  # o1 again, after o
+    ]
+    for batch in batches:
+        engine.process_batch(batch)
+    day = date.fromordinal(engine.calendar.day_range(t0)[0]).isoformat()
+    client = engine.store.client
+    listed = f"risk:{{s0}}:ids:{day}:blocks"
+    assert client.smembers(listed) == {b"o", b"o1", b"t", b"t2"}
+    for block in ("o", "o1", "t", "t2", "blocks"):
+        assert client.pttl(f"risk:{{s0}}:ids:{day}:{block}") > 0, block
+    assert set(client.hkeys(f"risk:{{s0}}:ids:{day}:o")) == {b"o5", b"o9998", b"o9999"}
+    assert client.hget("risk:{s0}:meta", "lasto") == f"{engine.calendar.day_range(t0)[0]}:o1".encode()
+    engine.process_batch([Order(20_001, "A", "C", "BID", 1.0, 1, t0 + 2 * day_ns)])  # day + 2: beyond retention
+    assert not [k for k in client.scan_iter(match=f"risk:{{s0}}:ids:{day}*")]
