@@ -171,9 +171,10 @@ def run(
         "batch_size": batch_size,
         "shards": shards,
         "pipelined": pipelined,
+        "limits_events": limits_events,
         "engine": _engine_run(url, mixed, batch_size, shards, pipelined),
     }
-    limits = _limits_run(url, mixed[:limits_events])
+    limits = _limits_run(url, mixed[:limits_events]) if limits_events > 0 else None  # 0: skip it
     if limits is not None:
         result["limits_moving_window"] = limits
         result["engine_vs_limits"] = round(result["engine"]["events_per_s"] / limits["events_per_s"], 1)
@@ -245,6 +246,8 @@ def _print(result: dict[str, Any]) -> None:
         cpu = lim["redis_server_cpu_us_per_event"]
         print(f"limits hit()   {lim['events_per_s']:>10,} events/s   Redis CPU {cpu} us/event")
         print(f"               RemoteEngine / limits = {result['engine_vs_limits']}x")
+    elif result["limits_events"] == 0:
+        print("limits: skipped (--limits-events 0)")
     else:
         print("limits: not installed (pip install limits) - no comparison")
 
@@ -257,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--accounts", type=int, default=1_000)
     parser.add_argument("--batch-size", type=int, default=1_000)
     parser.add_argument("--shards", type=int, default=1, help="virtual shards (one script call each per batch)")
-    parser.add_argument("--limits-events", type=int, default=50_000, help="events for the limits comparison")
+    parser.add_argument("--limits-events", type=int, default=50_000, help="events for the limits comparison (0: none)")
     parser.add_argument("--no-pipeline", action="store_true", help="process_batch, waiting for each batch")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument(

@@ -10,7 +10,7 @@ import pytest
 from cluster_risk.benchmark import SEED_CONFIG, make_workload
 from cluster_risk.config import build_config
 from cluster_risk.engine import RiskEngine
-from cluster_risk.redis_benchmark import callgrind_run, private_redis, run
+from cluster_risk.redis_benchmark import callgrind_run, main, private_redis, run
 
 
 def _memory_actions(orders: int, trades: int, accounts: int) -> int:
@@ -30,6 +30,17 @@ def test_timed_run_reports_the_engines_work_and_the_limits_comparison() -> None:
     assert engine["events_per_s"] > 0 and engine["redis_server_cpu_us_per_event"] > 0
     assert result["limits_moving_window"]["events"] == 200
     assert result["engine_vs_limits"] > 0
+
+
+@pytest.mark.redis
+def test_limits_events_0_skips_the_comparison(capsys: pytest.CaptureFixture[str]) -> None:
+    with private_redis() as url:
+        assert (
+            main(["--redis-url", url, "--orders", "200", "--trades", "50", "--accounts", "5", "--limits-events", "0"])
+            == 0
+        )
+    out = capsys.readouterr().out
+    assert "RemoteEngine" in out and "limits: skipped (--limits-events 0)" in out
 
 
 @pytest.mark.redis
