@@ -6,8 +6,8 @@ KEYS / ARGV: none. Included first by apply.lua and lookup_ids.lua. Every key is 
 shard's base "<prefix>:{s<N>}:" (KEYS[1] without its "meta" suffix) plus a suffix, so all of
 a shard's keys share its hash tag and one script touches one Redis Cluster slot.
 
-  base .. "meta"                         shard scalars: hwm, clock, latest, gens, maxo, maxt, touched, bsince,
-                                         lasto, lastt (seen_ids.lua);
+  base .. "meta"                         shard scalars: hwm, clock, latest, gens, maxo, maxt, touched,
+                                         blocks (seen_ids.lua);
                                          rseq<k>, result<k>, digest<k>: the batches seq with seq % 4 == k
   base .. "acct"                         account -> current trading day ("<ordinal>[p]")
   base .. "win:" .. rule                 scope -> sliding window state, hot part (window.lua)

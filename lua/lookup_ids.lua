@@ -19,7 +19,7 @@ again when it reaches the trade (see cluster_risk/remote.py).
 --@include seen_ids.lua
 
 builtins.bind()
-local m = redis.call('HMGET', KEYS[1], 'latest', 'gens', 'bsince')
+local m = redis.call('HMGET', KEYS[1], 'latest', 'gens', 'blocks')
 -- the gens list holds exactly the live generations (older ones are deleted as the day moves)
 local I = ids.open(keys.base(KEYS[1]), m[2], tonumber(m[1]) or -1, math.huge, nil, nil, m[3] or nil)
 ids.preload(I, ARGV)

@@ -14,20 +14,26 @@ day passes that. The live generations are listed in the shard's meta hash (field
 benchmark), and Redis's time went into searching it and rehashing it as it doubled, cache
 miss by cache miss; a block stays small enough to stay in cache.
 
-A block is listed in its day's set and given its TTL by the first call that writes it; the
-meta fields lasto and lastt ("<day ordinal>:<block>") name the last block written per kind,
-so the calls after it, whose ids ascend into the same block, pay one HSET and nothing else.
+A block is listed in its day's set and given its TTL by the first call that writes it. The
+meta field blocks, "<bsince> <lasto> <lastt> " (lasto, lastt: "<YYYY-MM-DD>:<block>", the
+block each kind wrote last, or "-"), remembers that, so the calls after it, whose ids ascend
+into the same block, pay one HSET and nothing else; bsince is below.
 
 Versions up to a129656 (2026-12-04) kept a generation in one hash, <prefix>:{s<N>}:ids:<YYYY-MM-DD>.
-The meta field bsince is the latest generation when a shard was first written in blocks (-1
-for a shard that never had the one-hash layout): generations up to it are also looked up in
-their one hash, and it is deleted with them.
+bsince is the latest generation when a shard was first written in blocks (-1 for a shard that
+never had the one-hash layout): generations up to it are also looked up in their one hash,
+and it is deleted with them.
 
 The meta hash also keeps the largest oid and tid ever added (maxo "o<oid>", maxt "t<tid>"; never lowered,
 retention or not): an id above it was never seen, so it needs no look-up. Gateways number
 their orders and trades upwards, so most of a batch's ids skip the HMGET.
 
-  ids.open(base, gens, latest, retention, maxo, maxt, bsince, lasto, lastt) -> I
+What blocks cost per call, kept small: no table per kind or per block unless a block is new (a
+table costs ~1,000 instructions in Redis's Lua, allocation and collection included), one meta
+field for all of the above. A one-order call still pays ~7,000 instructions more than with one
+hash per day (+2%), a cluster worker's call ~26,000 (+4.5%) (callgrind).
+
+  ids.open(base, gens, latest, retention, maxo, maxt, blocks) -> I
   ids.split(I, fields, kind, out)   the batch's ids of one kind (111 "o", 116 "t": their first
                          byte), in order: one above every id of its kind ever added and every
                          one before it is unseen (I.gen[f] = false; the maximum rises to it), the
@@ -40,24 +46,37 @@ their orders and trades upwards, so most of a batch's ids skip the HMGET.
   ids.seen(I, field) -> its value (true for an id added in this call), or nil when unseen
   ids.add(I, field, value, kind)     into generation I.latest (kind: 111 "o", 116 "t")
   ids.advance(I, day)                the shard's latest day moves to `day`; old generations go
-  ids.flush(I, ttl_ms) -> gens, maxo, maxt, bsince, lasto, lastt   write back; the new meta fields
+  ids.flush(I, ttl_ms, meta) -> gens, maxo, maxt   write back (and meta's blocks field when it
+                                     changes); the other meta fields to write
 ]]
 
 local ids = {}
 
-function ids.open(base, gens, latest, retention, maxo, maxt, bsince, lasto, lastt)
-  -- adds[d][kind]: the ids of a kind added to generation d in this batch, flat (field,
+local NONE = {} -- an empty list, never written to
+
+function ids.open(base, gens, latest, retention, maxo, maxt, blocks)
+  -- adds[d * 256 + kind]: the ids of a kind added to generation d in this batch, flat (field,
   -- value, ...), sent by one HSET per block at flush: each id is added once (it is seen
-  -- afterwards), so no dirty tracking; dropped: the generations to delete at flush
+  -- afterwards), so no dirty tracking. dropped: the generations to delete at flush; fresh[d]:
+  -- the blocks of day d first written in this call (both made on first use: most calls have none)
   local I = {base = base, latest = latest, retention = retention, gens = {}, caches = {}, gen = {}, val = {},
-    adds = {}, dropped = {}, ascending = {}}
+    adds = {}, dropped = false, fresh = false, blocks = blocks or false, opened = blocks or false,
+    ascending_o = false, ascending_t = false}
   I.max = {[111] = maxo or '', [116] = maxt or ''} -- by first byte ("o", "t"): the largest id added
-  -- by kind, "<day>:<block>" of the block last written: listed in its day's set, with its TTL
-  I.last = {[111] = lasto or '', [116] = lastt or ''}
   for text in string.gmatch(gens or '', '(%-?%d+)') do I.gens[#I.gens + 1] = tonumber(text) end
-  -- first written in blocks now: the generations listed so far may hold one-hash ids
-  I.bsince = tonumber(bsince) or I.gens[#I.gens] or -1
+  I.newest = I.gens[#I.gens] or -1 -- the newest generation before this call
   return I
+end
+
+-- bsince as a number, parsed when needed (look-ups; the first call to write blocks). Without
+-- the blocks field this is that first call: the generations listed so far may hold one-hash ids.
+local function bsince(I)
+  local b = I.bsince
+  if not b then
+    b = I.opened and tonumber(string.match(I.opened, '^(%-?%d+)')) or I.newest
+    I.bsince = b
+  end
+  return b
 end
 
 -- An id's block: its field without the last 4 digits ("o12" for o120000 .. o129999; an id of
@@ -86,7 +105,7 @@ function ids.preload(I, fields)
   for k = #I.gens, 1, -1 do
     if #want == 0 then break end
     local d = I.gens[k]
-    local by_block, of = {}, {}
+    local by_block, of = {}, {} -- block -> its ids here; id -> its block's cache
     for i = 1, #want do
       local f = want[i]
       local b = block_of(f)
@@ -96,15 +115,18 @@ function ids.preload(I, fields)
         by_block[b] = l
       end
       l[#l + 1] = f
-      of[f] = b
     end
-    for b, l in pairs(by_block) do cache.preload(key_cache(I, keys.ids_block(I.base, d, b)), l) end
-    local one = d <= I.bsince and key_cache(I, keys.ids(I.base, d)) -- the one-hash layout's
+    for b, l in pairs(by_block) do
+      local c = key_cache(I, keys.ids_block(I.base, d, b))
+      cache.preload(c, l)
+      for i = 1, #l do of[l[i]] = c end
+    end
+    local one = d <= bsince(I) and key_cache(I, keys.ids(I.base, d)) -- the one-hash layout's
     if one then cache.preload(one, want) end
     local left = {}
     for i = 1, #want do
       local f = want[i]
-      local x = key_cache(I, keys.ids_block(I.base, d, of[f])).v[f] or (one and one.v[f])
+      local x = of[f].v[f] or (one and one.v[f])
       if x then
         I.gen[f], I.val[f] = d, x
       else
@@ -132,7 +154,8 @@ function ids.split(I, fields, kind, out)
     end
   end
   I.max[kind] = m
-  I.ascending[kind] = n == before -- no id of this kind at or below the maximum: all ascend
+  -- no id of this kind at or below the maximum: all ascend
+  if kind == 111 then I.ascending_o = n == before else I.ascending_t = n == before end
 end
 
 function ids.seen(I, f)
@@ -147,13 +170,13 @@ end
 
 function ids.add(I, f, x, kind)
   local d = I.latest
-  local by_kind = I.adds[d]
-  if not by_kind then
-    by_kind = {[111] = {}, [116] = {}}
-    I.adds[d] = by_kind
+  local s = d * 256 + kind -- one list per day and kind, no table of tables (exact: d < 2^40)
+  local l = I.adds[s]
+  if not l then
+    l = {}
+    I.adds[s] = l
     if I.gens[#I.gens] ~= d then I.gens[#I.gens + 1] = d end
   end
-  local l = by_kind[kind]
   local n = #l
   l[n + 1], l[n + 2] = f, x
   I.gen[f] = d -- its value is not kept: only ids read from Redis are asked for theirs
@@ -164,8 +187,10 @@ function ids.advance(I, day)
   local keep = {}
   for _, d in ipairs(I.gens) do
     if day - d > I.retention then
-      I.dropped[#I.dropped + 1] = d
-      I.adds[d] = nil
+      local dropped = I.dropped or {}
+      I.dropped = dropped
+      dropped[#dropped + 1] = d
+      I.adds[d * 256 + 111], I.adds[d * 256 + 116] = nil, nil
     else
       keep[#keep + 1] = d
     end
@@ -180,31 +205,40 @@ local function next_block(b, n)
   return after .. '0000'
 end
 
--- HSET one block's ids; a block other than its kind's last one written gets its TTL and goes
--- into `fresh` (for the day's set): the first write to a block pays those two calls, the
--- calls after it (ids ascend) only the HSET
-local function write_block(I, d, b, sets, kind, ttl_ms, fresh)
+-- A block written for the first time, or again after another block of its kind: its TTL, a
+-- place in its day's set, and its name in the blocks field as its kind's last
+local function relist(I, d, b, kind, key, name, ttl_ms)
+  if ttl_ms > 0 then redis.call('PEXPIRE', key, ttl_ms) end
+  local fresh = I.fresh or {}
+  I.fresh = fresh
+  local l = fresh[d] or {}
+  fresh[d] = l
+  l[#l + 1] = b
+  local _, lasto, lastt = string.match(I.blocks or '', '^(%S+) (%S+) (%S+) $')
+  if kind == 111 then lasto = name else lastt = name end
+  I.blocks = string.format('%d %s %s ', bsince(I), lasto or '-', lastt or '-')
+end
+
+-- HSET one block's ids; relist it unless the blocks field names it as its kind's last
+local function write_block(I, d, b, sets, kind, ttl_ms)
   local key = keys.ids_block(I.base, d, b)
   cache.send('HSET', key, sets)
-  local name = string.format('%d:%s', d, b)
-  if I.last[kind] ~= name then
-    I.last[kind] = name
-    fresh[#fresh + 1] = b
-    if ttl_ms > 0 then redis.call('PEXPIRE', key, ttl_ms) end
+  local name = keys.iso_day(d) .. ':' .. b
+  if not (I.blocks and string.find(I.blocks, ' ' .. name .. ' ', 1, true)) then
+    relist(I, d, b, kind, key, name, ttl_ms)
   end
 end
 
 -- HSET the flat (id, value, ...) list l of one kind into its blocks: one HSET per run of ids
 -- in the same block (a batch's ids ascend, so a run is most often the whole list), each id's
 -- block found by comparing it with the run's bounds rather than cutting its text
-local function write_blocks(I, d, l, kind, ttl_ms, fresh)
+local function write_blocks(I, d, l, kind, ttl_ms)
   local k, n = 1, #l
-  if n == 0 then return end
-  if I.ascending[kind] then -- ids.split saw every id of this kind above the maximum
+  if kind == 111 and I.ascending_o or kind == 116 and I.ascending_t then
+    -- ids.split saw every id of this kind above the maximum: when the first and the last are
+    -- in one block, so are all of them, and one HSET takes the list as it is
     local b = block_of(l[1])
-    if b == block_of(l[n - 1]) then -- so all of them are in one block: one HSET of the list
-      return write_block(I, d, b, l, kind, ttl_ms, fresh)
-    end
+    if n == 2 or b == block_of(l[n - 1]) then return write_block(I, d, b, l, kind, ttl_ms) end
   end
   while k <= n do
     local f = l[k]
@@ -223,28 +257,30 @@ local function write_blocks(I, d, l, kind, ttl_ms, fresh)
       sets[m + 1], sets[m + 2], m = g, l[k + 1], m + 2
       k = k + 2
     end
-    write_block(I, d, b, sets, kind, ttl_ms, fresh)
+    write_block(I, d, b, sets, kind, ttl_ms)
   end
 end
 
-function ids.flush(I, ttl_ms)
-  for d, by_kind in pairs(I.adds) do
-    local fresh = {}
-    write_blocks(I, d, by_kind[111], 111, ttl_ms, fresh)
-    write_blocks(I, d, by_kind[116], 116, ttl_ms, fresh)
-    if #fresh > 0 then
-      local listed = keys.ids_blocks(I.base, d)
-      cache.send('SADD', listed, fresh)
-      if ttl_ms > 0 then redis.call('PEXPIRE', listed, ttl_ms) end
-    end
+function ids.flush(I, ttl_ms, meta)
+  for s, l in pairs(I.adds) do
+    local kind = s % 256
+    write_blocks(I, (s - kind) / 256, l, kind, ttl_ms)
   end
-  for _, d in ipairs(I.dropped) do
+  for d, l in pairs(I.fresh or NONE) do
+    local listed = keys.ids_blocks(I.base, d)
+    cache.send('SADD', listed, l)
+    if ttl_ms > 0 then redis.call('PEXPIRE', listed, ttl_ms) end
+  end
+  for _, d in ipairs(I.dropped or NONE) do
     local listed = keys.ids_blocks(I.base, d)
     local gone = {listed, keys.ids(I.base, d)}
     for _, b in ipairs(redis.call('SMEMBERS', listed)) do gone[#gone + 1] = keys.ids_block(I.base, d, b) end
     for i = 1, #gone, 4000 do redis.call('DEL', unpack(gone, i, math.min(i + 3999, #gone))) end
   end
+  -- the blocks field changes rarely (a new block; the first call to write blocks): written then
+  if not I.blocks then I.blocks = string.format('%d - - ', bsince(I)) end
+  if I.blocks ~= I.opened then redis.call('HSET', meta, 'blocks', I.blocks) end
   local out = {}
   for i, d in ipairs(I.gens) do out[i] = string.format('%d', d) end
-  return table.concat(out, ','), I.max[111], I.max[116], string.format('%d', I.bsince), I.last[111], I.last[116]
+  return table.concat(out, ','), I.max[111], I.max[116]
 end

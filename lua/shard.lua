@@ -27,7 +27,7 @@ X = shard.open(base, plan, m) (m: the meta hash's shard.META fields, HMGET's rep
 local shard = {}
 
 -- the meta hash's fields a call reads first (in this order); keys.lua says what each holds
-shard.META = {'hwm', 'clock', 'latest', 'gens', 'maxo', 'maxt', 'touched', 'bsince', 'lasto', 'lastt'}
+shard.META = {'hwm', 'clock', 'latest', 'gens', 'maxo', 'maxt', 'touched', 'blocks'}
 
 function shard.open(base, plan, m)
   local clock, latest = tonumber(m[2]) or -1, tonumber(m[3]) or -1
@@ -49,7 +49,7 @@ function shard.open(base, plan, m)
       X.sums[r] = {}
     end
   end
-  X.ids = ids.open(base, m[4], latest, X.retention, m[5] or nil, m[6] or nil, m[8] or nil, m[9] or nil, m[10] or nil)
+  X.ids = ids.open(base, m[4], latest, X.retention, m[5] or nil, m[6] or nil, m[8] or nil)
   return X
 end
 
@@ -201,12 +201,12 @@ function shard.flush(X, meta, seq, seqn, digest, result)
     end
     cache.flush(X.reg[r], ttl, touch)
   end
-  local gens, maxo, maxt, bsince, lasto, lastt = ids.flush(X.ids, ttl)
+  local gens, maxo, maxt = ids.flush(X.ids, ttl, meta)
   -- with the results of the last 4 batches, for retries (a sender keeps at most one batch in
   -- flight), in slots seq % 4 of the same hash: one HSET, nothing to delete
   local slot = string.format('%d', seqn % 4)
   redis.call('HSET', meta, 'hwm', seq, 'clock', string.format('%d', X.clock),
-    'latest', latest, 'gens', gens, 'maxo', maxo, 'maxt', maxt, 'touched', latest, 'bsince', bsince,
-    'lasto', lasto, 'lastt', lastt, 'rseq' .. slot, seq, 'result' .. slot, result, 'digest' .. slot, digest)
+    'latest', latest, 'gens', gens, 'maxo', maxo, 'maxt', maxt, 'touched', latest,
+    'rseq' .. slot, seq, 'result' .. slot, result, 'digest' .. slot, digest)
   if ttl > 0 and touch then redis.call('PEXPIRE', meta, ttl) end
 end

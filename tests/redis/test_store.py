@@ -390,7 +390,7 @@ def test_ids_of_the_one_hash_layout_are_still_read_then_deleted(make_engine: Cal
     assert engine.process_batch([Order(50, "A", "C", "BID", 1.0, 1, t0 + 4)]) == []  # a seen oid
     assert client.hget(f"risk:{{s0}}:day:{date.fromordinal(d).isoformat()}:AccountVolumeLimitRule", "A") == b"5"
     assert client.hkeys(f"{old}:o") == []  # the old order was not added again
-    assert client.hget("risk:{s0}:meta", "bsince") == str(d).encode()
+    assert client.hget("risk:{s0}:meta", "blocks") == f"{d} - {date.fromordinal(d).isoformat()}:t ".encode()
     engine.process_batch([Order(51, "B", "C", "BID", 1.0, 1, t0 + 2 * day_ns)])
     assert not client.exists(old)
 
@@ -400,7 +400,7 @@ def test_every_id_block_is_listed_and_expires_though_only_its_first_write_says_s
     make_engine: Callable[..., Engine],
 ) -> None:
     """A block is listed in its day's set and given its TTL by the call that writes it first
-    (the meta fields lasto/lastt remember it), not by every call: blocks written in later calls,
+    (the meta field blocks remembers it), not by every call: blocks written in later calls,
     left and written again (an id below the maximum), or shared by both kinds' calls all end
     up listed, with a TTL, and all go with their day."""
     config = {"rules": [{"type": "AccountVolumeLimitRule", "daily_cap": 1000}], "id_retention_days": 1}
@@ -423,6 +423,6 @@ def test_every_id_block_is_listed_and_expires_though_only_its_first_write_says_s
     for block in ("o", "o1", "t", "t2", "blocks"):
         assert client.pttl(f"risk:{{s0}}:ids:{day}:{block}") > 0, block
     assert set(client.hkeys(f"risk:{{s0}}:ids:{day}:o")) == {b"o5", b"o9998", b"o9999"}
-    assert client.hget("risk:{s0}:meta", "lasto") == f"{engine.calendar.day_range(t0)[0]}:o1".encode()
+    assert client.hget("risk:{s0}:meta", "blocks") == f"-1 {day}:o1 {day}:t2 ".encode()
     engine.process_batch([Order(20_001, "A", "C", "BID", 1.0, 1, t0 + 2 * day_ns)])  # day + 2: beyond retention
     assert not [k for k in client.scan_iter(match=f"risk:{{s0}}:ids:{day}*")]
