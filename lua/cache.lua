@@ -19,7 +19,7 @@ batch, not per event (notes/performance.md). Reads go through `get` (one HGET on
                                without a call; valid until cache.clear)
   cache.set(c, field, value)   / cache.del(c, field)
   cache.fields(c)              -> array of the fields present (one HGETALL the first time)
-  cache.send(cmd, key, list)   one variadic command (HSET, HDEL, HMGET-like) in chunks
+  cache.send(cmd, key, list[, from, to])   one variadic command (HSET, HDEL, HMGET-like) in chunks
   cache.write(key, sets, ttl_ms, touch, known)  HSET a ready field/value list (not through a
                                cache, for values only this call writes), then its TTL as flush
                                does (known: the caller saw the key exist)
@@ -136,11 +136,12 @@ function cache.clear(c)
   c.v, c.all, c.cleared, c.dirty, c.ndirty, c.found = {}, true, true, false, 0, false
 end
 
--- cmd key list[1] list[2] ..., in chunks of CHUNK values (CHUNK is even: field/value pairs stay together)
-function cache.send(cmd, key, list)
-  local i = 1
-  while i <= #list do
-    local j = math.min(i + CHUNK - 1, #list)
+-- cmd key list[from] .. list[to] (default: all of it), in chunks of CHUNK values (CHUNK is
+-- even: field/value pairs stay together when from is odd)
+function cache.send(cmd, key, list, from, to)
+  local i, last = from or 1, to or #list
+  while i <= last do
+    local j = math.min(i + CHUNK - 1, last)
     redis.call(cmd, key, unpack(list, i, j))
     i = j + 1
   end

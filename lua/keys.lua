@@ -15,8 +15,8 @@ a shard's keys share its hash tag and one script touches one Redis Cluster slot.
   base .. "day:" .. YYYY-MM-DD .. ":" .. rule   scope -> that day's sum (daily_sum.lua)
   base .. "paused:" .. rule              scope -> "since=<ns> value=<v> limit=<l> ..." (current pauses)
   base .. "ids:" .. YYYY-MM-DD .. ":" .. block   a block of that day's ids: "o<oid>" -> account\31contract,
-                                         "t<tid>" -> 1; block = the id field without its last 4 digits
-                                         ("o12" holds o120000..o129999; "o" holds o0..o9999) (seen_ids.lua)
+                                         "t<tid>" -> 1; block = the id field without its last 3 digits
+                                         ("o12" holds o12000..o12999; "o" holds o0..o999) (seen_ids.lua)
   base .. "ids:" .. YYYY-MM-DD .. ":blocks"   set: the day's blocks
   base .. "ids:" .. YYYY-MM-DD           the day's ids in one hash, as versions up to a129656 wrote
                                          them: read until the day leaves retention, then deleted

@@ -14,7 +14,7 @@ Key layout (readable with ``redis-cli``; ``P`` = prefix, default ``risk``; ``N``
     P:{sN}:winc:<rule>                 "<n>:<scope>" -> a chunk of a window's older buckets
     P:{sN}:day:<YYYY-MM-DD>:<rule>     scope -> that trading day's sum (lua/daily_sum.lua)
     P:{sN}:ids:<YYYY-MM-DD>:<block>    o<oid> -> account\\x1fcontract, t<tid> -> 1 (seen ids, order index),
-                                       10,000 ids a block: o12 holds o120000..o129999 (lua/seen_ids.lua)
+                                       1,000 ids a block: o12 holds o12000..o12999 (lua/seen_ids.lua)
     P:{sN}:ids:<YYYY-MM-DD>:blocks     set: the day's blocks
 
 A scope is the rule's dimension values joined by ``:`` (``%``, ``:`` and control characters

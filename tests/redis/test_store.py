@@ -350,22 +350,42 @@ def test_the_readmes_window_count_command_works_as_printed(standalone: RedisServ
 
 @pytest.mark.parametrize("backend", ["fakeredis", "redis"], indirect=True)
 def test_ids_live_in_blocks_that_go_with_their_day(make_engine: Callable[..., Engine]) -> None:
-    """A day's ids are kept in hashes of 10,000 (o1 holds o10000..o19999) listed in a set;
-    when the day leaves id retention, all of them go."""
-    config = {"rules": [{"type": "AccountVolumeLimitRule", "daily_cap": 1000}], "id_retention_days": 1}
+    """A day's ids are kept in hashes of 1,000 (o1 holds o1000..o1999) listed in a set, a
+    batch's ids split among their blocks whether they ascend or not; when the day leaves id
+    retention, all of them go."""
+    config = {"rules": [{"type": "AccountVolumeLimitRule", "daily_cap": 10_000}], "id_retention_days": 1}
     engine = make_engine(config, num_shards=1)
     assert isinstance(engine, RemoteEngine)
     t0, day_ns = 1_795_000_000_000_000_000, 86_400_000_000_000
-    first = [Order(oid, "A", "C", "BID", 1.0, 1, t0 + oid) for oid in range(9_998, 10_003)]
-    engine.process_batch([*first, Trade(7, 9_999, 1.0, 1, t0 + 10_004)])
+
+    def orders(*oids: int) -> list[Order]:
+        return [Order(oid, "A", "C", "BID", 1.0, 1, t0 + oid) for oid in oids]
+
+    engine.process_batch([*orders(*range(998, 1_003)), Trade(7, 999, 1.0, 1, t0 + 1_004)])
+    engine.process_batch(orders(1_995, 1_996, 1_999, 2_000, 2_004, 2_999, 3_000, 4_000, 40_000))  # ascending
+    engine.process_batch(orders(40_001, 17, 40_002, 39_000, 3_001))  # not: 17 ... are below the maximum
     day = date.fromordinal(engine.calendar.day_range(t0)[0]).isoformat()
     client = engine.store.client
-    assert client.smembers(f"risk:{{s0}}:ids:{day}:blocks") == {b"o", b"o1", b"t"}
-    assert set(client.hkeys(f"risk:{{s0}}:ids:{day}:o")) == {b"o9998", b"o9999"}
-    assert set(client.hkeys(f"risk:{{s0}}:ids:{day}:o1")) == {b"o10000", b"o10001", b"o10002"}
-    assert engine.process_batch([Order(9_999, "A", "C", "BID", 1.0, 1, t0 + 10_005)]) == []  # a duplicate
-    assert engine.store.lookup_ids(["o10001", "t7", "o5"]) == {"o10001": "A\x1fC", "t7": "1"}
-    engine.process_batch([Order(20_000, "A", "C", "BID", 1.0, 1, t0 + 2 * day_ns)])  # day + 2: beyond retention
+    blocks = {b"o", b"o1", b"o2", b"o3", b"o4", b"o39", b"o40", b"t"}
+    assert client.smembers(f"risk:{{s0}}:ids:{day}:blocks") == blocks
+    held = {b: set(client.hkeys(f"risk:{{s0}}:ids:{day}:{b.decode()}")) for b in blocks}
+    assert held == {
+        b"o": {b"o998", b"o999", b"o17"},
+        b"o1": {b"o1000", b"o1001", b"o1002", b"o1995", b"o1996", b"o1999"},
+        b"o2": {b"o2000", b"o2004", b"o2999"},
+        b"o3": {b"o3000", b"o3001"},
+        b"o4": {b"o4000"},
+        b"o39": {b"o39000"},
+        b"o40": {b"o40000", b"o40001", b"o40002"},
+        b"t": {b"t7"},
+    }
+    assert engine.process_batch(orders(999)) == []  # a duplicate
+    assert engine.store.lookup_ids(["o1001", "t7", "o5", "o40002"]) == {
+        "o1001": "A\x1fC",
+        "t7": "1",
+        "o40002": "A\x1fC",
+    }
+    engine.process_batch([Order(50_000, "A", "C", "BID", 1.0, 1, t0 + 2 * day_ns)])  # day + 2: beyond retention
     assert not [k for k in client.scan_iter(match=f"risk:{{s0}}:ids:{day}*")]
 
 
@@ -408,11 +428,11 @@ def test_every_id_block_is_listed_and_expires_though_only_its_first_write_says_s
     assert isinstance(engine, RemoteEngine)
     t0, day_ns = 1_795_000_000_000_000_000, 86_400_000_000_000
     batches = [
-        [Order(9_998, "A", "C", "BID", 1.0, 1, t0 + 1)],  # block o, first write
-        [Order(9_999, "A", "C", "BID", 1.0, 1, t0 + 2), Trade(3, 9_999, 1.0, 1, t0 + 3)],  # o again; t
-        [Order(10_000, "A", "C", "BID", 1.0, 1, t0 + 4)],  # o1
-        [Order(5, "A", "C", "BID", 1.0, 1, t0 + 5), Trade(20_000, 10_000, 1.0, 1, t0 + 6)],  # back to o; t2
-        [Order(10_001, "A", "C", "BID", 1.0, 1, t0 + 7)],  # o1 again, after o
+        [Order(998, "A", "C", "BID", 1.0, 1, t0 + 1)],  # block o, first write
+        [Order(999, "A", "C", "BID", 1.0, 1, t0 + 2), Trade(3, 999, 1.0, 1, t0 + 3)],  # o again; t
+        [Order(1_000, "A", "C", "BID", 1.0, 1, t0 + 4)],  # o1
+        [Order(5, "A", "C", "BID", 1.0, 1, t0 + 5), Trade(2_000, 1_000, 1.0, 1, t0 + 6)],  # back to o; t2
+        [Order(1_001, "A", "C", "BID", 1.0, 1, t0 + 7)],  # o1 again, after o
     ]
     for batch in batches:
         engine.process_batch(batch)
@@ -422,7 +442,7 @@ def test_every_id_block_is_listed_and_expires_though_only_its_first_write_says_s
     assert client.smembers(listed) == {b"o", b"o1", b"t", b"t2"}
     for block in ("o", "o1", "t", "t2", "blocks"):
         assert client.pttl(f"risk:{{s0}}:ids:{day}:{block}") > 0, block
-    assert set(client.hkeys(f"risk:{{s0}}:ids:{day}:o")) == {b"o5", b"o9998", b"o9999"}
+    assert set(client.hkeys(f"risk:{{s0}}:ids:{day}:o")) == {b"o5", b"o998", b"o999"}
     assert client.hget("risk:{s0}:meta", "blocks") == f"-1 {day}:o1 {day}:t2 ".encode()
-    engine.process_batch([Order(20_001, "A", "C", "BID", 1.0, 1, t0 + 2 * day_ns)])  # day + 2: beyond retention
+    engine.process_batch([Order(2_001, "A", "C", "BID", 1.0, 1, t0 + 2 * day_ns)])  # day + 2: beyond retention
     assert not [k for k in client.scan_iter(match=f"risk:{{s0}}:ids:{day}*")]
