@@ -239,9 +239,9 @@ end
 local function write_block(I, d, b, list, from, to, kind, ttl_ms)
   local key = keys.ids_block(I.base, d, b)
   cache.send('HSET', key, list, from, to)
-  local name = keys.iso_day(d) .. ':' .. b
-  if not (I.blocks and string.find(I.blocks, ' ' .. name .. ' ', 1, true)) then
-    relist(I, d, b, kind, key, name, ttl_ms)
+  local day = keys.iso_day(d)
+  if not (I.blocks and string.find(I.blocks, ' ' .. day .. ':' .. b .. ' ', 1, true)) then
+    relist(I, d, b, kind, key, day .. ':' .. b, ttl_ms)
   end
 end
 
@@ -252,13 +252,13 @@ local function write_blocks(I, d, l, kind, ttl_ms)
     -- ids.split saw every id of this kind above the maximum, so l ascends and each block's
     -- ids are one run of it: its end is found by bisection, and sent from l as it is
     while k <= n do
-      local b, len = block_of(l[k]), #l[k]
-      local hi = len > DIGITS + 1 and next_block(b, len)
-      local last, top = (k + 1) / 2, n / 2 -- pair numbers (pair p: l[2p - 1], l[2p]); last is in b
-      if in_block(l[n - 1], len, hi) then
-        last = top
-      else
-        top = top - 1
+      local b = block_of(l[k])
+      local last = n / 2 -- pair numbers (pair p: l[2p - 1], l[2p])
+      if k < n - 1 and block_of(l[n - 1]) ~= b then -- most often the first and the last share a block
+        local len = #l[k]
+        local hi = len > DIGITS + 1 and next_block(b, len)
+        local top = last - 1 -- the last pair is not in b; pair `last` is
+        last = (k + 1) / 2
         while last < top do
           local mid = math.floor((last + top + 1) / 2)
           if in_block(l[2 * mid - 1], len, hi) then last = mid else top = mid - 1 end
