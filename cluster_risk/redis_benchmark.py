@@ -13,6 +13,9 @@ Without ``--redis-url`` a private ``redis-server`` (persistence off) is started 
 loopback port and stopped at the end; with one, the database is flushed first, so never
 point it at data you care about.
 
+``--compare-lua DIR`` compares this package's Lua with another version's ``lua/``, as a ratio
+in one run (``cluster_risk.redis_compare``).
+
 ``--callgrind`` runs that private server under ``valgrind --tool=callgrind``, counting only
 inside FCALL and EVALSHA (apply.lua, and lookup_ids.lua for fills whose order is in an earlier batch),
 and prints the scripts' instructions per event and per script call: the same
@@ -40,6 +43,7 @@ from redis import Redis
 from cluster_risk.benchmark import SEED_CONFIG, make_workload
 from cluster_risk.config import build_config
 from cluster_risk.events import Order, Trade
+from cluster_risk.redis_compare import compare_run, print_comparison
 from cluster_risk.remote import RemoteEngine
 from cluster_risk.state.redis import SERVER_SETTINGS, RedisStore
 
@@ -266,7 +270,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--callgrind", action="store_true", help="count apply.lua's instructions under valgrind (deterministic)"
     )
+    parser.add_argument(
+        "--compare-lua", type=Path, metavar="DIR",
+        help="Redis CPU of this package's Lua against DIR's (another version's lua/), alternating batches",
+    )  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=4, help="rounds of --compare-lua (the median ratio is printed)")
     args = parser.parse_args(argv)
+    if args.compare_lua:
+        sizes = {"orders": args.orders, "trades": args.trades, "accounts": args.accounts}
+        compared = compare_run(args.compare_lua, **sizes, batch_size=args.batch_size, rounds=args.rounds)
+        if args.json:
+            print(json.dumps(compared))
+        else:
+            print_comparison(compared)
+        return 0
     if args.callgrind:
         sizes = {"orders": args.orders, "trades": args.trades, "accounts": args.accounts}
         counted = callgrind_run(**sizes, batch_size=args.batch_size, shards=args.shards)

@@ -75,26 +75,32 @@ class StoreError(RiskError):
     """Redis failed or refused a batch; the message says which shard and what to do."""
 
 
-def _lua_text(name: str) -> str:
-    """``lua/<name>``: from the installed package (``cluster_risk/lua`` in the wheel, a
-    namespace package: read through ``importlib.resources``), or from a source checkout."""
-    try:
-        root: Traversable = resources.files("cluster_risk.lua")
-    except ModuleNotFoundError:
-        root = Path(__file__).resolve().parents[2] / "lua"
+def _lua_text(name: str, folder: Path | None = None) -> str:
+    """``lua/<name>``: from ``folder`` when given, else from the installed package
+    (``cluster_risk/lua`` in the wheel, a namespace package: read through
+    ``importlib.resources``), or from a source checkout."""
+    root: Traversable | Path
+    if folder is not None:
+        root = folder
+    else:
+        try:
+            root = resources.files("cluster_risk.lua")
+        except ModuleNotFoundError:
+            root = Path(__file__).resolve().parents[2] / "lua"
     return root.joinpath(name).read_text(encoding="utf-8")
 
 
-def load_lua(name: str, *, shebang: bool = True, shims: Sequence[str] = ()) -> str:
+def load_lua(name: str, *, shebang: bool = True, shims: Sequence[str] = (), folder: Path | None = None) -> str:
     """The script ``lua/<name>`` with its ``--@include`` lines expanded (libraries lose their
     ``#!lua`` line).  For Lua emulators (fakeredis): ``shebang=False`` drops the script's own
     first line, which they do not understand, and ``shims`` names libraries to put first that
-    stand in for Redis built-ins they lack (``struct_shim.lua``)."""
+    stand in for Redis built-ins they lack (``struct_shim.lua``).  ``folder``: read the
+    scripts from there instead (another version's ``lua/``, for an A/B benchmark)."""
 
     def library(file: str) -> str:
-        return _lua_text(file).split("\n", 1)[1]
+        return _lua_text(file, folder).split("\n", 1)[1]
 
-    lines = _lua_text(name).splitlines(keepends=True)
+    lines = _lua_text(name, folder).splitlines(keepends=True)
     if not lines[0].startswith("#!lua"):
         raise StoreError(f"lua/{name}: the first line must be #!lua")
     includes = [line.strip() for line in lines if line.startswith(_INCLUDE)]
@@ -174,6 +180,7 @@ class RedisStore:
         prefix: str = "risk",
         num_shards: int = 16,
         ttl_s: int | None = None,
+        lua_folder: Path | None = None,
     ) -> None:
         if not prefix or any(c in prefix for c in "{}:"):
             raise ValueError("prefix: must be non-empty, without '{', '}' or ':'")
@@ -183,6 +190,7 @@ class RedisStore:
         self.prefix = prefix
         self.num_shards = num_shards
         self.ttl_s = ttl_s
+        self.lua_folder = lua_folder  # None: the package's own lua/ (see load_lua)
         self.is_cluster = isinstance(client, RedisCluster)
         self._meta = [f"{prefix}:{{s{n}}}:meta" for n in range(num_shards)]
         self._scripts: dict[str, LuaOperation] = {}
@@ -198,6 +206,7 @@ class RedisStore:
         prefix: str = "risk",
         num_shards: int = 16,
         ttl_s: int | None = None,
+        lua_folder: Path | None = None,
         **options: Any,
     ) -> RedisStore:
         """``redis://``, ``rediss://`` or ``unix://`` (standalone or cluster: asked from the
@@ -206,7 +215,8 @@ class RedisStore:
         ``options`` go to the redis-py client.  Defaults: ``socket_timeout`` 10 s, and a
         ``retry`` of 3 attempts on connection errors and timeouts (redis-py's ``from_url``
         retries nothing by default): a retried batch is recognised by the script, so
-        retrying is safe, and it is what recovers a lost reply."""
+        retrying is safe, and it is what recovers a lost reply.  ``lua_folder``: the scripts
+        from there, not from this package (another version's ``lua/``, for an A/B benchmark)."""
         options.setdefault("socket_timeout", 10.0)
         options.setdefault("socket_connect_timeout", 5.0)
         options.setdefault("retry", Retry(ExponentialBackoff(cap=1.0, base=0.02), 3))
@@ -224,7 +234,7 @@ class RedisStore:
                 finally:
                     probe.close()
             client = RedisCluster.from_url(url, **options) if cluster else Redis.from_url(url, **options)
-        return cls(client, prefix=prefix, num_shards=num_shards, ttl_s=ttl_s)
+        return cls(client, prefix=prefix, num_shards=num_shards, ttl_s=ttl_s, lua_folder=lua_folder)
 
     # ------------------------------------------------------------------ keys
 
@@ -268,7 +278,7 @@ class RedisStore:
         self.codec = "m" if has_msgpack else "j"
         shims = () if has_struct else ("struct_shim.lua",)
         for name, functions in (("apply.lua", shebang), ("lookup_ids.lua", False)):
-            source = load_lua(name, shebang=shebang, shims=shims)
+            source = load_lua(name, shebang=shebang, shims=shims, folder=self.lua_folder)
             self._scripts[name] = LuaOperation(name, source, functions=functions)
         self.load_scripts()
 

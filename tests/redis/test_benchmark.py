@@ -4,6 +4,7 @@ engine's decisions) and the callgrind count (valgrind inside the private redis-s
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +12,9 @@ from cluster_risk.benchmark import SEED_CONFIG, make_workload
 from cluster_risk.config import build_config
 from cluster_risk.engine import RiskEngine
 from cluster_risk.redis_benchmark import callgrind_run, main, private_redis, run
+from cluster_risk.redis_compare import compare_run
+
+LUA = Path(__file__).parents[2] / "lua"
 
 
 def _memory_actions(orders: int, trades: int, accounts: int) -> int:
@@ -69,3 +73,24 @@ def test_callgrind_counts_a_workers_calls() -> None:
     assert 10_000 < counted["instructions_per_call"] < 5_000_000
     total = counted["instructions_per_call"] * counted["calls"]
     assert abs(counted["instructions_per_entry"] * counted["entries"] - total) <= total // 100
+
+
+@pytest.mark.redis
+def test_compare_lua_measures_two_versions_side_by_side(tmp_path: Path) -> None:
+    """``--compare-lua``: the same Lua on both sides gives a ratio near 1 per round; a version
+    that decides differently is refused, and so is a folder without apply.lua."""
+    sizes = {"orders": 1200, "trades": 300, "accounts": 2, "batch_size": 100}
+    same = compare_run(LUA, **sizes, rounds=2)
+    assert len(same["rounds"]) == 2
+    assert all(row["a_us"] > 0 and row["b_us"] > 0 for row in same["rounds"])
+    assert 0.3 < same["median_b_over_a"] < 3
+    changed = tmp_path / "lua"
+    shutil.copytree(LUA, changed)
+    window = changed / "window.lua"
+    text = window.read_text()
+    assert "elseif n > threshold then" in text
+    window.write_text(text.replace("elseif n > threshold then", "elseif n > threshold + 1000 then"))
+    with pytest.raises(SystemExit, match="decided differently"):
+        compare_run(changed, **sizes, rounds=1)
+    with pytest.raises(SystemExit, match=r"has no apply\.lua"):
+        compare_run(tmp_path, **sizes, rounds=1)
