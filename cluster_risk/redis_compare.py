@@ -89,7 +89,7 @@ def compare_run(
         "batch_size": batch_size,
         "b_lua": str(lua_folder),
         "rounds": rows,
-        "median_b_over_a": statistics.median(row["b_over_a"] for row in rows),
+        "median_b_over_a": round(statistics.median(row["b_over_a"] for row in rows), 3),
     }
 
 
