@@ -110,18 +110,21 @@ def test_malformed_entries_are_dead_lettered_and_the_worker_goes_on(
 
 
 class EveryNthReply(CuttingProxy):
-    """Cuts every n-th reply (of any connection): faults spread over the whole run, and a
-    reconnection (a few replies) is rarely hit again."""
+    """Cuts every n-th reply (of any connection) and every m-th reply to an FCALL (apply.lua):
+    faults spread over the whole run, a reconnection (a few replies) is rarely hit again, and
+    some cuts are sure to lose a script's reply (counting replies alone left that to chance)."""
 
-    def __init__(self, upstream_port: int, n: int) -> None:
+    def __init__(self, upstream_port: int, n: int, m: int) -> None:
         super().__init__(upstream_port)
-        self.n = n
-        self.replies = 0
+        self.n, self.m = n, m
+        self.replies = self.fcall_replies = 0
 
-    def _take_cut(self) -> str:
+    def _take_cut(self, request: bytes) -> str:
         with self._lock:
             self.replies += 1
-            if self.replies % self.n:
+            fcall = b"FCALL" in request
+            self.fcall_replies += fcall
+            if self.replies % self.n and not (fcall and self.fcall_replies % self.m == 0):
                 return ""
             self.cut_replies += 1
             return "cut"
@@ -131,7 +134,7 @@ def test_lost_replies_are_retried_without_loss_or_double_counting(server: RedisP
     events = with_final_tick(workload(4000, seed=5))
     publisher = Publisher(connect(server.url), shards=SHARDS)
     rejected = {(e.code, e.field, i) for i, e in publisher.publish_lines(lines(events))}
-    proxy = EveryNthReply(server.port, 15)
+    proxy = EveryNthReply(server.port, 15, 10)
     try:
         client = RedisStore.from_url(f"redis://127.0.0.1:{proxy.port}/0").client
         worker = Worker(build_config(CONFIG), client, worker_id="w1", tick_ms=0, lease_ms=2000, batch=50, drain=True)
@@ -139,6 +142,7 @@ def test_lost_replies_are_retried_without_loss_or_double_counting(server: RedisP
     finally:
         proxy.close()
     assert proxy.cut_replies >= 10
+    assert proxy.fcall_replies >= 10  # so at least one script reply was cut
     assert worker.stats.again >= 1  # a lost apply reply: the retry got the stored result
     want_actions, want_errors = expected(CONFIG, events)
     actions, dead, ids = fleet_output(connect(server.url))

@@ -31,7 +31,9 @@ class CuttingProxy:
             self._cuts += count
             self._hang = hang
 
-    def _take_cut(self) -> str:
+    def _take_cut(self, request: bytes) -> str:
+        """Whether to swallow the reply now arriving: "cut", "hang" or "". ``request``: what
+        the client last sent on this connection (subclasses may aim at a command)."""
         with self._lock:
             if self._cuts:
                 self._cuts -= 1
@@ -46,17 +48,20 @@ class CuttingProxy:
             except OSError:
                 return
             upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
-            threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
+            request = [b""]  # the client's latest request on this connection
+            threading.Thread(target=self._pump, args=(client, upstream, False, request), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, True, request), daemon=True).start()
 
-    def _pump(self, source: socket.socket, sink: socket.socket, replies: bool) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket, replies: bool, request: list[bytes]) -> None:
         hung = False  # after a hang, this connection stays open and silent (as a stalled peer)
         try:
             while True:
                 data = source.recv(65536)
                 if not data:
                     break
-                cut = self._take_cut() if replies and not hung else ""
+                if not replies:
+                    request[0] = data
+                cut = self._take_cut(request[0]) if replies and not hung else ""
                 if cut == "cut":
                     break  # the server did the work; the client never hears of it
                 hung = hung or cut == "hang"

@@ -92,17 +92,15 @@ def test_builtins_are_bound_by_the_first_call_of_a_function(admin: redis.Redis, 
             admin.execute_command(*op.command(0, "abc"))
 
 
-def test_every_script_with_libraries_includes_builtins_first(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_every_script_with_libraries_includes_builtins_first(tmp_path: Path) -> None:
     """load_lua refuses a script whose first include is not builtins.lua (its libraries would
     find string, struct, ... nil); every shipped script loads."""
     for path in sorted((Path(__file__).parents[2] / "lua").glob("*.lua")):
         load_lua(path.name)
-    monkeypatch.setattr(
-        "cluster_risk.state.redis._lua_text",
-        lambda name: "#!lua\n--@include keys.lua\nreturn 1\n" if name == "bad.lua" else "#!lua\nlocal keys = {}\n",
-    )
+    (tmp_path / "bad.lua").write_text("#!lua\n--@include keys.lua\nreturn 1\n")
+    (tmp_path / "keys.lua").write_text("#!lua\nlocal keys = {}\n")
     with pytest.raises(StoreError, match=r"first include must be builtins\.lua"):
-        load_lua("bad.lua")
+        load_lua("bad.lua", folder=tmp_path)
 
 
 def test_constants_are_decoded_once_per_server_and_shared_read_only(admin: redis.Redis) -> None:
