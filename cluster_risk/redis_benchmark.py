@@ -43,11 +43,10 @@ from redis import Redis
 from cluster_risk.benchmark import SEED_CONFIG, make_workload
 from cluster_risk.config import build_config
 from cluster_risk.events import Order, Trade
-from cluster_risk.redis_compare import compare_run, print_comparison
 from cluster_risk.remote import RemoteEngine
 from cluster_risk.state.redis import SERVER_SETTINGS, RedisStore
 
-__all__ = ["callgrind_run", "callgrind_tool", "callgrind_total", "main", "run"]
+__all__ = ["callgrind_run", "callgrind_tool", "callgrind_total", "main", "private_redis", "run", "server_cpu"]
 
 # apply.lua runs by FCALL (Redis 7+), lookup_ids.lua by EVALSHA
 _SCRIPT_STATS = ("cmdstat_fcall", "cmdstat_evalsha")
@@ -87,7 +86,8 @@ def private_redis(wrapper: Sequence[str] = ()) -> Iterator[str]:
             process.wait(timeout=10)
 
 
-def _server_cpu(client: Redis) -> float:
+def server_cpu(client: Redis) -> float:
+    """The server's CPU seconds so far (``INFO cpu``: user + sys)."""
     info = client.info("cpu")
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
@@ -101,7 +101,7 @@ def _engine_run(
     engine = RemoteEngine.from_config(build_config(SEED_CONFIG), store)
     engine.process_batch(events[:1])  # scripts loaded, high-water marks read: not measured
     client.config_resetstat()
-    cpu0, server0 = time.process_time(), _server_cpu(client)
+    cpu0, server0 = time.process_time(), server_cpu(client)
     gc.collect()
     start = time.perf_counter()
     actions = 0
@@ -112,7 +112,7 @@ def _engine_run(
         for i in range(1, len(events), batch_size):
             actions += len(engine.process_batch(events[i : i + batch_size]))
     wall = time.perf_counter() - start
-    cpu, server = time.process_time() - cpu0, _server_cpu(client) - server0
+    cpu, server = time.process_time() - cpu0, server_cpu(client) - server0
     n = len(events) - 1
     stats = client.info("commandstats")
     script_us = sum(stats.get(name, {}).get("usec", 0) for name in _SCRIPT_STATS)
@@ -144,12 +144,12 @@ def _limits_run(url: str, events: Sequence[Order | Trade]) -> dict[str, Any] | N
     item = RateLimitItemPerSecond(500)
     keys = [e.account_id if isinstance(e, Order) else str(e.oid) for e in events]
     client.config_resetstat()
-    server0 = _server_cpu(client)
+    server0 = server_cpu(client)
     start = time.perf_counter()
     for key in keys:
         limiter.hit(item, key)
     wall = time.perf_counter() - start
-    server = _server_cpu(client) - server0
+    server = server_cpu(client) - server0
     client.close()
     return {
         "events": len(keys),
@@ -277,6 +277,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=4, help="rounds of --compare-lua (the median ratio is printed)")
     args = parser.parse_args(argv)
     if args.compare_lua:
+        from cluster_risk.redis_compare import compare_run, print_comparison  # it builds on this module
+
         sizes = {"orders": args.orders, "trades": args.trades, "accounts": args.accounts}
         compared = compare_run(args.compare_lua, **sizes, batch_size=args.batch_size, rounds=args.rounds)
         if args.json:

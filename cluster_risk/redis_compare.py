@@ -26,15 +26,11 @@ from redis import Redis
 
 from cluster_risk.benchmark import SEED_CONFIG, make_workload
 from cluster_risk.config import build_config
+from cluster_risk.redis_benchmark import private_redis, server_cpu
 from cluster_risk.remote import RemoteEngine
 from cluster_risk.state.redis import RedisStore
 
 __all__ = ["compare_run", "print_comparison"]
-
-
-def _server_cpu(client: Redis) -> float:
-    info = client.info("cpu")
-    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 def _round(
@@ -44,7 +40,7 @@ def _round(
     for engine in engines:
         engine.process_batch(events[:1])  # scripts loaded, high-water marks read
     gc.collect()
-    before = [_server_cpu(c) for c in clients]
+    before = [server_cpu(c) for c in clients]
     order = [first, 1 - first]
     for i in range(1, len(events), batch_size):
         chunk = events[i : i + batch_size]
@@ -54,7 +50,7 @@ def _round(
         if actions[0] != actions[1]:
             raise SystemExit(f"--compare-lua: the two versions decided differently in events {i}..")
         order.reverse()
-    a, b = ((_server_cpu(c) - t) / (len(events) - 1) * 1e6 for c, t in zip(clients, before, strict=True))
+    a, b = ((server_cpu(c) - t) / (len(events) - 1) * 1e6 for c, t in zip(clients, before, strict=True))
     return {"a_us": round(a, 2), "b_us": round(b, 2), "b_over_a": round(b / a, 3)}
 
 
@@ -62,8 +58,6 @@ def compare_run(
     lua_folder: Path, *, orders: int, trades: int, accounts: int, batch_size: int, rounds: int
 ) -> dict[str, Any]:
     """Per round: Redis CPU per event with this package's Lua (A) and with ``lua_folder``'s (B)."""
-    from cluster_risk.redis_benchmark import private_redis  # its module imports this one
-
     if not (lua_folder / "apply.lua").is_file():
         raise SystemExit(f"--compare-lua: {lua_folder} has no apply.lua")
     _, events = make_workload(orders, trades, accounts)

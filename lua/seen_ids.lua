@@ -298,9 +298,9 @@ function ids.flush(I, ttl_ms, meta)
   end
   for _, d in ipairs(I.dropped or NONE) do
     local listed = keys.ids_blocks(I.base, d)
-    local gone = {listed, keys.ids(I.base, d)}
+    local gone = {keys.ids(I.base, d)} -- and the one hash of earlier versions
     for _, b in ipairs(redis.call('SMEMBERS', listed)) do gone[#gone + 1] = keys.ids_block(I.base, d, b) end
-    for i = 1, #gone, 4000 do redis.call('DEL', unpack(gone, i, math.min(i + 3999, #gone))) end
+    cache.send('DEL', listed, gone) -- in chunks, each naming `listed` again (deleted by the first)
   end
   -- the blocks field changes rarely (a new block; the first call to write blocks): written then
   if not I.blocks then I.blocks = string.format('%d - - ', bsince(I)) end
