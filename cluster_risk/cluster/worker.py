@@ -214,7 +214,7 @@ class _Batch:
         slots = self._slots
         for (entry_id, _), (raw, index), event in zip(entries, parsed, decoded, strict=True):
             if isinstance(event, EventError):
-                slots.append(dead_letter(text(entry_id), index, event, raw.decode("utf-8", "replace")))
+                slots.append(dead_letter(text(entry_id), index, event, raw))
                 continue
             slots.append(len(events))
             events.append(event)
@@ -230,7 +230,7 @@ class _Batch:
                 dead.append(slot)
             elif isinstance(outcomes[slot], EventError):
                 eid, index, raw = self._origin[slot]
-                dead.append(dead_letter(text(eid), index, outcomes[slot], raw.decode("utf-8", "replace")))
+                dead.append(dead_letter(text(eid), index, outcomes[slot], raw))
         return dead
 
 
@@ -621,7 +621,9 @@ class Worker:
         if status == "ok":
             hint = reply[2]
             self.stats.dead += job.args[8]
-            for entry_id, _, code, field, reason, raw in job.dead:
+            for entry_id, _, code, field, reason, raw, _ in job.dead:
+                if self.metrics is not None:
+                    self.metrics.dead_letters.labels(reason=code).inc()
                 account = _ACCOUNT.search(raw)
                 log.warning(
                     "dead-lettered entry %s: %s %s (%s)", entry_id, code, field, reason,

@@ -12,10 +12,12 @@ from cluster_risk.cluster.launcher import RedisProcess
 from cluster_risk.cluster.status import fleet_status, total_lag
 from cluster_risk.cluster.streams import Publisher
 from cluster_risk.cluster.worker import Worker
+from cluster_risk.observability import WorkerMetrics
 from tests.cluster.conftest import Threads, connect
 from tests.cluster.workload import CONFIG, T0
 
 SHARDS = 4
+EXCERPT = 1024  # the bytes of a raw entry a dead letter keeps (docs/operations.md)
 
 
 def make_worker(url: str, name: str = "w1", **options: Any) -> Worker:
@@ -50,4 +52,26 @@ def dead_fields(client: Any, key: str) -> list[dict[str, str]]:
     return [{k.decode(): v.decode() for k, v in f.items()} for _, f in client.xrange(key)]
 
 
-__all__ = ["dead_fields", "json"]
+def test_a_dead_letter_keeps_an_excerpt_and_the_length(server: RedisProcess) -> None:
+    client = connect(server.url)
+    publisher = Publisher(client, shards=SHARDS)
+    key = publisher.keys.input(publisher.keys.shard_of("A"))
+    broken = b'{"type":"order","oid":1,"account_id":"' + "\u00e9".encode() * 2_000_000  # 5 MB, not JSON
+    kind = "é" * 100_000  # the reason quotes it
+    client.xadd(key, {"e": broken, "i": 0})
+    client.xadd(key, {"e": json.dumps({"type": kind}, ensure_ascii=False), "i": 1})
+    publisher.publish(orders("A", 1))
+    metrics = WorkerMetrics()
+    make_worker(server.url, drain=True, metrics=metrics).run()
+    dead = dead_fields(client, key.replace(":in", ":dead"))
+    assert [(d["index"], d["error"], d["length"]) for d in dead] == [
+        ("0", "invalid_json", str(len(broken))),
+        ("1", "unknown_type", str(len(json.dumps({"type": kind}, ensure_ascii=False).encode()))),
+    ]
+    assert dead[0]["event"] == broken[:EXCERPT].decode("utf-8", "replace")
+    assert dead[1]["event"] == json.dumps({"type": kind}, ensure_ascii=False)[: (EXCERPT - 10) // 2 + 10]  # 2 bytes a character
+    assert all(len(d["event"].encode()) <= EXCERPT and len(d["reason"]) <= EXCERPT + 3 for d in dead)
+    assert client.memory_usage(key.replace(":in", ":dead")) < 16_384
+    got = metrics.registry.get_sample_value
+    assert got("cluster_risk_dead_letters_total", {"reason": "invalid_json"}) == 1
+    assert got("cluster_risk_dead_letters_total", {"reason": "unknown_type"}) == 1
