@@ -1,5 +1,5 @@
 """The cluster's subcommands of ``cluster-risk`` (registered by :func:`register_cluster_commands`
-from ``cluster_risk.cli``): worker, publish, actions, status, up.
+from ``cluster_risk.cli``): worker, publish, actions, dead (:mod:`.deadcli`), status, up.
 
 Exit codes: 0 done (``publish`` also when some events were rejected: they are printed),
 2 unusable arguments, config or Redis (one line on stderr).
@@ -171,10 +171,11 @@ def _status(args: argparse.Namespace) -> int:
         return 0
     print(f"shards: {status['deployment']['shards']}   workers: {', '.join(status['workers']) or '(none)'}")
     print(f"lag: {status['lag']} events published, not yet applied")
-    print("shard  owner                      epoch  applied     lag")
+    print("shard  owner                      epoch  applied     lag    dead")
     for row in status["shards"]:
         owner = row["owner"] or "-"
-        print(f"{row['shard']:>5}  {owner:<25} {row['epoch']:>6} {row['applied']:>8} {row['lag']:>7}")
+        print(f"{row['shard']:>5}  {owner:<25} {row['epoch']:>6} {row['applied']:>8} {row['lag']:>7} {row['dead']:>7}")
+    print(f"dead letters: {status['dead']} (cluster-risk dead)")
     print(f"paused scopes: {len(status['paused'])}")
     for pause in status["paused"]:
         print(f"  {pause['rule']} {_dumps(pause['scope'])}  {pause['detail']}")
@@ -243,6 +244,10 @@ def register_cluster_commands(commands: Any) -> None:
     _common(actions)
     actions.add_argument("--follow", action="store_true", help="keep printing new actions")
     actions.set_defaults(handler=_guarded(_actions))
+
+    from cluster_risk.cluster.deadcli import register_dead_command
+
+    register_dead_command(commands)
 
     status = commands.add_parser("status", help="workers, shard owners and epochs, lag, paused scopes")
     _common(status)

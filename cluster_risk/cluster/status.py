@@ -1,5 +1,6 @@
 """What an operator asks of a running fleet: workers, shard owners and epochs, lag, pauses,
-dead letters.
+dead letters (``dead``: the count each shard's dead-letter stream holds; ``cluster-risk dead``
+prints them).
 
 Lag is what is present in a shard's input stream after its cursor (``sid`` in the lease hash,
 the last entry applied).  While nobody deleted an entry (``XINFO STREAM``
@@ -88,7 +89,7 @@ def fleet_status(client: Client, prefix: str = "risk") -> dict[str, Any]:
     deployment = Deployment(client, prefix)
     shards = deployment.stored_shards()
     if shards is None:
-        return {"deployment": None, "workers": [], "shards": [], "lag": 0, "paused": []}
+        return {"deployment": None, "workers": [], "shards": [], "lag": 0, "dead": 0, "paused": []}
     keys = Keys(prefix, shards)
     rules = deployment.rules()
     workers = sorted(text(w) for w in client.zrange(keys.workers, 0, -1))
@@ -96,6 +97,7 @@ def fleet_status(client: Client, prefix: str = "risk") -> dict[str, Any]:
     pipe = client.pipeline(transaction=False)
     for shard in range(shards):
         pipe.hgetall(keys.lease(shard))
+        pipe.xlen(keys.dead(shard))
         for rule in rules:
             pipe.hgetall(keys.paused(shard, rule["name"]))
         pipe.hgetall(keys.manual(shard))
@@ -104,6 +106,7 @@ def fleet_status(client: Client, prefix: str = "risk") -> dict[str, Any]:
     paused = []
     for shard in range(shards):
         lease = {text(k): text(v) for k, v in next(replies).items()}
+        dead = int(next(replies))
         rows.append(
             {
                 "shard": shard,
@@ -111,6 +114,7 @@ def fleet_status(client: Client, prefix: str = "risk") -> dict[str, Any]:
                 "epoch": int(lease.get("epoch", 0)),
                 "applied": int(lease.get("applied", 0)),
                 "lag": lags[shard],
+                "dead": dead,
             }
         )
         for rule in rules:
@@ -124,5 +128,6 @@ def fleet_status(client: Client, prefix: str = "risk") -> dict[str, Any]:
         "workers": workers,
         "shards": rows,
         "lag": sum(lags),
+        "dead": sum(row["dead"] for row in rows),
         "paused": paused,
     }

@@ -5,9 +5,12 @@ with its length, ``lag`` and ``worker --drain`` right after an operator deleted 
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 from typing import Any
 
-from cluster_risk import Order, build_config
+from cluster_risk import Order, Trade, build_config
 from cluster_risk.cluster.launcher import RedisProcess
 from cluster_risk.cluster.status import fleet_status, total_lag
 from cluster_risk.cluster.streams import Publisher
@@ -75,3 +78,55 @@ def test_a_dead_letter_keeps_an_excerpt_and_the_length(server: RedisProcess) -> 
     got = metrics.registry.get_sample_value
     assert got("cluster_risk_dead_letters_total", {"reason": "invalid_json"}) == 1
     assert got("cluster_risk_dead_letters_total", {"reason": "unknown_type"}) == 1
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "cluster_risk.cli", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_dead_letters_of_every_shard_in_the_cli_and_status(server: RedisProcess) -> None:
+    client = connect(server.url)
+    publisher = Publisher(client, shards=SHARDS)
+    other = next(a for a in (f"B{i}" for i in range(100)) if publisher.keys.shard_of(a) != publisher.keys.shard_of("A"))
+    client.xadd(publisher.keys.input(publisher.keys.shard_of("A")), {"e": b"{not json\n\x1b[2J", "i": 7})
+    publisher.publish([(3, Trade(1, 999, 1.0, 1, T0))])  # a fill of an order never seen: unknown_order
+    client.xadd(publisher.keys.input(publisher.keys.shard_of(other)), {"e": json.dumps({"type": "order"})})
+    make_worker(server.url, drain=True).run()
+
+    status = cli("status", "--redis-url", server.url, "--json")
+    assert json.loads(status.stdout)["dead"] == 3
+    assert sum(row["dead"] for row in json.loads(status.stdout)["shards"]) == 3
+    assert "dead letters: 3" in cli("status", "--redis-url", server.url).stdout
+
+    done = cli("dead", "--redis-url", server.url, "--json")
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    keys = publisher.keys
+    assert sorted((r["error"], r["field"], r["index"], r["shard"]) for r in records) == [
+        ("invalid_field", "oid", None, keys.shard_of(other)),
+        ("invalid_json", "", 7, keys.shard_of("A")),
+        ("unknown_order", "oid", 3, keys.route_shard(999)),
+    ]
+    assert [r["id"] for r in records] == sorted((r["id"] for r in records), key=lambda i: [int(p) for p in i.split("-")])
+    (broken,) = [r for r in records if r["error"] == "invalid_json"]
+    assert broken["event"] == "{not json\n\x1b[2J" and broken["length"] == 14
+    readable = cli("dead", "--redis-url", server.url)
+    lines = readable.stdout.splitlines()
+    assert len(lines) == 3 and any("unknown_order oid: oid 999 was never seen" in line for line in lines)
+    assert any("{not json\\n\\u001b[2J" in line for line in lines)
+    assert "\x1b" not in readable.stdout  # one line each, no terminal control
+
+    command = [sys.executable, "-m", "cluster_risk.cli", "dead", "--redis-url", server.url, "--follow", "--json"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as follow:
+        try:
+            assert follow.stdout is not None and follow.stderr is not None
+            assert json.loads(follow.stdout.readline())["error"] in ("invalid_json", "invalid_field", "unknown_order")
+            client.xadd(publisher.keys.input(publisher.keys.shard_of("A")), {"e": b"[]"})
+            make_worker(server.url, drain=True).run()
+            got = [json.loads(follow.stdout.readline()) for _ in range(3)]
+            assert got[-1]["event"] == "[]"
+            follow.send_signal(signal.SIGINT)
+            assert follow.wait(timeout=10) == 130
+            assert follow.stderr.read() == ""  # Ctrl-C: quiet
+        finally:
+            follow.kill()
