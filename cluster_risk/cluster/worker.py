@@ -25,8 +25,10 @@ Failure handling, by what the worker can know:
   trade is rejected and the shard's batch sent again in the next pipeline of the round.
 
 Entries read for a shard are applied only if the shard's cursor is still the one they were
-read after (a lease lost and taken back meanwhile means reading again).  Every 64 batches a
-shard's input stream is trimmed up to its cursor (``XTRIM MINID ~``: applied entries only).
+read after (a lease lost and taken back meanwhile means reading again).  Streams stay bounded
+(:class:`Retention`): about once a second, and when the worker stops, each held shard's input
+stream is trimmed to its cursor (``XTRIM MINID``: applied entries only, less those kept for
+``input_s``), its actions and dead letters to their age (and the dead letters to a length).
 
 Only Redis errors are caught (``redis.exceptions.RedisError``, and the store's
 :class:`StoreError` that wraps them); anything else is a bug and stops the worker, whose
@@ -63,11 +65,10 @@ from cluster_risk.state.functions import LuaOperation
 from cluster_risk.state.redis import RedisStore, StoreError, by_node, load_lua, script_pipeline
 from cluster_risk.wire import decode_event, decode_line
 
-__all__ = ["Durability", "ShardLost", "Worker", "WorkerStats", "decode_entries"]
+__all__ = ["Durability", "Retention", "ShardLost", "Worker", "WorkerStats", "decode_entries"]
 
 log = logging.getLogger("cluster_risk.cluster.worker")
 
-_TRIM_EVERY = 64  # batches of a shard between two trims of its input stream
 _ACCOUNT = re.compile(r'"account_id"\s*:\s*"([^"\\]*)"')  # a dead letter's account, when it names one
 # b"XREAD", not "XREAD": redis-py looks its reply callback up by the command's name, and the
 # callback turns every entry's fields into a dict; the worker reads the raw reply instead.
@@ -93,6 +94,36 @@ class Durability:
 
     replicas: int = 0
     timeout_ms: int = 1000
+
+
+@dataclass(frozen=True, kw_only=True)
+class Retention:
+    """How much of each held shard's streams a worker keeps (docs/operations.md has what each
+    costs in memory).  ``input_s``: applied input entries published less than this long ago
+    stay (for replay and audit); entries not yet applied are never trimmed.  ``actions_s``,
+    ``dead_s``: actions and dead letters older than this go; ``dead_maxlen``: at most this many
+    dead letters per shard (0: no cap).  A gateway that was away longer than ``actions_s``
+    resyncs from its snapshot, so trimming actions loses it nothing.  Trimmed every
+    ``every_s`` per shard, when the worker stops, and never in an apply script."""
+
+    input_s: float = 0.0
+    actions_s: float = 86_400.0
+    dead_s: float = 7 * 86_400.0
+    dead_maxlen: int = 10_000
+    every_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("input_s", "actions_s", "dead_s", "every_s"):
+            value = getattr(self, name)
+            if not 0 <= value < 1e12:  # seconds; NaN and infinity refused too
+                raise ValueError(f"retention {name}: must be a number of seconds >= 0, got {value}")
+        if self.dead_maxlen < 0:
+            raise ValueError(f"retention dead_maxlen: must be >= 0, got {self.dead_maxlen}")
+
+
+def _id(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
 
 
 @dataclass
@@ -281,6 +312,7 @@ class Worker:
         lease_ms: int = 2000,
         durability: Durability | None = None,
         actions_maxlen: int = 0,
+        retention: Retention | None = None,
         clock: Callable[[], int] = time.time_ns,
         max_events: int | None = None,
         drain: bool = False,
@@ -302,6 +334,8 @@ class Worker:
         self.tick_ms = tick_ms
         self.batch = batch
         self.durability = durability or Durability()
+        self.retention = retention or Retention()
+        self._trimmed: dict[int, tuple[float, str]] = {}  # shard -> (when next, input trimmed up to)
         self.clock = clock
         self.max_events = max_events
         self.drain = drain
@@ -340,14 +374,51 @@ class Worker:
                     self._tick_all()
                     next_tick = now + self.tick_ms / 1000
                 applied = self._round(idle)
+                self._trim()
                 idle = 0 if applied else idle + 1
                 if self.max_events is not None and self.stats.entries >= self.max_events:
                     break
                 if self.drain and not applied and self.leases.held and self._deployment_lag() == 0:
                     break
         finally:
+            self._trim(final=True)
             self._leave()
         return self.stats
+
+    def _trim(self, final: bool = False) -> None:
+        """Trim the held shards' streams that are due (all of them when ``final``), in one
+        pipeline; a failure is logged and the trim tried again later."""
+        retention, now = self.retention, time.monotonic()
+        due = [
+            (shard, cursor)
+            for shard in sorted(self.leases.held)
+            if (cursor := self.cursors.get(shard)) is not None
+            and (final or now >= self._trimmed.get(shard, (0.0, ""))[0])
+        ]
+        if not due:
+            return
+        wall_ms = time.time_ns() // 1_000_000
+        pipe = self.client.pipeline(transaction=False)
+        for shard, cursor in due:
+            done = self._trimmed.get(shard, (0.0, "0-0"))[1]
+            ms, seq = _id(cursor.sid)
+            upto = min((ms, seq + 1), (max(0, wall_ms - int(retention.input_s * 1000)), 0))
+            minid = f"{upto[0]}-{upto[1]}"
+            if cursor.sid != "0-0" and upto > _id(done):  # entries below the cursor: applied ones only
+                pipe.xtrim(self.keys.input(shard), minid=minid, approximate=False)
+            else:
+                minid = done
+            for stream, keep_s in ((self.keys.actions(shard), retention.actions_s), (self.keys.dead(shard), retention.dead_s)):
+                pipe.xtrim(stream, minid=f"{max(0, wall_ms - int(keep_s * 1000))}-0", approximate=False)
+            if retention.dead_maxlen:
+                pipe.xtrim(self.keys.dead(shard), maxlen=retention.dead_maxlen, approximate=False)
+            self._trimmed[shard] = (now + retention.every_s, minid)
+        try:
+            pipe.execute()
+        except RedisError as exc:
+            for shard, _ in due:
+                self._trimmed.pop(shard, None)
+            log.warning("trimming streams failed (tried again later): %s", exc)
 
     def _leave(self) -> None:
         try:
@@ -647,8 +718,6 @@ class Worker:
         cursor.seq += 1
         if batch.last:
             cursor.sid = batch.last
-            if cursor.seq % _TRIM_EVERY == 0:  # applied entries are not needed again
-                self.client.xtrim(self.keys.input(shard), minid=batch.last, approximate=True)
         self.stats.entries += batch.entries
         self.stats.batches += 1
         return True

@@ -8,13 +8,14 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from typing import Any
 
 from cluster_risk import Order, Trade, build_config
 from cluster_risk.cluster.launcher import RedisProcess
 from cluster_risk.cluster.status import fleet_status, total_lag
 from cluster_risk.cluster.streams import Publisher
-from cluster_risk.cluster.worker import Worker
+from cluster_risk.cluster.worker import Retention, Worker
 from cluster_risk.observability import WorkerMetrics
 from tests.cluster.conftest import Threads, connect
 from tests.cluster.workload import CONFIG, T0
@@ -130,3 +131,44 @@ def test_dead_letters_of_every_shard_in_the_cli_and_status(server: RedisProcess)
             assert follow.stderr.read() == ""  # Ctrl-C: quiet
         finally:
             follow.kill()
+
+
+def test_input_streams_are_trimmed_once_applied_and_never_before(server: RedisProcess) -> None:
+    client = connect(server.url)
+    publisher = Publisher(client, shards=SHARDS)
+    publisher.publish(orders("A", 300))
+    keys = publisher.keys
+    make_worker(server.url, max_events=100, batch=100).run()  # a batch or two, then it stops
+    left = client.xlen(keys.input(keys.shard_of("A")))
+    assert 0 < left < 300 and left == total_lag(client, keys)  # only what was applied went
+    make_worker(server.url, drain=True).run()
+    assert [client.xlen(keys.input(shard)) for shard in range(SHARDS)] == [0] * SHARDS
+    assert total_lag(client, keys) == 0
+
+
+def test_a_retention_keeps_applied_input_entries(server: RedisProcess) -> None:
+    client = connect(server.url)
+    publisher = Publisher(client, shards=SHARDS)
+    publisher.publish(orders("A", 30))
+    make_worker(server.url, drain=True, retention=Retention(input_s=3600)).run()
+    assert client.xlen(publisher.keys.input(publisher.keys.shard_of("A"))) == 30
+    assert total_lag(client, publisher.keys) == 0
+
+
+def test_actions_and_dead_letters_are_capped(server: RedisProcess) -> None:
+    client = connect(server.url)
+    publisher = Publisher(client, shards=SHARDS)
+    shard = publisher.keys.shard_of("A")
+    old = f"{time.time_ns() // 1_000_000 - 2 * 86_400_000}-0"  # two days ago
+    client.xadd(publisher.keys.actions(shard), {"a": "{}"}, id=old)
+    client.xadd(publisher.keys.dead(shard), {"entry": "0-1"}, id=old)
+    for i in range(12):
+        client.xadd(publisher.keys.input(shard), {"e": b"not json", "i": i})
+    publisher.publish(orders("A", 5))  # under every limit: no action
+    publisher.publish([(None, Order(50, "A", "C1", "BID", 1.0, 99, T0 + 50))])  # MaxOrderVolumeRule: a REJECT
+    retention = Retention(actions_s=86_400, dead_s=86_400, dead_maxlen=5)
+    make_worker(server.url, drain=True, retention=retention).run()
+    actions = client.xrange(publisher.keys.actions(shard))
+    assert [json.loads(f[b"a"])["type"] for _, f in actions] == ["REJECT_ORDER"]  # the old one went
+    dead = client.xrange(publisher.keys.dead(shard))
+    assert [f[b"index"] for _, f in dead] == [b"7", b"8", b"9", b"10", b"11"]  # the newest 5
