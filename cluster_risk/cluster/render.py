@@ -109,8 +109,9 @@ class Renderer:
 
 def dead_letter(entry_id: str, index: str, error: EventError, raw: bytes) -> DeadLetter:
     """A rejected entry's dead letter: the raw entry's first :data:`EXCERPT` bytes, cut at a
-    character boundary (as text; bytes that are not UTF-8 as U+FFFD), and its length in bytes, so one poison entry of megabytes costs
-    the dead-letter stream about a kilobyte; the reason is cut as well (it may quote a value)."""
+    character boundary (as text; bytes that are not UTF-8 as U+FFFD), and its length in bytes,
+    so a poison entry of megabytes costs the dead-letter stream about a kilobyte; the reason is
+    cut as well (it may quote a value)."""
     reason = error.detail or error.code
     if len(reason) > EXCERPT:
         reason = reason[:EXCERPT] + "..."

@@ -61,7 +61,7 @@ def present_after(client: Client, stream: str, after: str, page: int = 10_000) -
     """The entries of ``stream`` with an id above ``after``."""
     count = 0
     while True:
-        got = client.xrange(stream, min=f"({after}", count=page)
+        got: list[Any] = client.xrange(stream, min=f"({after}", count=page) or []
         count += len(got)
         if len(got) < page:
             return count

@@ -408,7 +408,10 @@ class Worker:
                 pipe.xtrim(self.keys.input(shard), minid=minid, approximate=False)
             else:
                 minid = done
-            for stream, keep_s in ((self.keys.actions(shard), retention.actions_s), (self.keys.dead(shard), retention.dead_s)):
+            for stream, keep_s in (
+                (self.keys.actions(shard), retention.actions_s),
+                (self.keys.dead(shard), retention.dead_s),
+            ):
                 pipe.xtrim(stream, minid=f"{max(0, wall_ms - int(keep_s * 1000))}-0", approximate=False)
             if retention.dead_maxlen:
                 pipe.xtrim(self.keys.dead(shard), maxlen=retention.dead_maxlen, approximate=False)

@@ -73,7 +73,8 @@ def test_a_dead_letter_keeps_an_excerpt_and_the_length(server: RedisProcess) -> 
         ("1", "unknown_type", str(len(json.dumps({"type": kind}, ensure_ascii=False).encode()))),
     ]
     assert dead[0]["event"] == broken[:EXCERPT].decode("utf-8", "replace")
-    assert dead[1]["event"] == json.dumps({"type": kind}, ensure_ascii=False)[: (EXCERPT - 10) // 2 + 10]  # 2 bytes a character
+    cut = (EXCERPT - 10) // 2 + 10  # '{"type": "' then 2 bytes a character
+    assert dead[1]["event"] == json.dumps({"type": kind}, ensure_ascii=False)[:cut]
     assert all(len(d["event"].encode()) <= EXCERPT and len(d["reason"]) <= EXCERPT + 3 for d in dead)
     assert client.memory_usage(key.replace(":in", ":dead")) < 16_384
     got = metrics.registry.get_sample_value
@@ -82,7 +83,8 @@ def test_a_dead_letter_keeps_an_excerpt_and_the_length(server: RedisProcess) -> 
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cluster_risk.cli", *args], capture_output=True, text=True, timeout=60)
+    command = [sys.executable, "-m", "cluster_risk.cli", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
 
 
 def test_dead_letters_of_every_shard_in_the_cli_and_status(server: RedisProcess) -> None:
@@ -108,7 +110,8 @@ def test_dead_letters_of_every_shard_in_the_cli_and_status(server: RedisProcess)
         ("invalid_json", "", 7, keys.shard_of("A")),
         ("unknown_order", "oid", 3, keys.route_shard(999)),
     ]
-    assert [r["id"] for r in records] == sorted((r["id"] for r in records), key=lambda i: [int(p) for p in i.split("-")])
+    ids = [[int(part) for part in r["id"].split("-")] for r in records]
+    assert ids == sorted(ids)
     (broken,) = [r for r in records if r["error"] == "invalid_json"]
     assert broken["event"] == "{not json\n\x1b[2J" and broken["length"] == 14
     readable = cli("dead", "--redis-url", server.url)

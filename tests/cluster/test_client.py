@@ -60,7 +60,8 @@ def test_the_gateway_fails_closed_within_its_bound(
 ) -> None:
     server = RedisProcess(tmp_path / "redis")  # type: ignore[operator]
     try:
-        client = RiskClient(connect(server.url), fail_after_s=0.5, poll_s=0.05).start()
+        # no worker here: only Redis is checked, not whether anybody applies (tests/cluster/test_gates.py)
+        client = RiskClient(connect(server.url), fail_after_s=0.5, poll_s=0.05, owner_grace_s=None).start()
         opened = RiskClient(connect(server.url), fail_after_s=0.5, poll_s=0.05, fail_open=True).start()
         assert not client.is_paused("A") and not client.failing
         server.kill()
