@@ -32,7 +32,9 @@ def order(oid: int, account: str, t: int, contract: str = "C1", volume: int = 1)
 
 
 def start_worker(url: str, threads: Threads) -> Worker:
-    return threads.start(lambda: Worker(build_config(CONFIG), connect(url), worker_id="w", tick_ms=0, shards=4))
+    worker = threads.start(lambda: Worker(build_config(CONFIG), connect(url), worker_id="w", tick_ms=0, shards=4))
+    wait_for("the worker's leases", lambda: len(worker.leases.held) == 4, 10)  # else gateways fail closed
+    return worker
 
 
 def test_pauses_reach_the_cache_and_answer_in_memory(server: RedisProcess, threads: Threads) -> None:

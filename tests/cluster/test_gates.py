@@ -5,6 +5,7 @@ reported), with a log line and a metric; the order path stays a dict lookup."""
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import pytest
 
@@ -12,6 +13,7 @@ from cluster_risk import Order, build_config
 from cluster_risk.cluster.client import RiskClient
 from cluster_risk.cluster.launcher import RedisProcess
 from cluster_risk.cluster.leases import Leases
+from cluster_risk.cluster.shards import Keys
 from cluster_risk.cluster.streams import Publisher
 from cluster_risk.cluster.worker import Worker
 from tests.cluster.conftest import Threads, connect
@@ -27,14 +29,13 @@ def order(oid: int, account: str) -> Order:
     return Order(oid, account, "C1", "BID", 1.0, 1, T0 + oid)
 
 
-def gateway(url: str, **options: object) -> RiskClient:
+def gateway(url: str, **options: Any) -> RiskClient:
     options = {"poll_s": 0.05, "health_s": 0.05, "owner_grace_s": 0.3, "stale_after_s": 0.5, **options}
-    return RiskClient(connect(url), config=build_config(CONFIG), **options)  # type: ignore[arg-type]
+    return RiskClient(connect(url), config=build_config(CONFIG), **options)
 
 
-def other_shard(keys: object, account: str) -> str:
-    shard_of = keys.shard_of  # type: ignore[attr-defined]
-    return next(a for a in (f"B{i}" for i in range(100)) if shard_of(a) != shard_of(account))
+def other_shard(keys: Keys, account: str) -> str:
+    return next(a for a in (f"B{i}" for i in range(100)) if keys.shard_of(a) != keys.shard_of(account))
 
 
 def test_a_gateway_with_nobody_applying_refuses_orders(server: RedisProcess) -> None:
