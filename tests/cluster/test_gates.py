@@ -5,14 +5,19 @@ reported), with a log line and a metric; the order path stays a dict lookup."""
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from collections.abc import Iterable
 from typing import Any
 
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from cluster_risk import Order, build_config
 from cluster_risk.cluster.client import RiskClient
 from cluster_risk.cluster.launcher import RedisProcess
 from cluster_risk.cluster.leases import Leases
+from cluster_risk.cluster.ops import Ops
 from cluster_risk.cluster.shards import Keys
 from cluster_risk.cluster.streams import Publisher
 from cluster_risk.cluster.worker import Worker
@@ -100,3 +105,29 @@ def test_the_checks_can_be_turned_off(server: RedisProcess) -> None:
     Publisher(connect(server.url), shards=SHARDS).publish([(None, order(1, "A"))])
     with gateway(server.url, owner_grace_s=None, stale_after_s=None) as client:
         assert not client.is_paused("A") and not client.unhealthy.by_shard
+
+
+def test_a_gateway_back_from_an_outage_reloads_its_snapshot(server: RedisProcess) -> None:
+    """Actions missed while away may have been trimmed (worker Retention): after a reconnect
+    the gateway reads the pause hashes again, not only the actions stream after its position."""
+    Publisher(connect(server.url), shards=SHARDS)
+    with gateway(server.url, owner_grace_s=None, stale_after_s=None, fail_after_s=60) as client:
+        assert not client.is_paused("A")
+        catch_up, hint = client.catch_up, client._hint
+        down = threading.Event()
+        down.set()
+
+        def cut(shards: Iterable[int]) -> None:
+            if down.is_set():
+                raise RedisConnectionError("link down")
+            catch_up(shards)
+
+        client.catch_up = cut  # type: ignore[method-assign]
+        client._hint = lambda data: None  # type: ignore[method-assign]  # nothing heard while away
+        ops = Ops(connect(server.url))
+        assert ops.pause({"account": "A"}, "desk call", "alice").status == "ok"
+        connect(server.url).xtrim(client.keys.actions(client.keys.shard_of("A")), maxlen=0)  # trimmed meanwhile
+        time.sleep(0.3)  # the follower fails a few times
+        client._hint = hint  # type: ignore[method-assign]
+        down.clear()  # the link is back
+        wait_for("the pause, from the snapshot", lambda: client.is_paused("A"), 5)
