@@ -5,11 +5,14 @@ with its length, ``lag`` and ``worker --drain`` right after an operator deleted 
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import subprocess
 import sys
 import time
 from typing import Any
+
+import pytest
 
 from cluster_risk import Order, Trade, build_config
 from cluster_risk.cluster.launcher import RedisProcess
@@ -175,3 +178,17 @@ def test_actions_and_dead_letters_are_capped(server: RedisProcess) -> None:
     assert [json.loads(f[b"a"])["type"] for _, f in actions] == ["REJECT_ORDER"]  # the old one went
     dead = client.xrange(publisher.keys.dead(shard))
     assert [f[b"index"] for _, f in dead] == [b"7", b"8", b"9", b"10", b"11"]  # the newest 5
+
+
+def test_trimming_on_a_redis_cluster(cluster_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    client = connect(cluster_url)
+    publisher = Publisher(client, shards=SHARDS)
+    accounts = [f"A{i}" for i in range(20)]
+    publisher.publish([(None, Order(i + 1, a, "C1", "BID", 1.0, 1, T0 + i)) for i, a in enumerate(accounts * 5)])
+    client.xadd(publisher.keys.input(publisher.keys.shard_of("A0")), {"e": b"not json"})
+    with caplog.at_level(logging.WARNING, logger="cluster_risk.cluster.worker"):
+        make_worker(cluster_url, drain=True, retention=Retention(dead_maxlen=1)).run()
+    assert "trimming streams failed" not in caplog.text
+    assert [client.xlen(publisher.keys.input(s)) for s in range(SHARDS)] == [0] * SHARDS
+    assert total_lag(client, publisher.keys) == 0
+    assert client.xlen(publisher.keys.dead(publisher.keys.shard_of("A0"))) == 1
