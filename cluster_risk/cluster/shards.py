@@ -167,9 +167,9 @@ def rule_dimensions(rules: Sequence[BaseRule]) -> list[dict[str, Any]]:
 
 
 class Scripts:
-    """The cluster's own scripts (lease, release, heartbeat, snapshot, health), loaded once per client."""
+    """The cluster's own scripts (lease, release, heartbeat, snapshot, health, trim), loaded once per client."""
 
-    NAMES = ("lease.lua", "release.lua", "heartbeat.lua", "snapshot.lua", "health.lua")
+    NAMES = ("lease.lua", "release.lua", "heartbeat.lua", "snapshot.lua", "health.lua", "trim.lua")
 
     def __init__(self, client: Client) -> None:
         self.client = client

@@ -27,8 +27,9 @@ Failure handling, by what the worker can know:
 Entries read for a shard are applied only if the shard's cursor is still the one they were
 read after (a lease lost and taken back meanwhile means reading again).  Streams stay bounded
 (:class:`Retention`): about once a second, and when the worker stops, each held shard's input
-stream is trimmed to its cursor (``XTRIM MINID``: applied entries only, less those kept for
-``input_s``), its actions and dead letters to their age (and the dead letters to a length).
+stream is trimmed below the cursor stored in Redis (``lua/trim.lua``: applied entries only,
+less those kept for ``input_s``), its actions and dead letters to their age (and the dead
+letters to a length).
 
 Only Redis errors are caught (``redis.exceptions.RedisError``, and the store's
 :class:`StoreError` that wraps them); anything else is a bug and stops the worker, whose
@@ -55,7 +56,7 @@ from redis.exceptions import RedisError, ResponseError, TimeoutError
 
 from cluster_risk.cluster.leases import Leases
 from cluster_risk.cluster.render import DeadLetter, Renderer, dead_letter
-from cluster_risk.cluster.shards import Client, Deployment, Keys, text
+from cluster_risk.cluster.shards import Client, Deployment, Keys, Scripts, text
 from cluster_risk.config import EngineConfig
 from cluster_risk.errors import EventError
 from cluster_risk.events import Event, Order, Tick, Trade, order_ok, trade_ok
@@ -119,11 +120,6 @@ class Retention:
                 raise ValueError(f"retention {name}: must be a number of seconds >= 0, got {value}")
         if self.dead_maxlen < 0:
             raise ValueError(f"retention dead_maxlen: must be >= 0, got {self.dead_maxlen}")
-
-
-def _id(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
 
 
 @dataclass
@@ -335,7 +331,8 @@ class Worker:
         self.batch = batch
         self.durability = durability or Durability()
         self.retention = retention or Retention()
-        self._trimmed: dict[int, tuple[float, str]] = {}  # shard -> (when next, input trimmed up to)
+        self._trim_at: dict[int, float] = {}  # shard -> when its streams are trimmed next
+        self._scripts = Scripts(client)
         self.clock = clock
         self.max_events = max_events
         self.drain = drain
@@ -386,41 +383,24 @@ class Worker:
         return self.stats
 
     def _trim(self, final: bool = False) -> None:
-        """Trim the held shards' streams that are due (all of them when ``final``), in one
-        pipeline; a failure is logged and the trim tried again later."""
+        """Trim the held shards' streams that are due (all of them when ``final``):
+        ``lua/trim.lua`` per shard, pipelined per server; a failure is logged and the trim
+        tried again later."""
         retention, now = self.retention, time.monotonic()
-        due = [
-            (shard, cursor)
-            for shard in sorted(self.leases.held)
-            if (cursor := self.cursors.get(shard)) is not None
-            and (final or now >= self._trimmed.get(shard, (0.0, ""))[0])
-        ]
+        due = [s for s in sorted(self.leases.held) if final or now >= self._trim_at.get(s, 0.0)]
         if not due:
             return
-        wall_ms = time.time_ns() // 1_000_000
-        pipe = self.client.pipeline(transaction=False)
-        for shard, cursor in due:
-            done = self._trimmed.get(shard, (0.0, "0-0"))[1]
-            ms, seq = _id(cursor.sid)
-            upto = min((ms, seq + 1), (max(0, wall_ms - int(retention.input_s * 1000)), 0))
-            minid = f"{upto[0]}-{upto[1]}"
-            if cursor.sid != "0-0" and upto > _id(done):  # entries below the cursor: applied ones only
-                pipe.xtrim(self.keys.input(shard), minid=minid, approximate=False)
-            else:
-                minid = done
-            for stream, keep_s in (
-                (self.keys.actions(shard), retention.actions_s),
-                (self.keys.dead(shard), retention.dead_s),
-            ):
-                pipe.xtrim(stream, minid=f"{max(0, wall_ms - int(keep_s * 1000))}-0", approximate=False)
-            if retention.dead_maxlen:
-                pipe.xtrim(self.keys.dead(shard), maxlen=retention.dead_maxlen, approximate=False)
-            self._trimmed[shard] = (now + retention.every_s, minid)
+        args = [int(retention.input_s * 1000), int(retention.actions_s * 1000), int(retention.dead_s * 1000)]
+        keys = self.keys
+        calls = [
+            ("trim.lua", [keys.lease(s), keys.input(s), keys.actions(s), keys.dead(s)], [*args, retention.dead_maxlen])
+            for s in due
+        ]
+        for shard in due:
+            self._trim_at[shard] = now + retention.every_s
         try:
-            pipe.execute()
+            self._scripts.many(calls)
         except RedisError as exc:
-            for shard, _ in due:
-                self._trimmed.pop(shard, None)
             log.warning("trimming streams failed (tried again later): %s", exc)
 
     def _leave(self) -> None:

@@ -192,3 +192,19 @@ def test_trimming_on_a_redis_cluster(cluster_url: str, caplog: pytest.LogCapture
     assert [client.xlen(publisher.keys.input(s)) for s in range(SHARDS)] == [0] * SHARDS
     assert total_lag(client, publisher.keys) == 0
     assert client.xlen(publisher.keys.dead(publisher.keys.shard_of("A0"))) == 1
+
+
+def test_trimming_follows_the_cursor_stored_in_redis(server: RedisProcess) -> None:
+    """After a failover that lost applied batches the stored cursor is behind the worker's:
+    the entries after it are applied again, so they must not be trimmed."""
+    client = connect(server.url)
+    publisher = Publisher(client, shards=SHARDS)
+    publisher.publish(orders("A", 10))
+    shard = publisher.keys.shard_of("A")
+    ids = [entry_id for entry_id, _ in client.xrange(publisher.keys.input(shard))]
+    worker = make_worker(server.url)
+    worker.leases.beat()
+    client.hset(publisher.keys.lease(shard), "sid", ids[4])  # the server's cursor: 5 applied
+    worker._trim(final=True)
+    assert [entry_id for entry_id, _ in client.xrange(publisher.keys.input(shard))] == ids[5:]
+    worker._leave()
