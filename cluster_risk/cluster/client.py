@@ -220,8 +220,6 @@ class RiskClient:
                 log.warning("Redis reachable again: pauses from the cluster")
         return down
 
-    # ------------------------------------------------------------------ following
-
     # ------------------------------------------------------------------ shard health
 
     def check_health(self) -> None:
@@ -268,6 +266,8 @@ class RiskClient:
             log.warning(
                 "shards %s: %s no more", sorted(left), condition, extra={"shards": sorted(left), "condition": condition}
             )
+
+    # ------------------------------------------------------------------ following
 
     def start(self) -> RiskClient:
         self.resync()

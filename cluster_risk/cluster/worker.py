@@ -103,8 +103,8 @@ class Retention:
     costs in memory).  ``input_s``: applied input entries published less than this long ago
     stay (for replay and audit); entries not yet applied are never trimmed.  ``actions_s``,
     ``dead_s``: actions and dead letters older than this go; ``dead_maxlen``: at most this many
-    dead letters per shard (0: no cap).  A gateway that was away longer than ``actions_s``
-    resyncs from its snapshot, so trimming actions loses it nothing.  Trimmed every
+    dead letters per shard (0: no cap).  A gateway back from an outage resyncs from its
+    snapshot, so trimming actions loses it nothing.  Trimmed every
     ``every_s`` per shard, when the worker stops, and never in an apply script."""
 
     input_s: float = 0.0
@@ -400,7 +400,7 @@ class Worker:
             self._trim_at[shard] = now + retention.every_s
         try:
             self._scripts.many(calls)
-        except RedisError as exc:
+        except (RedisError, StoreError) as exc:
             log.warning("trimming streams failed (tried again later): %s", exc)
 
     def _leave(self) -> None:
