@@ -108,6 +108,9 @@ class WorkerMetrics:
             "cluster_risk_lease_changes", "Shard leases acquired or lost by this worker", ["change"], registry=r
         )
         self.redis_errors = Counter("cluster_risk_redis_errors", "Redis calls that failed", registry=r)
+        self.dead_letters = Counter(
+            "cluster_risk_dead_letters", "Entries dead-lettered by this worker, by error code", ["reason"], registry=r
+        )
 
     def record_batch(self, events: int, seconds: float, actions: Iterable[Action] = ()) -> None:
         """One applied batch: its size, its latency and the actions it produced."""

@@ -12,7 +12,8 @@ W.x (the extras, built by cluster_risk/cluster/render.py):
   x[5] events[pos] "<timestamp> <start of its trading day> <its trading day YYYY-MM-DD>"
   x[6] stateless   flat list pos, config index, action JSON, ... (verdicts of stateless rules,
                     computed by Python: dropped when the event turns out to be a duplicate)
-  x[7] dead        {{entry id, index, error, field, reason, raw event}, ...}
+  x[7] dead        {{entry id, index, error, field, reason, excerpt of the raw event, its
+                    length in bytes}, ...}
   x[8] maxlen      approximate cap of the actions stream (0: none)
   x[9] channel     (optional) publish the hint here as {shard, previous id, id, JSON, ...}, in
                    the codec of the call (msgpack, or JSON), as soon as the batch is applied
@@ -156,7 +157,7 @@ function emit.run(W, X)
   end
   for _, d in ipairs(x[7]) do
     redis.call('XADD', W.dead, '*', 'entry', d[1], 'index', d[2], 'error', d[3], 'field', d[4],
-      'reason', d[5], 'event', d[6])
+      'reason', d[5], 'event', d[6], 'length', d[7])
   end
   advance(W, x, last)
   if x[9] and #hint > 1 then

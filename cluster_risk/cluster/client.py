@@ -15,6 +15,18 @@ the last stamp is older than ``fail_after_s``, every scope counts as paused (``f
 keeps answering from the last known pauses instead).  The switch is logged once each way and
 shown by :attr:`RiskClient.failing` and the ``cluster_risk_client_fail_closed`` metric.
 
+Redis up but nobody applying fails closed too, per shard.  Every ``health_s`` the follower
+checks each shard (``lua/health.lua``, read-only: the lease's owner and expiry, the oldest
+entry after the cursor, on the server's clock); a shard goes into :attr:`RiskClient.unhealthy`
+with the condition that holds for it - ``no_owner``: no live worker has held its lease for
+``owner_grace_s`` (from the gateway's start: at once), ``stale``: its oldest entry not yet
+applied was published more than ``stale_after_s`` ago - and its accounts count as paused
+(pause ``("shard_<condition>", (("shard", "N"),))``), unless ``fail_open``.  Each change is
+logged, and the ``cluster_risk_client_unhealthy_shards{condition}`` gauge counts them.  The
+order path only looks the account's shard up in a dict, and only while some shard is listed.
+A gateway that reconnects after an outage reloads its snapshot (actions may have been trimmed
+meanwhile: ``cluster_risk.cluster.worker.Retention``).
+
 :class:`AsyncRiskClient` is the asyncio face of the same client: the cache is shared memory
 (``is_paused``/``check`` are plain calls), publishing runs the sync publisher in a thread.
 """
@@ -41,12 +53,14 @@ from cluster_risk.events import Event, Order
 from cluster_risk.remote import scope_values
 from cluster_risk.rules.base import DailyCapRule, WindowRule
 
-__all__ = ["AsyncRiskClient", "PausedSet", "RiskClient"]
+__all__ = ["NO_OWNER", "STALE", "AsyncRiskClient", "PausedSet", "RiskClient", "UnhealthyShards"]
 
 log = logging.getLogger("cluster_risk.cluster.client")
 
 Pause = tuple[str, tuple[tuple[str, str], ...]]  # (rule, ((dimension, value), ...))
 UNREACHABLE: Pause = ("redis_unreachable", ())
+NO_OWNER = "no_owner"  # conditions of an unhealthy shard (UnhealthyShards)
+STALE = "stale"
 
 
 class PausedSet:
@@ -73,8 +87,39 @@ class PausedSet:
         return sorted(p for pauses in self.by_account.values() for p in pauses)
 
 
+class UnhealthyShards:
+    """The shards whose accounts this gateway counts as paused (unless it fails open), each with
+    the conditions that hold for it: :data:`NO_OWNER`, :data:`STALE`, or another check's own
+    (e.g. a shard whose state was lost).  :meth:`update` sets one condition's shards and leaves
+    the others'; the mappings are replaced, never changed in place, so an order's check reads
+    them without a lock."""
+
+    def __init__(self) -> None:
+        self.by_shard: dict[int, frozenset[str]] = {}
+        self.pauses: dict[int, list[Pause]] = {}  # shard -> the pauses its accounts get
+
+    def update(self, condition: str, shards: Iterable[int]) -> tuple[set[int], set[int]]:
+        """``condition`` now holds for exactly ``shards``: (shards it entered, shards it left)."""
+        now = set(shards)
+        before = self.shards(condition)
+        merged = {shard: c - {condition} for shard, c in self.by_shard.items()}
+        for shard in now:
+            merged[shard] = merged.get(shard, frozenset()) | {condition}
+        self.by_shard = {shard: c for shard, c in merged.items() if c}
+        self.pauses = {
+            shard: [(f"shard_{c}", (("shard", str(shard)),)) for c in sorted(conditions)]
+            for shard, conditions in self.by_shard.items()
+        }
+        return now - before, before - now
+
+    def shards(self, condition: str) -> set[int]:
+        return {shard for shard, conditions in self.by_shard.items() if condition in conditions}
+
+
 class RiskClient:
-    """Sync gateway client; ``start()`` loads the cache and follows it in a daemon thread."""
+    """Sync gateway client; ``start()`` loads the cache and follows it in a daemon thread.
+    ``stale_after_s``, ``owner_grace_s``: the bounds of the per-shard health check (None: that
+    check off), run every ``health_s``."""
 
     def __init__(
         self,
@@ -86,6 +131,9 @@ class RiskClient:
         fail_open: bool = False,
         poll_s: float = 0.2,
         registry: CollectorRegistry | None = None,
+        stale_after_s: float | None = 5.0,
+        owner_grace_s: float | None = 1.0,
+        health_s: float = 0.5,
     ) -> None:
         self.client = client
         deployment = Deployment(client, prefix)
@@ -99,6 +147,13 @@ class RiskClient:
         self.fail_after_s = fail_after_s
         self.fail_open = fail_open
         self.poll_s = poll_s
+        self.stale_after_s = stale_after_s
+        self.owner_grace_s = owner_grace_s
+        self.health_s = health_s
+        self.unhealthy = UnhealthyShards()
+        self._refused: dict[int, list[Pause]] = {}  # the shards whose accounts are refused now
+        self._unowned_since: dict[int, float] = {}
+        self._checked = False
         self.cache = PausedSet(self.keys.shards)
         self.publisher = Publisher(client, prefix=prefix, shards=self.keys.shards)
         self.publisher.store.encode([])  # settle the codec the workers' hints use
@@ -111,6 +166,12 @@ class RiskClient:
         registry = registry or CollectorRegistry()
         self._fail_gauge = Gauge("cluster_risk_client_fail_closed", "1 while failing", registry=registry)
         self._fail_count = Counter("cluster_risk_client_fail_switches", "Switches to failing", registry=registry)
+        self._unhealthy_gauge = Gauge(
+            "cluster_risk_client_unhealthy_shards",
+            "Shards whose accounts count as paused here (unless failing open), by condition",
+            ["condition"],
+            registry=registry,
+        )
 
     # ------------------------------------------------------------------ gateway API
 
@@ -134,6 +195,12 @@ class RiskClient:
             return [UNREACHABLE]
         if product is None and contract is not None:
             product = self.products.get(contract, contract)
+        refused = self._refused
+        if refused:  # some shard is unhealthy: is it this account's?
+            closed = refused.get(self.keys.shard_of(account))
+            if closed:
+                with self._lock:
+                    return closed + self.cache.matching(account, contract, product)
         with self._lock:
             return self.cache.matching(account, contract, product)
 
@@ -153,10 +220,58 @@ class RiskClient:
                 log.warning("Redis reachable again: pauses from the cluster")
         return down
 
+    # ------------------------------------------------------------------ shard health
+
+    def check_health(self) -> None:
+        """Check every shard once (``lua/health.lua``, pipelined per server) and update
+        :attr:`unhealthy` with :data:`NO_OWNER` and :data:`STALE`."""
+        keys = self.keys
+        calls: list[tuple[str, list[str], list[Any]]] = [
+            ("health.lua", [keys.lease(s), keys.input(s)], []) for s in range(keys.shards)
+        ]
+        replies = self._scripts.many(calls)
+        mono = time.monotonic()
+        first = not self._checked
+        unowned: set[int] = set()
+        stale: set[int] = set()
+        for shard, reply in enumerate(replies):
+            now, owner, expires, oldest = int(text(reply[0])), text(reply[1]), text(reply[2]), text(reply[3])
+            if owner and int(expires or 0) > now:
+                self._unowned_since.pop(shard, None)
+            elif self.owner_grace_s is not None:
+                since = self._unowned_since.setdefault(shard, mono)
+                if first or mono - since >= self.owner_grace_s:  # from the start: at once
+                    unowned.add(shard)
+            bound = self.stale_after_s
+            if oldest and bound is not None and now - int(oldest.split("-", 1)[0]) > bound * 1000:
+                stale.add(shard)
+        self._ok_at = time.monotonic()
+        self._checked = True
+        self.set_unhealthy(NO_OWNER, unowned, f"no live worker holds their lease (for {self.owner_grace_s} s)")
+        self.set_unhealthy(STALE, stale, f"an entry waits unapplied for more than {self.stale_after_s} s")
+
+    def set_unhealthy(self, condition: str, shards: Iterable[int], why: str) -> None:
+        """``condition`` holds for exactly ``shards`` now: refuse (or, failing open, only
+        report) their accounts; each change is logged and counted in the gauge."""
+        entered, left = self.unhealthy.update(condition, shards)
+        self._unhealthy_gauge.labels(condition=condition).set(len(self.unhealthy.shards(condition)))
+        self._refused = {} if self.fail_open else self.unhealthy.pauses
+        if entered:
+            effect = "failing open: their accounts not paused" if self.fail_open else "failing closed: accounts paused"
+            log.warning(
+                "shards %s: %s; %s", sorted(entered), why, effect,
+                extra={"shards": sorted(entered), "condition": condition},
+            )  # fmt: skip
+        if left:
+            log.warning(
+                "shards %s: %s no more", sorted(left), condition, extra={"shards": sorted(left), "condition": condition}
+            )
+
     # ------------------------------------------------------------------ following
 
     def start(self) -> RiskClient:
         self.resync()
+        self.check_health()
         self._thread = threading.Thread(target=self._follow, name="risk-client", daemon=True)
         self._thread.start()
         return self
@@ -195,12 +310,16 @@ class RiskClient:
 
     def _follow(self) -> None:
         pubsub = None
-        next_poll = 0.0
+        next_poll = next_health = 0.0
+        lost = False  # the connection failed: reload the snapshot once it is back
         while not self._stop.is_set():
             try:
                 if pubsub is None:
                     pubsub = self.client.pubsub()  # type: ignore[no-untyped-call, unused-ignore]
                     pubsub.subscribe(self.keys.channel)
+                    if lost:  # the actions missed may have been trimmed meanwhile
+                        self.resync()
+                        lost = False
                     self.catch_up(range(self.keys.shards))
                 message = pubsub.get_message(ignore_subscribe_messages=True, timeout=min(0.05, self.poll_s))
                 if message is not None and message.get("type") == "message":
@@ -208,8 +327,12 @@ class RiskClient:
                 if time.monotonic() >= next_poll:
                     self.catch_up(range(self.keys.shards))
                     next_poll = time.monotonic() + self.poll_s
+                if time.monotonic() >= next_health:
+                    self.check_health()
+                    next_health = time.monotonic() + self.health_s
             except RedisError as exc:
                 log.debug("follower: %s", exc)
+                lost = True
                 if pubsub is not None:
                     _close_quietly(pubsub)
                 pubsub = None

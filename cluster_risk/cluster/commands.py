@@ -1,5 +1,5 @@
 """The cluster's subcommands of ``cluster-risk`` (registered by :func:`register_cluster_commands`
-from ``cluster_risk.cli``): worker, publish, actions, status, up.
+from ``cluster_risk.cli``): worker, publish, actions, dead (:mod:`.deadcli`), status, up.
 
 Exit codes: 0 done (``publish`` also when some events were rejected: they are printed),
 2 unusable arguments, config or Redis (one line on stderr).
@@ -55,7 +55,7 @@ def _connect(url: str) -> Any:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from cluster_risk.cluster.worker import Durability, Worker
+    from cluster_risk.cluster.worker import Durability, Retention, Worker
     from cluster_risk.config import load_config
     from cluster_risk.observability import WorkerMetrics, configure_logging, start_metrics_server
 
@@ -63,6 +63,15 @@ def _worker(args: argparse.Namespace) -> int:
     configure_logging(args.log_level, worker=worker_id)
     config = load_config(args.config)
     replicas = args.replicas if args.durability == "replicated" else 0
+    try:
+        retention = Retention(
+            input_s=args.input_retention_s,
+            actions_s=args.actions_retention_s,
+            dead_s=args.dead_retention_s,
+            dead_maxlen=args.dead_maxlen,
+        )
+    except ValueError as exc:
+        return _fail(str(exc))
     worker = Worker(
         config,
         _connect(args.redis_url),
@@ -74,6 +83,7 @@ def _worker(args: argparse.Namespace) -> int:
         lease_ms=args.lease_ms,
         durability=Durability(replicas=replicas, timeout_ms=args.wait_timeout_ms),
         actions_maxlen=args.actions_maxlen,
+        retention=retention,
         max_events=args.max_events,
         drain=args.drain,
         metrics=WorkerMetrics() if args.metrics_port else None,
@@ -171,10 +181,11 @@ def _status(args: argparse.Namespace) -> int:
         return 0
     print(f"shards: {status['deployment']['shards']}   workers: {', '.join(status['workers']) or '(none)'}")
     print(f"lag: {status['lag']} events published, not yet applied")
-    print("shard  owner                      epoch  applied     lag")
+    print("shard  owner                      epoch  applied     lag    dead")
     for row in status["shards"]:
         owner = row["owner"] or "-"
-        print(f"{row['shard']:>5}  {owner:<25} {row['epoch']:>6} {row['applied']:>8} {row['lag']:>7}")
+        print(f"{row['shard']:>5}  {owner:<25} {row['epoch']:>6} {row['applied']:>8} {row['lag']:>7} {row['dead']:>7}")
+    print(f"dead letters: {status['dead']} (cluster-risk dead)")
     print(f"paused scopes: {len(status['paused'])}")
     for pause in status["paused"]:
         print(f"  {pause['rule']} {_dumps(pause['scope'])}  {pause['detail']}")
@@ -224,6 +235,18 @@ def register_cluster_commands(commands: Any) -> None:
     _durability(worker)
     worker.add_argument("--wait-timeout-ms", type=int, default=1000, help="WAIT timeout when replicated")
     worker.add_argument("--actions-maxlen", type=int, default=0, help="cap each actions stream (~N; 0: keep all)")
+    worker.add_argument(
+        "--input-retention-s", type=float, default=0.0, help="keep applied input entries this long (default 0)"
+    )
+    worker.add_argument(
+        "--actions-retention-s", type=float, default=86_400.0, help="keep actions this long (default 86400)"
+    )
+    worker.add_argument(
+        "--dead-retention-s", type=float, default=604_800.0, help="keep dead letters this long (default 604800)"
+    )
+    worker.add_argument(
+        "--dead-maxlen", type=int, default=10_000, help="at most this many dead letters per shard (0: no cap)"
+    )
     worker.add_argument("--max-events", type=int, help="exit after applying this many entries (burst mode)")
     worker.add_argument("--drain", action="store_true", help="exit once nothing is left to apply")
     worker.add_argument("--metrics-port", type=int, default=0, help="serve /metrics, /healthz, /readyz (0: off)")
@@ -243,6 +266,10 @@ def register_cluster_commands(commands: Any) -> None:
     _common(actions)
     actions.add_argument("--follow", action="store_true", help="keep printing new actions")
     actions.set_defaults(handler=_guarded(_actions))
+
+    from cluster_risk.cluster.deadcli import register_dead_command
+
+    register_dead_command(commands)
 
     status = commands.add_parser("status", help="workers, shard owners and epochs, lag, paused scopes")
     _common(status)

@@ -1,11 +1,10 @@
 """The gauges a worker reads from Redis when it is scraped: the lag of each shard it holds
-(``cluster_risk_shard_lag{shard}``) and the scopes paused on those shards, by any rule or by
-hand (``cluster_risk_paused_scopes``).
+(``cluster_risk_shard_lag{shard}``, computed as in ``cluster-risk status``) and the scopes
+paused on those shards, by any rule or by hand (``cluster_risk_paused_scopes``).
 
-Read at scrape time, on the metrics thread, with a client of its own (one pipeline: per held
-shard ``XINFO STREAM`` of the input, the lease's ``applied`` count, ``HLEN`` of each pause
-hash), so the worker's loop pays nothing for them.  Lag is exact (entries ever added minus
-entries applied, as in ``cluster-risk status``).  A shard this worker no longer holds loses
+Read at scrape time, on the metrics thread, with a client of its own (two pipelines: per held
+shard ``XINFO STREAM`` of the input and the lease's cursor, then ``HLEN`` of each pause hash),
+so the worker's loop pays nothing for them.  A shard this worker no longer holds loses
 its series, so summing over the fleet counts each shard once.  A failed read counts in
 ``cluster_risk_redis_errors_total`` and leaves the last values.
 """
@@ -15,11 +14,11 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Collection, Sequence
-from typing import Any
 
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
-from cluster_risk.cluster.shards import MANUAL, Client, Keys, text
+from cluster_risk.cluster.shards import MANUAL, Client, Keys
+from cluster_risk.cluster.status import lags_of
 from cluster_risk.observability import WorkerMetrics
 
 __all__ = ["HeldShardGauges", "held_shard_state"]
@@ -33,40 +32,18 @@ def held_shard_state(
     """(lag per shard, paused scopes in all of them) for ``shards``; ``rules``: the names of
     the rules with pause hashes (manual pauses are counted as well)."""
     order = sorted(shards)
+    lags = lags_of(client, keys, order)
     names = [*rules, MANUAL]
     pipe = client.pipeline(transaction=False)
     for shard in order:
-        pipe.execute_command("XINFO", "STREAM", keys.input(shard))
-        pipe.hget(keys.lease(shard), "applied")
         for name in names:
             pipe.hlen(keys.manual(shard) if name == MANUAL else keys.paused(shard, name))
-    replies = iter(pipe.execute(raise_on_error=False))
-    lags: dict[int, int] = {}
     paused = 0
-    for shard in order:
-        info, applied = next(replies), next(replies)
-        if isinstance(info, ResponseError):  # no such stream: nothing published yet
-            added = 0
-        elif isinstance(info, Exception):
-            raise info
-        else:
-            added = int(_entries_added(info))
-        lags[shard] = added - (int(text(applied)) if applied else 0)
-        for _ in names:
-            count = next(replies)
-            if isinstance(count, Exception):
-                raise count
-            paused += int(count)
+    for count in pipe.execute(raise_on_error=False) if order else []:
+        if isinstance(count, Exception):
+            raise count
+        paused += int(count)
     return lags, paused
-
-
-def _entries_added(info: Any) -> Any:
-    """``entries-added`` of an ``XINFO STREAM`` reply (a dict, or a flat list from a pipeline)."""
-    pairs = info.items() if isinstance(info, dict) else zip(list(info)[::2], list(info)[1::2], strict=True)
-    for key, value in pairs:
-        if text(key) == "entries-added":
-            return value
-    return 0
 
 
 class HeldShardGauges:

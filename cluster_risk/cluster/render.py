@@ -20,12 +20,14 @@ from cluster_risk.errors import EventError
 from cluster_risk.events import Action, Event, Order, Trade
 from cluster_risk.rules.base import BaseRule, DailyCapRule, Scope, StatelessRule, WindowRule
 
-__all__ = ["DeadLetter", "Renderer"]
+__all__ = ["EXCERPT", "DeadLetter", "Renderer"]
 
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
 
-# (stream entry id, line index or "", error code, field, reason, raw event)
-DeadLetter = tuple[str, str, str, str, str, str]
+# (stream entry id, line index or "", error code, field, reason, excerpt of the raw event,
+#  the raw event's length in bytes)
+DeadLetter = tuple[str, str, str, str, str, str, int]
+EXCERPT = 1024  # a dead letter keeps this many bytes of the raw entry, and of the reason
 
 
 def rule_table(rules: Sequence[BaseRule]) -> list[list[Any]]:
@@ -105,5 +107,17 @@ class Renderer:
                 yield i, Action(verdict.type, rule.name, dims, t, verdict.value, verdict.limit, verdict.reason)
 
 
-def dead_letter(entry_id: str, index: str, error: EventError, raw: str) -> DeadLetter:
-    return (entry_id, index, error.code, error.field, error.detail or error.code, raw)
+def dead_letter(entry_id: str, index: str, error: EventError, raw: bytes) -> DeadLetter:
+    """A rejected entry's dead letter: the raw entry's first :data:`EXCERPT` bytes, cut at a
+    character boundary (as text; bytes that are not UTF-8 as U+FFFD), and its length in bytes,
+    so a poison entry of megabytes costs the dead-letter stream about a kilobyte; the reason is
+    cut as well (it may quote a value)."""
+    reason = error.detail or error.code
+    if len(reason) > EXCERPT:
+        reason = reason[:EXCERPT] + "..."
+    cut = EXCERPT
+    if len(raw) > cut:
+        while cut > EXCERPT - 3 and raw[cut] & 0xC0 == 0x80:  # not inside a character
+            cut -= 1
+    excerpt = raw[:cut].decode("utf-8", "replace")
+    return (entry_id, index, error.code, error.field, reason, excerpt, len(raw))

@@ -13,7 +13,7 @@ Keys of shard N (hash tag ``{sN}``: one Redis Cluster slot; the state keys are
     P:{sN}:in        input stream: entries {e: wire JSON of one event, i: its line index (optional)}
     P:{sN}:lease     lease and cursor: owner, epoch, expires, sid, aid, applied (lua/lease.lua)
     P:{sN}:actions   actions stream: entries {a: action JSON}
-    P:{sN}:dead      dead letters: entry, index, error, field, reason, event
+    P:{sN}:dead      dead letters: entry, index, error, field, reason, event (its first KiB), length
     P:{sN}:pub:ID    publisher ID's last sequence number on the shard (a day's TTL; lua/publish.lua)
     P:{sN}:paused:manual  manual pauses (kill switches): field -> JSON (lua/manual.lua)
     P:{sN}:audit     audit stream of manual pauses, resumes and resets: when, who, why, what, scope, account, ...
@@ -167,9 +167,9 @@ def rule_dimensions(rules: Sequence[BaseRule]) -> list[dict[str, Any]]:
 
 
 class Scripts:
-    """The cluster's own scripts (lease, release, heartbeat, snapshot), loaded once per client."""
+    """The cluster's own scripts (lease, release, heartbeat, snapshot, health, trim), loaded once per client."""
 
-    NAMES = ("lease.lua", "release.lua", "heartbeat.lua", "snapshot.lua")
+    NAMES = ("lease.lua", "release.lua", "heartbeat.lua", "snapshot.lua", "health.lua", "trim.lua")
 
     def __init__(self, client: Client) -> None:
         self.client = client

@@ -1,13 +1,19 @@
-"""What an operator asks of a running fleet: workers, shard owners and epochs, lag, pauses.
+"""What an operator asks of a running fleet: workers, shard owners and epochs, lag, pauses,
+dead letters (``dead``: the count each shard's dead-letter stream holds; ``cluster-risk dead``
+prints them).
 
-Lag is exact: a shard's input stream counts every entry ever added (``XINFO STREAM``
-``entries-added``, Redis 7) and the apply script counts every entry it applied (``applied`` in
-the lease hash, written in the same atomic step), so ``added - applied`` is what was published
-and not yet applied, whatever was trimmed.
+Lag is what is present in a shard's input stream after its cursor (``sid`` in the lease hash,
+the last entry applied).  While nobody deleted an entry (``XINFO STREAM``
+``max-deleted-entry-id`` is 0-0: trimming does not set it), it is ``entries-added`` minus
+``applied`` (the count the apply script keeps in the same atomic step), O(1) per shard.  Once an
+operator has deleted an entry (``XDEL``), that difference would count the deleted one forever,
+so the entries after the cursor are counted instead (``XRANGE``, 10,000 at a time): exact, and
+``worker --drain`` ends when everything present has been applied.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from redis.exceptions import ResponseError
@@ -16,26 +22,50 @@ from cluster_risk.cluster.ops import manual_scope
 from cluster_risk.cluster.shards import MANUAL, Client, Deployment, Keys, text
 from cluster_risk.remote import scope_values
 
-__all__ = ["fleet_status", "shard_lags", "total_lag"]
+__all__ = ["fleet_status", "lags_of", "present_after", "shard_lags", "total_lag"]
 
 
 def shard_lags(client: Client, keys: Keys) -> list[int]:
+    """Per shard (0..S-1), the entries in its input stream not yet applied."""
+    lags = lags_of(client, keys, range(keys.shards))
+    return [lags[shard] for shard in range(keys.shards)]
+
+
+def lags_of(client: Client, keys: Keys, shards: Iterable[int]) -> dict[int, int]:
+    """The lag of each of ``shards`` (one pipeline, then a count for a shard with deletions)."""
+    order = sorted(shards)
     pipe = client.pipeline(transaction=False)
-    for shard in range(keys.shards):
+    for shard in order:
         pipe.execute_command("XINFO", "STREAM", keys.input(shard))
-        pipe.hget(keys.lease(shard), "applied")
+        pipe.hmget(keys.lease(shard), "applied", "sid")
     replies = pipe.execute(raise_on_error=False)
-    lags = []
-    for shard in range(keys.shards):
-        info, applied = replies[2 * shard], replies[2 * shard + 1]
+    lags: dict[int, int] = {}
+    for k, shard in enumerate(order):
+        info, lease = replies[2 * k], replies[2 * k + 1]
         if isinstance(info, ResponseError):  # no such stream: nothing published yet
-            added = 0
-        elif isinstance(info, Exception):
+            lags[shard] = 0
+            continue
+        if isinstance(info, Exception):
             raise info
-        else:
-            added = int(_field(info, "entries-added"))
-        lags.append(added - (int(text(applied)) if applied else 0))
+        if isinstance(lease, Exception):
+            raise lease
+        applied, sid = lease
+        if text(_field(info, "max-deleted-entry-id") or "0-0") == "0-0":
+            lags[shard] = int(_field(info, "entries-added")) - (int(text(applied)) if applied else 0)
+        else:  # an entry was deleted: count what is there
+            lags[shard] = present_after(client, keys.input(shard), text(sid) if sid else "0-0")
     return lags
+
+
+def present_after(client: Client, stream: str, after: str, page: int = 10_000) -> int:
+    """The entries of ``stream`` with an id above ``after``."""
+    count = 0
+    while True:
+        got: list[Any] = client.xrange(stream, min=f"({after}", count=page) or []
+        count += len(got)
+        if len(got) < page:
+            return count
+        after = text(got[-1][0])
 
 
 def total_lag(client: Client, keys: Keys) -> int:
@@ -59,7 +89,7 @@ def fleet_status(client: Client, prefix: str = "risk") -> dict[str, Any]:
     deployment = Deployment(client, prefix)
     shards = deployment.stored_shards()
     if shards is None:
-        return {"deployment": None, "workers": [], "shards": [], "lag": 0, "paused": []}
+        return {"deployment": None, "workers": [], "shards": [], "lag": 0, "dead": 0, "paused": []}
     keys = Keys(prefix, shards)
     rules = deployment.rules()
     workers = sorted(text(w) for w in client.zrange(keys.workers, 0, -1))
@@ -67,6 +97,7 @@ def fleet_status(client: Client, prefix: str = "risk") -> dict[str, Any]:
     pipe = client.pipeline(transaction=False)
     for shard in range(shards):
         pipe.hgetall(keys.lease(shard))
+        pipe.xlen(keys.dead(shard))
         for rule in rules:
             pipe.hgetall(keys.paused(shard, rule["name"]))
         pipe.hgetall(keys.manual(shard))
@@ -75,6 +106,7 @@ def fleet_status(client: Client, prefix: str = "risk") -> dict[str, Any]:
     paused = []
     for shard in range(shards):
         lease = {text(k): text(v) for k, v in next(replies).items()}
+        dead = int(next(replies))
         rows.append(
             {
                 "shard": shard,
@@ -82,6 +114,7 @@ def fleet_status(client: Client, prefix: str = "risk") -> dict[str, Any]:
                 "epoch": int(lease.get("epoch", 0)),
                 "applied": int(lease.get("applied", 0)),
                 "lag": lags[shard],
+                "dead": dead,
             }
         )
         for rule in rules:
@@ -95,5 +128,6 @@ def fleet_status(client: Client, prefix: str = "risk") -> dict[str, Any]:
         "workers": workers,
         "shards": rows,
         "lag": sum(lags),
+        "dead": sum(row["dead"] for row in rows),
         "paused": paused,
     }

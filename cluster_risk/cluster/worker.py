@@ -25,8 +25,11 @@ Failure handling, by what the worker can know:
   trade is rejected and the shard's batch sent again in the next pipeline of the round.
 
 Entries read for a shard are applied only if the shard's cursor is still the one they were
-read after (a lease lost and taken back meanwhile means reading again).  Every 64 batches a
-shard's input stream is trimmed up to its cursor (``XTRIM MINID ~``: applied entries only).
+read after (a lease lost and taken back meanwhile means reading again).  Streams stay bounded
+(:class:`Retention`): about once a second, and when the worker stops, each held shard's input
+stream is trimmed below the cursor stored in Redis (``lua/trim.lua``: applied entries only,
+less those kept for ``input_s``), its actions and dead letters to their age (and the dead
+letters to a length).
 
 Only Redis errors are caught (``redis.exceptions.RedisError``, and the store's
 :class:`StoreError` that wraps them); anything else is a bug and stops the worker, whose
@@ -53,7 +56,7 @@ from redis.exceptions import RedisError, ResponseError, TimeoutError
 
 from cluster_risk.cluster.leases import Leases
 from cluster_risk.cluster.render import DeadLetter, Renderer, dead_letter
-from cluster_risk.cluster.shards import Client, Deployment, Keys, text
+from cluster_risk.cluster.shards import Client, Deployment, Keys, Scripts, text
 from cluster_risk.config import EngineConfig
 from cluster_risk.errors import EventError
 from cluster_risk.events import Event, Order, Tick, Trade, order_ok, trade_ok
@@ -63,11 +66,10 @@ from cluster_risk.state.functions import LuaOperation
 from cluster_risk.state.redis import RedisStore, StoreError, by_node, load_lua, script_pipeline
 from cluster_risk.wire import decode_event, decode_line
 
-__all__ = ["Durability", "ShardLost", "Worker", "WorkerStats", "decode_entries"]
+__all__ = ["Durability", "Retention", "ShardLost", "Worker", "WorkerStats", "decode_entries"]
 
 log = logging.getLogger("cluster_risk.cluster.worker")
 
-_TRIM_EVERY = 64  # batches of a shard between two trims of its input stream
 _ACCOUNT = re.compile(r'"account_id"\s*:\s*"([^"\\]*)"')  # a dead letter's account, when it names one
 # b"XREAD", not "XREAD": redis-py looks its reply callback up by the command's name, and the
 # callback turns every entry's fields into a dict; the worker reads the raw reply instead.
@@ -93,6 +95,31 @@ class Durability:
 
     replicas: int = 0
     timeout_ms: int = 1000
+
+
+@dataclass(frozen=True, kw_only=True)
+class Retention:
+    """How much of each held shard's streams a worker keeps (docs/operations.md has what each
+    costs in memory).  ``input_s``: applied input entries published less than this long ago
+    stay (for replay and audit); entries not yet applied are never trimmed.  ``actions_s``,
+    ``dead_s``: actions and dead letters older than this go; ``dead_maxlen``: at most this many
+    dead letters per shard (0: no cap).  A gateway back from an outage resyncs from its
+    snapshot, so trimming actions loses it nothing.  Trimmed every
+    ``every_s`` per shard, when the worker stops, and never in an apply script."""
+
+    input_s: float = 0.0
+    actions_s: float = 86_400.0
+    dead_s: float = 7 * 86_400.0
+    dead_maxlen: int = 10_000
+    every_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("input_s", "actions_s", "dead_s", "every_s"):
+            value = getattr(self, name)
+            if not 0 <= value < 1e12:  # seconds; NaN and infinity refused too
+                raise ValueError(f"retention {name}: must be a number of seconds >= 0, got {value}")
+        if self.dead_maxlen < 0:
+            raise ValueError(f"retention dead_maxlen: must be >= 0, got {self.dead_maxlen}")
 
 
 @dataclass
@@ -214,7 +241,7 @@ class _Batch:
         slots = self._slots
         for (entry_id, _), (raw, index), event in zip(entries, parsed, decoded, strict=True):
             if isinstance(event, EventError):
-                slots.append(dead_letter(text(entry_id), index, event, raw.decode("utf-8", "replace")))
+                slots.append(dead_letter(text(entry_id), index, event, raw))
                 continue
             slots.append(len(events))
             events.append(event)
@@ -230,7 +257,7 @@ class _Batch:
                 dead.append(slot)
             elif isinstance(outcomes[slot], EventError):
                 eid, index, raw = self._origin[slot]
-                dead.append(dead_letter(text(eid), index, outcomes[slot], raw.decode("utf-8", "replace")))
+                dead.append(dead_letter(text(eid), index, outcomes[slot], raw))
         return dead
 
 
@@ -281,6 +308,7 @@ class Worker:
         lease_ms: int = 2000,
         durability: Durability | None = None,
         actions_maxlen: int = 0,
+        retention: Retention | None = None,
         clock: Callable[[], int] = time.time_ns,
         max_events: int | None = None,
         drain: bool = False,
@@ -302,6 +330,9 @@ class Worker:
         self.tick_ms = tick_ms
         self.batch = batch
         self.durability = durability or Durability()
+        self.retention = retention or Retention()
+        self._trim_at: dict[int, float] = {}  # shard -> when its streams are trimmed next
+        self._scripts = Scripts(client)
         self.clock = clock
         self.max_events = max_events
         self.drain = drain
@@ -340,14 +371,37 @@ class Worker:
                     self._tick_all()
                     next_tick = now + self.tick_ms / 1000
                 applied = self._round(idle)
+                self._trim()
                 idle = 0 if applied else idle + 1
                 if self.max_events is not None and self.stats.entries >= self.max_events:
                     break
                 if self.drain and not applied and self.leases.held and self._deployment_lag() == 0:
                     break
         finally:
+            self._trim(final=True)
             self._leave()
         return self.stats
+
+    def _trim(self, final: bool = False) -> None:
+        """Trim the held shards' streams that are due (all of them when ``final``):
+        ``lua/trim.lua`` per shard, pipelined per server; a failure is logged and the trim
+        tried again later."""
+        retention, now = self.retention, time.monotonic()
+        due = [s for s in sorted(self.leases.held) if final or now >= self._trim_at.get(s, 0.0)]
+        if not due:
+            return
+        args = [int(retention.input_s * 1000), int(retention.actions_s * 1000), int(retention.dead_s * 1000)]
+        keys = self.keys
+        calls = [
+            ("trim.lua", [keys.lease(s), keys.input(s), keys.actions(s), keys.dead(s)], [*args, retention.dead_maxlen])
+            for s in due
+        ]
+        for shard in due:
+            self._trim_at[shard] = now + retention.every_s
+        try:
+            self._scripts.many(calls)
+        except (RedisError, StoreError) as exc:
+            log.warning("trimming streams failed (tried again later): %s", exc)
 
     def _leave(self) -> None:
         try:
@@ -621,7 +675,9 @@ class Worker:
         if status == "ok":
             hint = reply[2]
             self.stats.dead += job.args[8]
-            for entry_id, _, code, field, reason, raw in job.dead:
+            for entry_id, _, code, field, reason, raw, _ in job.dead:
+                if self.metrics is not None:
+                    self.metrics.dead_letters.labels(reason=code).inc()
                 account = _ACCOUNT.search(raw)
                 log.warning(
                     "dead-lettered entry %s: %s %s (%s)", entry_id, code, field, reason,
@@ -645,8 +701,6 @@ class Worker:
         cursor.seq += 1
         if batch.last:
             cursor.sid = batch.last
-            if cursor.seq % _TRIM_EVERY == 0:  # applied entries are not needed again
-                self.client.xtrim(self.keys.input(shard), minid=batch.last, approximate=True)
         self.stats.entries += batch.entries
         self.stats.batches += 1
         return True

@@ -32,7 +32,9 @@ def order(oid: int, account: str, t: int, contract: str = "C1", volume: int = 1)
 
 
 def start_worker(url: str, threads: Threads) -> Worker:
-    return threads.start(lambda: Worker(build_config(CONFIG), connect(url), worker_id="w", tick_ms=0, shards=4))
+    worker = threads.start(lambda: Worker(build_config(CONFIG), connect(url), worker_id="w", tick_ms=0, shards=4))
+    wait_for("the worker's leases", lambda: len(worker.leases.held) == 4, 10)  # else gateways fail closed
+    return worker
 
 
 def test_pauses_reach_the_cache_and_answer_in_memory(server: RedisProcess, threads: Threads) -> None:
@@ -60,7 +62,8 @@ def test_the_gateway_fails_closed_within_its_bound(
 ) -> None:
     server = RedisProcess(tmp_path / "redis")  # type: ignore[operator]
     try:
-        client = RiskClient(connect(server.url), fail_after_s=0.5, poll_s=0.05).start()
+        # no worker here: only Redis is checked, not whether anybody applies (tests/cluster/test_gates.py)
+        client = RiskClient(connect(server.url), fail_after_s=0.5, poll_s=0.05, owner_grace_s=None).start()
         opened = RiskClient(connect(server.url), fail_after_s=0.5, poll_s=0.05, fail_open=True).start()
         assert not client.is_paused("A") and not client.failing
         server.kill()

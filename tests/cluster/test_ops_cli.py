@@ -93,7 +93,9 @@ def manual_fields(url: str, account: str) -> dict[str, str]:
 def test_kill_switch_is_lifted_only_by_a_manual_resume(url: str) -> None:
     publish(url, [order(i, "A", T0 + i) for i in range(1, 6)])  # 5 orders in 5 ns > 3: the rate rule pauses A
     drain(url)
-    gateway = RiskClient(connect(url), config=build_config(CONFIG), poll_s=0.05, fail_after_s=60).start()
+    gateway = RiskClient(
+        connect(url), config=build_config(CONFIG), poll_s=0.05, fail_after_s=60, owner_grace_s=None
+    ).start()
     try:
         assert gateway.check(order(99, "A", T0)) == [RATE_A]
 
@@ -178,7 +180,9 @@ def test_kill_switch_is_lifted_only_by_a_manual_resume(url: str) -> None:
 def test_contract_and_product_kill_switches_reach_the_gateway(url: str) -> None:
     publish(url, [order(1, "B", T0)])
     drain(url)
-    with RiskClient(connect(url), config=build_config(CONFIG), poll_s=0.05, fail_after_s=60) as gateway:
+    with RiskClient(
+        connect(url), config=build_config(CONFIG), poll_s=0.05, fail_after_s=60, owner_grace_s=None
+    ) as gateway:
         assert cli("pause", "--account", "B", "--contract", "C1", "--reason", "r", "--redis-url", url).returncode == 0
         assert cli("pause", "--account", "B", "--product", "P2", "--reason", "r", "--redis-url", url).returncode == 0
         wait_for("both pauses", lambda: len(gateway.cache.all()) == 2, 5)
