@@ -108,6 +108,11 @@ class WorkerMetrics:
             "cluster_risk_lease_changes", "Shard leases acquired or lost by this worker", ["change"], registry=r
         )
         self.redis_errors = Counter("cluster_risk_redis_errors", "Redis calls that failed", registry=r)
+        self.state_lost = Gauge(
+            "cluster_risk_shards_state_lost",
+            "Shards whose Redis state was lost: this worker applies nothing to them until `recover`",
+            registry=r,
+        )
 
     def record_batch(self, events: int, seconds: float, actions: Iterable[Action] = ()) -> None:
         """One applied batch: its size, its latency and the actions it produced."""

@@ -4,6 +4,10 @@ Lag is exact: a shard's input stream counts every entry ever added (``XINFO STRE
 ``entries-added``, Redis 7) and the apply script counts every entry it applied (``applied`` in
 the lease hash, written in the same atomic step), so ``added - applied`` is what was published
 and not yet applied, whatever was trimmed.
+
+Lost state: ``state_lost`` lists the shards listed in ``<prefix>:state_lost`` by a worker, and
+those whose lease hash does not carry the deployment's id (found here, with or without a
+worker); ``cluster-risk status`` exits 1 while any is listed.
 """
 
 from __future__ import annotations
@@ -59,8 +63,10 @@ def fleet_status(client: Client, prefix: str = "risk") -> dict[str, Any]:
     deployment = Deployment(client, prefix)
     shards = deployment.stored_shards()
     if shards is None:
-        return {"deployment": None, "workers": [], "shards": [], "lag": 0, "paused": []}
+        return {"deployment": None, "workers": [], "shards": [], "lag": 0, "paused": [], "state_lost": []}
     keys = Keys(prefix, shards)
+    deployment_id = deployment.stored_id()
+    listed = deployment.lost(keys)
     rules = deployment.rules()
     workers = sorted(text(w) for w in client.zrange(keys.workers, 0, -1))
     lags = shard_lags(client, keys)
@@ -73,8 +79,11 @@ def fleet_status(client: Client, prefix: str = "risk") -> dict[str, Any]:
     replies = iter(pipe.execute())
     rows = []
     paused = []
+    state_lost = []
     for shard in range(shards):
         lease = {text(k): text(v) for k, v in next(replies).items()}
+        if shard in listed or deployment_id is None or lease.get("deployment") != deployment_id:
+            state_lost.append(shard)
         rows.append(
             {
                 "shard": shard,
@@ -91,9 +100,11 @@ def fleet_status(client: Client, prefix: str = "risk") -> dict[str, Any]:
         for field, why in sorted(next(replies).items()):  # kill switches (cluster_risk.cluster.ops)
             paused.append({"rule": MANUAL, "scope": manual_scope(text(field)), "shard": shard, "detail": text(why)})
     return {
-        "deployment": {"prefix": prefix, "shards": shards},
+        "deployment": {"prefix": prefix, "shards": shards, "id": deployment_id},
         "workers": workers,
         "shards": rows,
         "lag": sum(lags),
         "paused": paused,
+        "state_lost": state_lost,
+        "state_lost_detail": {str(shard): listed[shard] for shard in sorted(listed)},
     }
