@@ -306,11 +306,20 @@ def config_document(config: EngineConfig) -> dict[str, Any]:
     trading day."""
     start = config.trading_day.start
     return {
-        "rules": [{"type": r.type_name, **r.params.model_dump(mode="json")} for r in config.rules],
+        "rules": [_rule_document(r) for r in config.rules],
         "contract_to_product": dict(sorted(config.contract_to_product.items())),
         "trading_day": {"timezone": config.trading_day.timezone, "start": f"{start.hour:02d}:{start.minute:02d}"},
         "id_retention_days": config.id_retention_days,
     }
+
+
+def _rule_document(rule: BaseRule) -> dict[str, Any]:
+    """A rule's parameters with the defaults that depend on others resolved (its name, a
+    window's resume threshold), so that writing a default out changes nothing."""
+    document: dict[str, Any] = {"type": rule.type_name, **rule.params.model_dump(mode="json"), "name": rule.name}
+    if isinstance(rule, WindowRule):
+        document["resume_threshold"] = rule.resume_threshold
+    return document
 
 
 def config_json(config: EngineConfig) -> str:
