@@ -230,9 +230,7 @@ class Deployment:
         """Store the config at the first worker's start (with its rules), else check it:
         another config raises :class:`ConfigDrift` with a readable diff; never overwritten."""
         rules = config.rules
-        for rule in rules:
-            if rule.name == MANUAL:
-                raise DeploymentError(f"rule name {MANUAL!r} is reserved in the cluster for manual pauses")
+        _no_manual(rules)
         document = config_json(config)
         if self.client.hsetnx(self.key, "config", document):
             self.client.hset(
@@ -261,6 +259,7 @@ class Deployment:
 
     def store_rules(self, rules: Sequence[BaseRule]) -> None:
         """Write the rules' record (what a gateway reads without a config) as given."""
+        _no_manual(rules)
         self.client.hset(self.key, "rules", json.dumps(rule_dimensions(rules)))
 
     def record(self) -> dict[str, str]:
@@ -298,6 +297,12 @@ class Deployment:
     def rules(self) -> list[dict[str, Any]]:
         got = self.client.hget(self.key, "rules")
         return [] if got is None else list(json.loads(text(got)))
+
+
+def _no_manual(rules: Sequence[BaseRule]) -> None:
+    for rule in rules:
+        if rule.name == MANUAL:
+            raise DeploymentError(f"rule name {MANUAL!r} is reserved in the cluster for manual pauses")
 
 
 def config_document(config: EngineConfig) -> dict[str, Any]:
