@@ -222,9 +222,9 @@ class Deployment:
             time.sleep(0.05)
 
     def _live_workers(self) -> bool:
-        """Any worker heard of in the last minute (server time)?"""
-        now_s, _ = self.client.time()
-        return bool(self.client.zcount(f"{self.prefix}:workers", (int(now_s) - 60) * 1000, "+inf"))
+        """Any worker in the live set (lua/heartbeat.lua)?  Its entries outlive a dead fleet
+        until the next beat, which only makes this refuse more often, never less."""
+        return bool(self.client.zcard(f"{self.prefix}:workers"))
 
     def store_config(self, config: EngineConfig) -> None:
         """Store the config at the first worker's start (with its rules), else check it:
@@ -370,26 +370,29 @@ def _leaves(value: Any, path: str = "") -> dict[str, Any]:
 
 def check_eviction(client: Client) -> None:
     """Refuse (:class:`DeploymentError`) a Redis that may evict keys: every primary's
-    ``maxmemory-policy`` must be ``noeviction``.  A Redis that refuses ``CONFIG GET`` (managed
-    services) is refused too: the operator confirms the policy and passes ``--allow-eviction``."""
+    ``maxmemory_policy`` (``INFO memory``, which the documented worker ACL allows, unlike
+    ``CONFIG``) must be ``noeviction``.  A Redis that does not say (``INFO`` refused or without
+    the field) is refused too: the operator confirms the policy and passes ``--allow-eviction``."""
     if isinstance(client, RedisCluster):
         nodes = [client.get_redis_connection(n) for n in client.get_primaries()]  # type: ignore[no-untyped-call]
     else:
         nodes = [client]
     for node in nodes:
         try:
-            got = node.config_get("maxmemory-policy")
+            policy = node.info("memory").get("maxmemory_policy")
         except ResponseError as exc:
+            policy, why = None, f"INFO refused: {exc}"
+        else:
+            why = "INFO memory has no maxmemory_policy"
+        if policy is None:
             raise DeploymentError(
-                f"cannot read Redis's maxmemory-policy (CONFIG GET refused: {exc}); a worker needs "
-                "noeviction (an evicted key is silently lost state): confirm it with your provider and "
-                "pass --allow-eviction"
-            ) from None
-        policy = text(next(iter(got.values()), "")) if got else ""
-        if policy != "noeviction":
+                f"cannot read Redis's maxmemory-policy ({why}); a worker needs noeviction (an evicted key "
+                "is silently lost state): confirm it with your provider and pass --allow-eviction"
+            )
+        if text(policy) != "noeviction":
             raise DeploymentError(
-                f"Redis's maxmemory-policy is {policy or '(unknown)'!r}, not 'noeviction': an evicted key is "
-                "silently lost state (counts from zero); set maxmemory-policy noeviction "
+                f"Redis's maxmemory-policy is {text(policy)!r}, not 'noeviction': an evicted key is silently "
+                "lost state (counts from zero); set maxmemory-policy noeviction "
                 "(--allow-eviction skips this check, for tests)"
             )
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from cluster_risk import build_config
 from cluster_risk.cluster.client import STATE_LOST, RiskClient
@@ -219,14 +220,12 @@ def test_workers_refuse_a_redis_that_may_evict(tmp_path: Path, redis_binaries: N
         lru.stop()
 
 
-def test_a_redis_that_refuses_config_get_needs_the_override(tmp_path: Path, redis_binaries: None) -> None:
-    managed = RedisProcess(tmp_path / "managed", "--rename-command", "CONFIG", "")
-    try:
-        with pytest.raises(DeploymentError, match=r"CONFIG GET refused.*--allow-eviction"):
-            make_worker(managed.url)
-        make_worker(managed.url, allow_eviction=True)
-    finally:
-        managed.stop()
+def test_a_redis_that_does_not_tell_its_policy_needs_the_override(server: RedisProcess) -> None:
+    server.client().acl_setuser("noinfo", enabled=True, passwords=["+pw"], keys=["*"], commands=["+@all", "-info"])
+    managed = redis.Redis(host="127.0.0.1", port=server.port, username="noinfo", password="pw")
+    with pytest.raises(DeploymentError, match=r"INFO refused.*--allow-eviction"):
+        Worker(build_config(CONFIG), managed, worker_id="w1")
+    assert not server.client().exists("risk:deployment")
 
 
 # ---------------------------------------------------------------------- config drift
