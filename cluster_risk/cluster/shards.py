@@ -162,13 +162,17 @@ class Deployment:
         got = self.client.hget(self.key, "id")
         return None if got is None else text(got)
 
-    def ensure(self, shards: int | None, *, create: bool = True) -> Keys:
+    def ensure(self, shards: int | None, *, create: bool = True, wait_s: float = 0.0) -> Keys:
         """Join the deployment, checking S; ``shards=None`` takes the stored value.  With no
         record: ``create`` makes a new one (S or the default; its id written into every
         shard), unless live workers show that a fleet is running (then its record was lost:
-        :class:`DeploymentError`); without ``create``, :class:`DeploymentError`."""
+        :class:`DeploymentError`); without ``create``, :class:`DeploymentError` once ``wait_s``
+        passed without one (workers starting)."""
         if shards is not None and not 1 <= shards <= 1 << 16:
             raise DeploymentError(f"shards: must be in [1, 65536], got {shards}")
+        deadline = time.monotonic() + wait_s
+        while not create and self.client.exists(self.key) == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
         if self.client.exists(self.key) == 0:
             if not create:
                 raise DeploymentError(

@@ -77,12 +77,13 @@ class Publisher:
         retry_s: float = 30.0,
         config: EngineConfig | None = None,
     ) -> None:
-        """The deployment must exist, or ``shards`` be given (a new one is then created, unless
-        workers are alive: a publisher never recreates the record of a running fleet);
-        ``config``, when given, must be the deployment's (:class:`ConfigDrift`)."""
+        """The deployment must exist (waited for up to ``retry_s``: workers starting), or
+        ``shards`` be given (a new one is then created, unless workers are alive: a publisher
+        never recreates the record of a running fleet); ``config``, when given, must be the
+        deployment's (:class:`ConfigDrift`)."""
         self.client = client
         deployment = Deployment(client, prefix)
-        self.keys: Keys = deployment.ensure(shards, create=shards is not None)
+        self.keys: Keys = deployment.ensure(shards, create=shards is not None, wait_s=retry_s)
         if config is not None:
             deployment.check_config(config)
         self.retention_days = retention_days

@@ -184,7 +184,7 @@ def test_a_publisher_creates_a_deployment_only_when_told_the_shard_count_and_no_
 ) -> None:
     client = connect(server.url)
     with pytest.raises(DeploymentError, match="no deployment"):
-        Publisher(client)
+        Publisher(client, retry_s=0.3)
     with pytest.raises(DeploymentError, match="no deployment"):
         RiskClient(client)
     client.zadd("risk:workers", {"w1": int(client.time()[0]) * 1000})  # a worker's heartbeat
