@@ -220,7 +220,8 @@ class Ops:
         return [
             shard
             for shard in range(self.keys.shards)
-            if shard in listed or found[shard] is None or text(found[shard]) != deployment_id
+            if shard in listed
+            or (deployment_id is not None and (found[shard] is None or text(found[shard]) != deployment_id))
         ]
 
     def recover(self, shards: Sequence[int] | None, reason: str, who: str) -> dict[str, Any]:

@@ -179,7 +179,7 @@ class Deployment:
                     f"no deployment under prefix {self.prefix!r}: start the workers first "
                     "(a publisher creates one only when given the shard count)"
                 )
-            if self._live_workers():
+            if self._live_workers() and self.client.exists(self.key) == 0:  # (not: created meanwhile)
                 raise DeploymentError(
                     f"workers are alive under prefix {self.prefix!r} but its deployment record is gone: "
                     "Redis lost its state (FLUSHALL, restart without persistence, eviction?); "
@@ -205,11 +205,7 @@ class Deployment:
         lease hash, then marks the record ready), else waited for until ready."""
         mine = secrets.token_hex(8)
         if self.client.hsetnx(self.key, "id", mine):
-            pipe = self.client.pipeline(transaction=False)
-            for shard in range(keys.shards):  # HSETNX: a shard holding another id stays lost
-                pipe.hsetnx(keys.lease(shard), "deployment", mine)
-            pipe.execute()
-            self.client.hset(self.key, mapping={"ready": "1", "created": str(time.time_ns())})
+            self._initialise(keys, mine)
             return mine
         deadline = time.monotonic() + _READY_WAIT_S
         while True:
@@ -218,12 +214,18 @@ class Deployment:
                 return text(got[0])
             if got[0] is None:
                 raise DeploymentError(f"the deployment record {self.key} vanished while this process joined it")
-            if time.monotonic() > deadline:
-                raise DeploymentError(
-                    f"the deployment record {self.key} is not ready after {_READY_WAIT_S:.0f} s "
-                    "(its creator died while writing the shards' identity?): see docs/operations.md"
-                )
+            if time.monotonic() > deadline:  # its creator died while writing the shards' id:
+                self._initialise(keys, text(got[0]))  # no worker joined (none joins before ready)
+                return text(got[0])
             time.sleep(0.05)
+
+    def _initialise(self, keys: Keys, deployment_id: str) -> None:
+        """A new record's id into every shard's lease hash, then the record marked ready."""
+        pipe = self.client.pipeline(transaction=False)
+        for shard in range(keys.shards):  # HSETNX: a shard holding another id stays lost
+            pipe.hsetnx(keys.lease(shard), "deployment", deployment_id)
+        pipe.execute()
+        self.client.hset(self.key, mapping={"ready": "1", "created": str(time.time_ns())})
 
     def _live_workers(self) -> bool:
         """Any worker in the live set (lua/heartbeat.lua)?  Its entries outlive a dead fleet

@@ -82,7 +82,7 @@ def fleet_status(client: Client, prefix: str = "risk") -> dict[str, Any]:
     state_lost = []
     for shard in range(shards):
         lease = {text(k): text(v) for k, v in next(replies).items()}
-        if shard in listed or deployment_id is None or lease.get("deployment") != deployment_id:
+        if shard in listed or (deployment_id is not None and lease.get("deployment") != deployment_id):
             state_lost.append(shard)
         rows.append(
             {

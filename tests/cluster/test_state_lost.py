@@ -276,3 +276,30 @@ def _config_file(server: RedisProcess, config: dict[str, Any]) -> str:
     path = server.folder / f"config-{abs(hash(json.dumps(config, sort_keys=True)))}.json"
     path.write_text(json.dumps(config), encoding="utf-8")
     return str(path)
+
+
+def test_a_record_replaced_under_a_running_worker_stops_it_and_every_shard_is_lost(
+    server: RedisProcess, threads: Threads
+) -> None:
+    client = connect(server.url)
+    worker = threads.start(lambda: make_worker(server.url))
+    wait_for("the worker alive", lambda: bool(worker.leases.held), 20)
+    client.flushall()
+    client.hset("risk:deployment", mapping={"shards": str(SHARDS), "id": "another", "ready": "1"})
+    wait_for("the worker stopped", lambda: not threads.threads[0].is_alive(), 20)
+    assert "now names deployment another" in str(threads.errors[0])
+    threads.errors.clear()
+    assert sorted(Deployment(client).lost(worker.keys)) == list(range(SHARDS))
+
+
+def test_a_record_its_creator_left_unready_is_completed_by_the_next_process(
+    server: RedisProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cluster_risk.cluster import shards
+
+    monkeypatch.setattr(shards, "_READY_WAIT_S", 0.2)
+    client = connect(server.url)
+    client.hset("risk:deployment", mapping={"shards": str(SHARDS), "id": "abc"})  # then the creator died
+    assert Deployment(client).ensure(None).shards == SHARDS
+    assert client.hget("risk:deployment", "ready") == b"1"
+    assert {client.hget(f"risk:{{s{k}}}:lease", "deployment") for k in range(SHARDS)} == {b"abc"}
