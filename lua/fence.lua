@@ -22,7 +22,7 @@ The lease hash has no TTL: the epoch must never go back, or a worker paused for 
 match a fresh epoch.
 
   fence.open(json, n, rules) -> W or nil
-  fence.check_epoch(W) -> refusal or nil    {"lost", id found or ""}: the shard does not carry
+  fence.check_epoch(W) -> refusal or nil    {"lost", id found or "(none)"}: the shard does not carry
                                             the caller's deployment id: its state was lost
                                             (FLUSHALL, restart without persistence, eviction) or
                                             belongs to another deployment; {"fenced", epoch now}:
@@ -52,7 +52,7 @@ end
 function fence.check_epoch(W)
   local now = redis.call('HMGET', W.lease, 'epoch', 'sid', 'aid', 'applied', 'deployment')
   W.sid, W.aid, W.applied = now[2] or '0-0', now[3] or '0-0', tonumber(now[4]) or 0
-  if W.deployment == '' or now[5] ~= W.deployment then return {'lost', now[5] or ''} end
+  if W.deployment == '' or now[5] ~= W.deployment then return {'lost', now[5] or '(none)'} end
   if now[1] ~= W.epoch then return {'fenced', now[1] or '0'} end
   return nil
 end
