@@ -22,6 +22,7 @@ from cluster_risk.cluster.status import fleet_status, shard_lags
 from cluster_risk.cluster.streams import Publisher
 from cluster_risk.cluster.worker import ShardLost, Worker
 from cluster_risk.events import Order, Trade
+from cluster_risk.observability import WorkerMetrics
 from tests.cluster.conftest import Threads, connect
 from tests.cluster.fleet import wait_for
 from tests.cluster.test_worker import everything
@@ -103,37 +104,43 @@ def test_a_restart_without_persistence_ends_in_a_refusal_not_a_count_from_zero(
     assert not threads.errors
 
 
+@pytest.mark.parametrize("where", ["standalone", "cluster"])
 def test_after_flushall_the_gateway_fails_closed_until_an_audited_recover(
-    server: RedisProcess, threads: Threads
+    where: str, request: pytest.FixtureRequest, threads: Threads
 ) -> None:
     """The rate pause a gateway held never gets its RESUME after a FLUSHALL: the gateway
     refuses the account while the shard is lost; `recover` (audited) restarts it afresh and the
-    gateway reloads its pauses."""
-    client = connect(server.url)
-    worker = threads.start(lambda: make_worker(server.url))
+    gateway reloads its pauses.  On one server and on a 3-master Redis Cluster."""
+    url = request.getfixturevalue("server").url if where == "standalone" else request.getfixturevalue("cluster_url")
+    client = connect(url)
+    worker = threads.start(lambda: make_worker(url, metrics=WorkerMetrics()))
+    assert worker.metrics is not None
     gateway = RiskClient(client, poll_s=0.05, fail_after_s=60).start()
     try:
         gateway.publish_many([Order(k, "A", "C1", "BID", 1.0, 1, T0 + k) for k in range(1, 4)])
         wait_for("the rate pause", lambda: gateway.is_paused("A"), 20)
         assert [p[0] for p in gateway.pauses("A")] == ["rate"]
-        client.flushall()
+        client.flushall()  # on a cluster: every master
         wait_for("the gateway failing closed", lambda: gateway.pauses("A") == [STATE_LOST], 20)
         assert gateway.pauses("B") == [STATE_LOST]  # every shard: the record itself was gone
         wait_for("the worker's report", lambda: worker.lost == set(range(SHARDS)), 20)
+        assert worker.metrics.state_lost._value.get() == SHARDS
+        assert gateway._lost_gauge._value.get() == SHARDS
 
-        refused = cli("recover", "--shard", "99", "--reason", "x", "--redis-url", server.url)
+        refused = cli("recover", "--shard", "99", "--reason", "x", "--redis-url", url)
         assert refused.returncode == 2 and "not a shard" in refused.stderr, refused
-        done = cli("recover", "--all", "--reason", "FLUSHALL by mistake", "--who", "ops", "--redis-url", server.url)
+        done = cli("recover", "--all", "--reason", "FLUSHALL by mistake", "--who", "ops", "--redis-url", url)
         assert done.returncode == 0, done
         assert "recovered shard(s) 0, 1, 2, 3" in done.stdout
-        again = cli("recover", "--shard", "0", "--reason", "x", "--redis-url", server.url)
+        again = cli("recover", "--shard", "0", "--reason", "x", "--redis-url", url)
         assert again.returncode == 1 and "has not lost its state" in again.stderr, again
 
         wait_for("the gateway back, its pauses reloaded", lambda: gateway.pauses("A") == [], 20)
         wait_for("the worker applying again", lambda: not worker.lost, 20)
+        assert worker.metrics.state_lost._value.get() == 0 and gateway._lost_gauge._value.get() == 0
         gateway.publish(Order(10, "B", "C1", "BID", 1.0, 1, T0 + 10))
         wait_for("applied", lambda: sum(shard_lags(client, worker.keys)) == 0, 20)
-        status = cli("status", "--json", "--redis-url", server.url)
+        status = cli("status", "--json", "--redis-url", url)
         assert status.returncode == 0 and json.loads(status.stdout)["state_lost"] == [], status
         audit = Ops(client).audit()
         assert [(r["what"], r["who"], r["why"], r["shards"]) for r in audit] == [
