@@ -19,7 +19,9 @@ Lost state.  Every ``poll_s`` the client also reads the deployment's id and the 
 in ``<prefix>:state_lost`` (:mod:`.shards`): while a shard is listed, or the record is gone or
 names another deployment (every shard), the accounts of those shards count as paused
 (``state_lost``; ``fail_open=True`` answers from the last known pauses instead); logged once
-each way, shown by :attr:`RiskClient.lost` and ``cluster_risk_client_state_lost_shards``.
+each way, shown by :attr:`RiskClient.lost` and ``cluster_risk_client_state_lost_shards``.  A
+record gone is written back (same id, every shard listed lost), as workers do, so that a
+worker started later joins the lost deployment instead of creating a new one.
 When a shard comes back (``cluster-risk recover``) the cache is reloaded.
 
 :class:`AsyncRiskClient` is the asyncio face of the same client: the cache is shared memory
@@ -101,6 +103,7 @@ class RiskClient:
         if config is not None:
             deployment.check_config(config)
         self.deployment_id = deployment.id
+        self._record = deployment.record()  # written back, every shard lost, if it vanishes
         self.lost: frozenset[int] = frozenset()  # shards whose state was lost (all: the record is)
         self.rules: list[dict[str, Any]] = (
             [{"name": r.name, "dimensions": list(r.dimensions)} for r in config.rules if _stateful(r)]
@@ -244,6 +247,8 @@ class RiskClient:
         pipe.hget(self.deployment.key, "id")
         pipe.hkeys(self.keys.state_lost)
         found, listed = pipe.execute()
+        if found is None and self.deployment.restore(self._record):  # no worker noticed yet
+            self.deployment.mark_lost(self.keys, range(self.keys.shards), "gateway", "deployment record gone")
         if found is None or text(found) != self.deployment_id:
             lost = frozenset(range(self.keys.shards))
         else:

@@ -310,3 +310,20 @@ def test_a_record_its_creator_left_unready_is_completed_by_the_next_process(
     assert Deployment(client).ensure(None).shards == SHARDS
     assert client.hget("risk:deployment", "ready") == b"1"
     assert {client.hget(f"risk:{{s{k}}}:lease", "deployment") for k in range(SHARDS)} == {b"abc"}
+
+
+def test_a_gateway_alone_keeps_the_loss_for_the_workers_started_after_it(
+    server: RedisProcess, threads: Threads
+) -> None:
+    """No worker runs during the FLUSHALL: the gateway writes the record back (every shard
+    lost), so a worker started later joins the lost deployment instead of creating a new one."""
+    client = connect(server.url)
+    first = make_worker(server.url)  # creates the deployment, then is gone
+    with RiskClient(client, poll_s=0.05) as gateway:
+        client.flushall()
+        wait_for("the gateway failing closed", lambda: gateway.pauses("A") == [STATE_LOST], 20)
+        assert Deployment(client).stored_id() == first.deployment_id
+        later = threads.start(lambda: make_worker(server.url, "w2"))
+        assert later.deployment_id == first.deployment_id
+        wait_for("the later worker refusing", lambda: later.lost == set(range(SHARDS)), 20)
+        assert fleet_status(client)["state_lost"] == list(range(SHARDS))
