@@ -24,7 +24,8 @@ Keys of shard N (hash tag ``{sN}``: one Redis Cluster slot; the state keys are
 :mod:`cluster_risk.state.redis`'s)::
 
     P:{sN}:in        input stream: entries {e: wire JSON of one event, i: its line index (optional)}
-    P:{sN}:lease     lease and cursor: owner, epoch, expires, sid, aid, applied (lua/lease.lua)
+    P:{sN}:lease     lease and cursor: owner, epoch, expires, sid, aid, applied (lua/lease.lua);
+                     deployment: the deployment id the shard's state belongs to
     P:{sN}:actions   actions stream: entries {a: action JSON}
     P:{sN}:dead      dead letters: entry, index, error, field, reason, event
     P:{sN}:pub:ID    publisher ID's last sequence number on the shard (a day's TTL; lua/publish.lua)
