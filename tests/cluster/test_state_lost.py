@@ -327,3 +327,23 @@ def test_a_gateway_alone_keeps_the_loss_for_the_workers_started_after_it(
         assert later.deployment_id == first.deployment_id
         wait_for("the later worker refusing", lambda: later.lost == set(range(SHARDS)), 20)
         assert fleet_status(client)["state_lost"] == list(range(SHARDS))
+
+
+def test_one_lost_shard_is_skipped_and_the_others_are_served(server: RedisProcess, threads: Threads) -> None:
+    """A shard whose id vanished (as after an eviction of its lease hash) is refused by the
+    script, listed and skipped; the worker goes on applying every other shard."""
+    client = connect(server.url)
+    worker = threads.start(lambda: make_worker(server.url))
+    wait_for("the worker holding every shard", lambda: len(worker.leases.held) == SHARDS, 20)
+    lost = worker.keys.shard_of("A")
+    other = next(a for a in (f"B{k}" for k in range(100)) if worker.keys.shard_of(a) != lost)
+    client.delete(worker.keys.lease(lost))  # the whole lease hash, as an eviction would
+    publisher = Publisher(client)
+    publisher.publish([(None, e) for e in fill(1, "A", 11, T0) + fill(2, other, 11, T0)])
+    wait_for("the lost shard listed", lambda: fleet_status(client)["state_lost"] == [lost], 20)
+    wait_for("the other shard applied", lambda: shard_lags(client, worker.keys)[worker.keys.shard_of(other)] == 0, 20)
+    assert [(a["type"], a["scope"]) for a in actions(client, worker.keys)] == [("PAUSE_ORDER", {"account": other})]
+    assert shard_lags(client, worker.keys)[lost] == 2
+    assert worker.lost == {lost}
+    status = cli("status", "--json", "--redis-url", server.url)
+    assert status.returncode == 1 and json.loads(status.stdout)["state_lost"] == [lost]
