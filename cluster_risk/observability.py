@@ -111,6 +111,11 @@ class WorkerMetrics:
         self.dead_letters = Counter(
             "cluster_risk_dead_letters", "Entries dead-lettered by this worker, by error code", ["reason"], registry=r
         )
+        self.state_lost = Gauge(
+            "cluster_risk_shards_state_lost",
+            "Shards whose Redis state was lost: this worker applies nothing to them until `recover`",
+            registry=r,
+        )
 
     def record_batch(self, events: int, seconds: float, actions: Iterable[Action] = ()) -> None:
         """One applied batch: its size, its latency and the actions it produced."""

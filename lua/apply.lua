@@ -12,7 +12,7 @@ ARGV[4]  "m" or "j": codec of ARGV[1] and of the result
 ARGV[5]  the hwm the sender expects (its previous batch): the batch applies only on top of it
 ARGV[6]  the sender's constants, in the codec of ARGV[1] (decoded once per server while the
          bytes stay the same: constants.lua): {rules, emit.lua's rules or absent}
-KEYS[2..4], ARGV[7..8]  a cluster worker's lease, input cursor and output streams
+KEYS[2..4], ARGV[7..9]  a cluster worker's lease, input cursor, output streams and deployment id
          (lua/fence.lua, lua/emit.lua); RemoteEngine's own batches pass none of them
 
 Returns  {"ok", result}     applied; result = encoded list of records (below)
@@ -24,7 +24,9 @@ Returns  {"ok", result}     applied; result = encoded list of records (below)
          {"stale", hwm}     hwm is not what the sender expects: another writer, an earlier
                             batch of this sender that did not apply, or a lost reply followed
                             by a different batch; nothing written
-         {"fenced", epoch} / {"gap", sid}   (cluster worker) refused before any write
+         {"lost", id} / {"fenced", epoch} / {"gap", sid}   (cluster worker) refused before any
+                            write: the shard lacks the worker's deployment id (ARGV[9]: its
+                            state was lost), the lease moved on, the cursor is elsewhere
          {"ok", result, hint}               (cluster worker) hint: see emit.lua
 
 plan = {1, 0, accounts, pairs, groups, events, retention_days, ttl_ms, t0[, hint day, unhinted]}

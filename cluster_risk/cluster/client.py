@@ -27,6 +27,15 @@ order path only looks the account's shard up in a dict, and only while some shar
 A gateway that reconnects after an outage reloads its snapshot (actions may have been trimmed
 meanwhile: ``cluster_risk.cluster.worker.Retention``).
 
+Lost state.  Every ``poll_s`` the client also reads the deployment's id and the shards listed
+in ``<prefix>:state_lost`` (:mod:`.shards`): while a shard is listed, or the record is gone or
+names another deployment (every shard), the accounts of those shards count as paused
+(``state_lost``; ``fail_open=True`` answers from the last known pauses instead); logged once
+each way, shown by :attr:`RiskClient.lost` and ``cluster_risk_client_state_lost_shards``.  A
+record gone is written back (same id, every shard listed lost), as workers do, so that a
+worker started later joins the lost deployment instead of creating a new one.
+When a shard comes back (``cluster-risk recover``) the cache is reloaded.
+
 :class:`AsyncRiskClient` is the asyncio face of the same client: the cache is shared memory
 (``is_paused``/``check`` are plain calls), publishing runs the sync publisher in a thread.
 """
@@ -61,6 +70,7 @@ Pause = tuple[str, tuple[tuple[str, str], ...]]  # (rule, ((dimension, value), .
 UNREACHABLE: Pause = ("redis_unreachable", ())
 NO_OWNER = "no_owner"  # conditions of an unhealthy shard (UnhealthyShards)
 STALE = "stale"
+STATE_LOST: Pause = ("state_lost", ())
 
 
 class PausedSet:
@@ -136,8 +146,13 @@ class RiskClient:
         health_s: float = 0.5,
     ) -> None:
         self.client = client
-        deployment = Deployment(client, prefix)
-        self.keys: Keys = deployment.ensure(None)
+        self.deployment = deployment = Deployment(client, prefix)
+        self.keys: Keys = deployment.ensure(None, create=False)
+        if config is not None:
+            deployment.check_config(config)
+        self.deployment_id = deployment.id
+        self._record = deployment.record()  # written back, every shard lost, if it vanishes
+        self.lost: frozenset[int] = frozenset()  # shards whose state was lost (all: the record is)
         self.rules: list[dict[str, Any]] = (
             [{"name": r.name, "dimensions": list(r.dimensions)} for r in config.rules if _stateful(r)]
             if config is not None
@@ -172,6 +187,11 @@ class RiskClient:
             ["condition"],
             registry=registry,
         )
+        self._lost_gauge = Gauge(
+            "cluster_risk_client_state_lost_shards",
+            "Shards whose state was lost (their accounts paused)",
+            registry=registry,
+        )
 
     # ------------------------------------------------------------------ gateway API
 
@@ -193,6 +213,8 @@ class RiskClient:
     def pauses(self, account: str, contract: str | None = None, product: str | None = None) -> list[Pause]:
         if self._unreachable() and not self.fail_open:
             return [UNREACHABLE]
+        if self.lost and not self.fail_open and self.keys.shard_of(account) in self.lost:
+            return [STATE_LOST]
         if product is None and contract is not None:
             product = self.products.get(contract, contract)
         refused = self._refused
@@ -270,6 +292,7 @@ class RiskClient:
     # ------------------------------------------------------------------ following
 
     def start(self) -> RiskClient:
+        self.check_lost()
         self.resync()
         self.check_health()
         self._thread = threading.Thread(target=self._follow, name="risk-client", daemon=True)
@@ -325,6 +348,7 @@ class RiskClient:
                 if message is not None and message.get("type") == "message":
                     self._hint(message["data"])
                 if time.monotonic() >= next_poll:
+                    self.check_lost()
                     self.catch_up(range(self.keys.shards))
                     next_poll = time.monotonic() + self.poll_s
                 if time.monotonic() >= next_health:
@@ -339,6 +363,33 @@ class RiskClient:
                 self._stop.wait(min(0.2, self.poll_s))
         if pubsub is not None:
             _close_quietly(pubsub)
+
+    def check_lost(self) -> None:
+        """Read the deployment's id and its lost shards; a shard back from lost reloads the cache."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hget(self.deployment.key, "id")
+        pipe.hkeys(self.keys.state_lost)
+        found, listed = pipe.execute()
+        if found is None and self.deployment.restore(self._record):  # no worker noticed yet
+            self.deployment.mark_lost(self.keys, range(self.keys.shards), "gateway", "deployment record gone")
+        if found is None or text(found) != self.deployment_id:
+            lost = frozenset(range(self.keys.shards))
+        else:
+            lost = frozenset(int(text(s)) for s in listed)
+        if lost == self.lost:
+            return
+        back = self.lost - lost
+        if lost - self.lost:
+            log.error(
+                "state lost on shard(s) %s (FLUSHALL, restart without persistence?): %s until `cluster-risk recover`",
+                sorted(lost - self.lost),
+                "failing open (last known pauses)" if self.fail_open else "their accounts count as paused",
+            )
+        self.lost = lost
+        self._lost_gauge.set(len(lost))
+        if back:
+            log.warning("shard(s) %s recovered: reloading the pauses", sorted(back))
+            self.resync()
 
     def _hint(self, data: bytes) -> None:
         hint = self.publisher.store.decode(data)

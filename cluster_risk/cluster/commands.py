@@ -2,7 +2,8 @@
 from ``cluster_risk.cli``): worker, publish, actions, dead (:mod:`.deadcli`), status, up.
 
 Exit codes: 0 done (``publish`` also when some events were rejected: they are printed),
-2 unusable arguments, config or Redis (one line on stderr).
+1 (``status``) some shard's state was lost, 2 unusable arguments, config or Redis (one line
+on stderr).
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ def _worker(args: argparse.Namespace) -> int:
         drain=args.drain,
         metrics=WorkerMetrics() if args.metrics_port else None,
         tune_gc=True,
+        allow_eviction=args.allow_eviction,
     )
     if worker.metrics is not None:
         from cluster_risk.cluster.gauges import HeldShardGauges
@@ -126,6 +128,7 @@ def _publish(args: argparse.Namespace) -> int:
         shards=args.shards,
         retention_days=config.id_retention_days,
         replicas=args.replicas if args.durability == "replicated" else 0,
+        config=config,
     )
     try:
         stream = sys.stdin.buffer if args.events == "-" else open(args.events, "rb")  # noqa: SIM115
@@ -173,12 +176,17 @@ def _status(args: argparse.Namespace) -> int:
     from cluster_risk.cluster.status import fleet_status
 
     status = fleet_status(_connect(args.redis_url), args.prefix)
+    lost = status["state_lost"]
     if args.json:
         print(json.dumps(status, indent=2))
-        return 0
+        return 1 if lost else 0
     if status["deployment"] is None:
         print(f"no deployment under prefix {args.prefix!r}")
         return 0
+    if lost:
+        print(f"STATE LOST on shard(s) {', '.join(map(str, lost))}: Redis lost their state (FLUSHALL, restart")
+        print("  without persistence, eviction?); nothing is applied to them and gateways refuse their accounts.")
+        print("  See docs/operations.md ('Lost Redis state'), then: cluster-risk recover --shard N|--all --reason TEXT")
     print(f"shards: {status['deployment']['shards']}   workers: {', '.join(status['workers']) or '(none)'}")
     print(f"lag: {status['lag']} events published, not yet applied")
     print("shard  owner                      epoch  applied     lag    dead")
@@ -189,7 +197,7 @@ def _status(args: argparse.Namespace) -> int:
     print(f"paused scopes: {len(status['paused'])}")
     for pause in status["paused"]:
         print(f"  {pause['rule']} {_dumps(pause['scope'])}  {pause['detail']}")
-    return 0
+    return 1 if lost else 0
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -250,6 +258,11 @@ def register_cluster_commands(commands: Any) -> None:
     worker.add_argument("--max-events", type=int, help="exit after applying this many entries (burst mode)")
     worker.add_argument("--drain", action="store_true", help="exit once nothing is left to apply")
     worker.add_argument("--metrics-port", type=int, default=0, help="serve /metrics, /healthz, /readyz (0: off)")
+    worker.add_argument(
+        "--allow-eviction",
+        action="store_true",
+        help="start even if Redis's maxmemory-policy is not noeviction or cannot be read (tests only)",
+    )
     worker.add_argument("--log-level", default="INFO")
     worker.set_defaults(handler=_guarded(_worker))
 

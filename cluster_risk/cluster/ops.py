@@ -22,6 +22,11 @@ The action of a manual pause::
      "timestamp": <wall clock ns>, "value": 0, "limit": 0,
      "reason": "manual pause by alice@host: <reason>"}
 
+Recovering a shard whose state was lost (``recover``, docs/operations.md "Lost Redis state"):
+the deployment's id is written back into the shard's lease hash, the shard leaves
+``<prefix>:state_lost``, and an audit record (``what`` = ``recover``) goes to the shard's audit
+stream.  The shard then counts from the state Redis holds now (after a FLUSHALL: nothing).
+
 Per-account ``reset_daily`` (an ops extension, not in the contract) travels as a
 ``reset_account`` event through the account's shard stream (:class:`Publisher`), so the
 worker applies it exactly once, in order with the shard's other events.
@@ -201,6 +206,49 @@ class Ops:
                     merged[key] = record
                 record["shards"].append(shard)
         return sorted(merged.values(), key=lambda r: (r["when"], r["shards"][0], r["id"]))
+
+    # ------------------------------------------------------------------ recover
+
+    def lost_shards(self) -> list[int]:
+        """Shards listed lost by a worker, or whose lease hash lacks the deployment's id."""
+        deployment_id = self.deployment.stored_id()
+        listed = self.deployment.lost(self.keys)
+        pipe = self.client.pipeline(transaction=False)
+        for shard in range(self.keys.shards):
+            pipe.hget(self.keys.lease(shard), "deployment")
+        found = pipe.execute()
+        return [
+            shard
+            for shard in range(self.keys.shards)
+            if shard in listed
+            or (deployment_id is not None and (found[shard] is None or text(found[shard]) != deployment_id))
+        ]
+
+    def recover(self, shards: Sequence[int] | None, reason: str, who: str) -> dict[str, Any]:
+        """Start these lost shards (``None``: every lost shard) afresh: the deployment's id
+        back in their lease hash, off the lost list, one audit record each.  A shard that is
+        not lost is refused (:class:`DeploymentError`), nothing changed."""
+        deployment_id = self.deployment.stored_id()
+        if deployment_id is None:
+            raise DeploymentError(f"the deployment record {self.deployment.key} has no id: start a worker first")
+        lost = self.lost_shards()
+        if shards is None:
+            shards = lost
+        for shard in shards:
+            if not 0 <= shard < self.keys.shards:
+                raise DeploymentError(f"--shard: {shard} is not a shard of this deployment (0..{self.keys.shards - 1})")
+            if shard not in lost:
+                raise DeploymentError(f"--shard: shard {shard} has not lost its state; nothing changed")
+        now = str(time.time_ns())
+        record = {"when": now, "who": who, "why": reason, "what": "recover", "scope": "{}", "account": ""}
+        pipe = self.client.pipeline(transaction=False)
+        for shard in shards:
+            pipe.hset(self.keys.lease(shard), "deployment", deployment_id)
+            pipe.xadd(self.keys.audit(shard), record | {"shard": str(shard)})  # type: ignore[arg-type]
+        pipe.execute()
+        if shards:  # off the list last: a worker applies again only once the id is back
+            self.client.hdel(self.keys.state_lost, *(str(shard) for shard in shards))
+        return {"recovered": sorted(shards), "deployment": deployment_id, "who": who, "why": reason, "when": int(now)}
 
     # ------------------------------------------------------------------ inspect
 

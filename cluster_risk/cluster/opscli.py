@@ -1,10 +1,10 @@
 """The operator's subcommands of ``cluster-risk`` (registered by :func:`register_ops_commands`
-from ``cluster_risk.cli``): inspect, pause, resume, audit, reset-daily (:mod:`.ops` does the
-work).  A table for people, ``--json`` for scripts.
+from ``cluster_risk.cli``): inspect, pause, resume, audit, reset-daily, recover (:mod:`.ops`
+does the work).  A table for people, ``--json`` for scripts.
 
 Exit codes: 0 done; 1 refused because of the state, nothing changed (``pause`` of a scope
-already paused by hand, ``resume`` of one that is not); 2 unusable arguments, config or Redis
-(one line on stderr), as the other commands.
+already paused by hand, ``resume`` of one that is not, ``recover`` of a shard not lost);
+2 unusable arguments, config or Redis (one line on stderr), as the other commands.
 """
 
 from __future__ import annotations
@@ -64,6 +64,9 @@ def _config(args: argparse.Namespace) -> Any:
 
     config = load_config(args.config)
     config.require_account_dimension()
+    from cluster_risk.cluster.shards import Deployment
+
+    Deployment(_connect(args.redis_url), args.prefix).check_config(config)  # the fleet's, or refused
     return config
 
 
@@ -219,6 +222,31 @@ def _reset_daily(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- recover
+
+
+def _recover(args: argparse.Namespace) -> int:
+    from cluster_risk.cluster.ops import operator
+
+    if not args.reason.strip():
+        return _fail("--reason: must not be empty (it goes to the audit stream)")
+    who = args.who or operator()
+    ops = _ops(args)
+    if not args.all and 0 <= args.shard < ops.keys.shards and args.shard not in ops.lost_shards():
+        print(f"cluster-risk: shard {args.shard} has not lost its state; nothing changed", file=sys.stderr)
+        return REFUSED
+    done = ops.recover(None if args.all else [args.shard], args.reason, who)
+    if args.json:
+        print(json.dumps(done))
+    elif done["recovered"]:
+        shards = ", ".join(str(s) for s in done["recovered"])
+        print(f"recovered shard(s) {shards} by {who}: {args.reason}")
+        print("  they count afresh from the state Redis holds now; see `cluster-risk audit`")
+    else:
+        print("no shard has lost its state; nothing changed")
+    return 0
+
+
 # ---------------------------------------------------------------------- registration
 
 
@@ -264,3 +292,13 @@ def register_ops_commands(commands: Any) -> None:
     reset.add_argument("--who", help="who (default: $USER@hostname)")
     reset.add_argument("--json", action="store_true", help="one JSON document")
     reset.set_defaults(handler=_guarded(_reset_daily))
+
+    recover = commands.add_parser("recover", help="start shards whose Redis state was lost afresh (audited)")
+    which = recover.add_mutually_exclusive_group(required=True)
+    which.add_argument("--shard", type=int, help="this lost shard")
+    which.add_argument("--all", action="store_true", help="every lost shard")
+    recover.add_argument("--reason", required=True, help="why (recorded in the audit stream)")
+    recover.add_argument("--who", help="who (default: $USER@hostname)")
+    _common(recover)
+    recover.add_argument("--json", action="store_true", help="one JSON document")
+    recover.set_defaults(handler=_guarded(_recover))

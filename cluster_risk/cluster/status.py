@@ -9,6 +9,10 @@ the last entry applied).  While nobody deleted an entry (``XINFO STREAM``
 operator has deleted an entry (``XDEL``), that difference would count the deleted one forever,
 so the entries after the cursor are counted instead (``XRANGE``, 10,000 at a time): exact, and
 ``worker --drain`` ends when everything present has been applied.
+
+Lost state: ``state_lost`` lists the shards listed in ``<prefix>:state_lost`` by a worker, and
+those whose lease hash does not carry the deployment's id (found here, with or without a
+worker); ``cluster-risk status`` exits 1 while any is listed.
 """
 
 from __future__ import annotations
@@ -89,8 +93,10 @@ def fleet_status(client: Client, prefix: str = "risk") -> dict[str, Any]:
     deployment = Deployment(client, prefix)
     shards = deployment.stored_shards()
     if shards is None:
-        return {"deployment": None, "workers": [], "shards": [], "lag": 0, "dead": 0, "paused": []}
+        return {"deployment": None, "workers": [], "shards": [], "lag": 0, "dead": 0, "paused": [], "state_lost": []}
     keys = Keys(prefix, shards)
+    deployment_id = deployment.stored_id()
+    listed = deployment.lost(keys)
     rules = deployment.rules()
     workers = sorted(text(w) for w in client.zrange(keys.workers, 0, -1))
     lags = shard_lags(client, keys)
@@ -104,9 +110,12 @@ def fleet_status(client: Client, prefix: str = "risk") -> dict[str, Any]:
     replies = iter(pipe.execute())
     rows = []
     paused = []
+    state_lost = []
     for shard in range(shards):
         lease = {text(k): text(v) for k, v in next(replies).items()}
         dead = int(next(replies))
+        if shard in listed or (deployment_id is not None and lease.get("deployment") != deployment_id):
+            state_lost.append(shard)
         rows.append(
             {
                 "shard": shard,
@@ -124,10 +133,12 @@ def fleet_status(client: Client, prefix: str = "risk") -> dict[str, Any]:
         for field, why in sorted(next(replies).items()):  # kill switches (cluster_risk.cluster.ops)
             paused.append({"rule": MANUAL, "scope": manual_scope(text(field)), "shard": shard, "detail": text(why)})
     return {
-        "deployment": {"prefix": prefix, "shards": shards},
+        "deployment": {"prefix": prefix, "shards": shards, "id": deployment_id},
         "workers": workers,
         "shards": rows,
         "lag": sum(lags),
         "dead": sum(row["dead"] for row in rows),
         "paused": paused,
+        "state_lost": state_lost,
+        "state_lost_detail": {str(shard): listed[shard] for shard in sorted(listed)},
     }

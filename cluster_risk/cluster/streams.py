@@ -41,6 +41,7 @@ from redis.cluster import RedisCluster
 from redis.exceptions import NoScriptError, RedisError
 
 from cluster_risk.cluster.shards import Client, Deployment, Keys, text
+from cluster_risk.config import EngineConfig
 from cluster_risk.errors import EventError, invalid
 from cluster_risk.events import Event, Order, ResetDaily, Trade
 from cluster_risk.state.redis import RedisStore, StoreError, load_lua
@@ -74,9 +75,17 @@ class Publisher:
         wait_timeout_ms: int = 1000,
         memory: int = 1_000_000,
         retry_s: float = 30.0,
+        config: EngineConfig | None = None,
     ) -> None:
+        """The deployment must exist (waited for up to ``retry_s``: workers starting), or
+        ``shards`` be given (a new one is then created, unless workers are alive: a publisher
+        never recreates the record of a running fleet); ``config``, when given, must be the
+        deployment's (:class:`ConfigDrift`)."""
         self.client = client
-        self.keys: Keys = Deployment(client, prefix).ensure(shards)
+        deployment = Deployment(client, prefix)
+        self.keys: Keys = deployment.ensure(shards, create=shards is not None, wait_s=retry_s)
+        if config is not None:
+            deployment.check_config(config)
         self.retention_days = retention_days
         self.replicas = replicas
         self.wait_timeout_ms = wait_timeout_ms

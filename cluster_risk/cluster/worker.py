@@ -22,7 +22,13 @@ Failure handling, by what the worker can know:
   and goes on from there - a batch that was applied is not applied again (the cursor moved,
   or the retried batch number and digest are recognised), one that was not is applied now;
 - ``abort`` (a trade whose order left the index in the same batch): nothing was written; the
-  trade is rejected and the shard's batch sent again in the next pipeline of the round.
+  trade is rejected and the shard's batch sent again in the next pipeline of the round;
+- ``lost`` (the shard does not carry this deployment's id: Redis lost its state): the shard is
+  listed in ``<prefix>:state_lost`` and the worker applies nothing more to it (it keeps serving
+  the others) until ``cluster-risk recover`` writes the id back.  Each beat also checks the
+  deployment record: gone (FLUSHALL, restart without persistence) -> written back from this
+  worker's copy with every shard listed lost; replaced by another deployment -> every shard
+  listed lost and the worker stops (:class:`DeploymentError`, exit 2).
 
 Entries read for a shard are applied only if the shard's cursor is still the one they were
 read after (a lease lost and taken back meanwhile means reading again).  Streams stay bounded
@@ -56,7 +62,7 @@ from redis.exceptions import RedisError, ResponseError, TimeoutError
 
 from cluster_risk.cluster.leases import Leases
 from cluster_risk.cluster.render import DeadLetter, Renderer, dead_letter
-from cluster_risk.cluster.shards import Client, Deployment, Keys, Scripts, text
+from cluster_risk.cluster.shards import Client, Deployment, DeploymentError, Keys, Scripts, check_eviction, text
 from cluster_risk.config import EngineConfig
 from cluster_risk.errors import EventError
 from cluster_risk.events import Event, Order, Tick, Trade, order_ok, trade_ok
@@ -79,7 +85,7 @@ _NONE = object()
 
 
 class ShardLost(RedisError):
-    """The apply script refused a batch (``fenced``, ``gap``, ``stale``, ``conflict``)."""
+    """The apply script refused a batch (``lost``, ``fenced``, ``gap``, ``stale``, ``conflict``)."""
 
     def __init__(self, shard: int, status: str, detail: str) -> None:
         super().__init__(f"shard {shard}: batch refused ({status}, {detail})")
@@ -314,14 +320,22 @@ class Worker:
         drain: bool = False,
         metrics: WorkerMetrics | None = None,
         tune_gc: bool = False,
+        allow_eviction: bool = False,
     ) -> None:
         """``tune_gc``: the process is the worker's own (``cluster-risk worker``): freeze the
-        objects of start-up and let the collector run less often (process-wide settings)."""
+        objects of start-up and let the collector run less often (process-wide settings).
+        ``allow_eviction``: skip the check that Redis never evicts keys (tests only)."""
         config.require_account_dimension()
         self.client = client
-        deployment = Deployment(client, prefix)
+        if not allow_eviction:
+            check_eviction(client)
+        self.deployment = deployment = Deployment(client, prefix)
         self.keys: Keys = deployment.ensure(shards)
-        deployment.store_rules(config.rules)
+        deployment.store_config(config)
+        assert deployment.id is not None  # set by ensure
+        self.deployment_id: str = deployment.id
+        self._record = deployment.record()  # written back if it vanishes (a FLUSHALL)
+        self.lost: set[int] = set()  # shards whose state was lost: nothing is applied to them
         self.store = RedisStore(client, prefix=prefix, num_shards=self.keys.shards)
         self.engine = RemoteEngine.from_config(config, self.store)
         self.renderer = Renderer(config.rules, self.engine.calendar, actions_maxlen)
@@ -415,7 +429,44 @@ class Worker:
         now = time.monotonic()
         if now >= self._next_beat:
             self._next_beat = now + self.leases.beat_ms / 1000
+            self._check_deployment()
             self._beat()
+
+    def _check_deployment(self) -> None:
+        """The deployment record and the lost shards, once per beat: a record gone is written
+        back from this worker's copy with every shard listed lost; a record of another
+        deployment stops the worker (every shard listed lost first)."""
+        try:
+            found = self.deployment.stored_id()
+            every = list(range(self.keys.shards))
+            if found is None:
+                restored = self.deployment.restore(self._record)
+                self.deployment.mark_lost(self.keys, every, self.worker_id, "deployment record gone")
+                log.error(
+                    "the deployment record %s is gone (FLUSHALL, or Redis restarted without persistence?): "
+                    "%s, every shard listed as lost until `cluster-risk recover`",
+                    self.deployment.key, "written back" if restored else "written back by another worker",
+                )  # fmt: skip
+            elif found != self.deployment_id:
+                self.deployment.mark_lost(self.keys, every, self.worker_id, f"deployment record replaced by {found}")
+                raise DeploymentError(
+                    f"the deployment record {self.deployment.key} now names deployment {found}, this worker joined "
+                    f"{self.deployment_id}: Redis lost its state; every shard listed as lost, stopping"
+                )
+            lost = set(self.deployment.lost(self.keys))
+        except (RedisError, StoreError) as exc:
+            log.warning("deployment check failed: %s", exc)
+            return
+        for shard in lost - self.lost:
+            self.cursors.pop(shard, None)
+            log.error("shard %d: state lost, applying nothing to it until `cluster-risk recover`", shard,
+                      extra={"shard": shard})  # fmt: skip
+        for shard in self.lost - lost:
+            self.cursors.pop(shard, None)  # recovered: reread its cursor
+            log.warning("shard %d recovered: applying again", shard, extra={"shard": shard})
+        self.lost = lost
+        if self.metrics is not None:
+            self.metrics.state_lost.set(len(lost))
 
     def _beat(self) -> None:
         try:
@@ -475,7 +526,7 @@ class Worker:
     def _round(self, idle: int = 0) -> int:
         """Read every held shard once and apply what came; the number of entries applied."""
         try:
-            held = self.leases.held
+            held = {s: epoch for s, epoch in self.leases.held.items() if s not in self.lost}
             stale = [s for s, epoch in held.items() if (c := self.cursors.get(s)) is None or c.epoch != epoch]
             if stale:
                 self._load_cursors(sorted(stale))
@@ -525,7 +576,7 @@ class Worker:
                 job = self._job(shard, batch, known.get(shard))
                 if job is not None:
                     jobs.append(job)
-                    call = script.command(len(job.keys), *job.keys, *job.args[:8])
+                    call = script.command(len(job.keys), *job.keys, *job.args[:9])
                     conn.send_packed_command(conn.pack_command(*call))
             replicas = self.durability.replicas
             if replicas and jobs:
@@ -591,8 +642,8 @@ class Worker:
 
     def _job(self, shard: int, batch: _Batch, known: KnownIds | None) -> _Job | None:
         cursor = self._cursor(shard)
-        if cursor is None:
-            return None  # lost meanwhile
+        if cursor is None or shard in self.lost:
+            return None  # lost meanwhile (its lease, or its state)
         planned = self.engine.plan_shard(shard, batch.events, checked=True, known=known)
         keys = [self.keys.meta(shard), self.keys.lease(shard), self.keys.actions(shard), self.keys.dead(shard)]
         job = _Job(shard, cursor, batch, planned, keys)
@@ -616,7 +667,8 @@ class Worker:
         if constants is None:  # the same bytes in every call: apply.lua decodes them once per server
             constants = self._constants = self.engine.constants((self.renderer.rules,))
         seq = cursor.seq
-        job.args = [blob, seq, digest, self.store.codec, seq - 1, constants, cursor.epoch, xblob, len(dead)]
+        job.args = [blob, seq, digest, self.store.codec, seq - 1, constants, cursor.epoch, xblob, self.deployment_id]
+        job.args.append(len(dead))
 
     def _run(self, jobs: list[_Job], raise_refusals: bool, sent: list[Any] | None = None) -> int:
         """Send the jobs' script calls (one pipeline per node), settle the replies, publish
@@ -674,7 +726,7 @@ class Worker:
         shard, cursor, batch = job.shard, job.cursor, job.batch
         if status == "ok":
             hint = reply[2]
-            self.stats.dead += job.args[8]
+            self.stats.dead += job.args[9]
             for entry_id, _, code, field, reason, raw, _ in job.dead:
                 if self.metrics is not None:
                     self.metrics.dead_letters.labels(reason=code).inc()
@@ -713,7 +765,7 @@ class Worker:
         error it got."""
         script = self._script
         assert script is not None  # set by run()
-        calls = [(script, (len(job.keys), *job.keys, *job.args[:8])) for job in jobs]
+        calls = [(script, (len(job.keys), *job.keys, *job.args[:9])) for job in jobs]
         replicas = self.durability.replicas
         wait = ("WAIT", replicas, self.durability.timeout_ms) if replicas else ()
         return script_pipeline(node, calls, lambda _: script.load(node), wait, self._acked, sent)
@@ -744,7 +796,7 @@ class Worker:
     def _tick_all(self) -> None:
         now = self.clock()
         jobs = []
-        for shard in sorted(self.leases.held):
+        for shard in sorted(self.leases.held.keys() - self.lost):
             try:
                 job = self._job(shard, _Batch([], Tick(now)), None)
             except (RedisError, StoreError) as exc:
@@ -761,6 +813,8 @@ class Worker:
             if exc.status == "fenced":
                 self.leases.drop(exc.shard)
                 log.warning("%s: another worker holds it now", exc, extra={"shard": exc.shard})
+            elif exc.status == "lost":
+                self._state_lost(exc)
             else:
                 log.warning("%s: rereading its cursor", exc, extra={"shard": exc.shard})
         else:
@@ -775,6 +829,20 @@ class Worker:
             self.cursors.clear()
         else:
             self.cursors.pop(shard, None)
+
+    def _state_lost(self, exc: ShardLost) -> None:
+        """The shard does not carry this deployment's id: list it as lost, apply nothing more."""
+        self.lost.add(exc.shard)
+        log.error(
+            "%s: the shard's state was lost (FLUSHALL, restart without persistence, eviction?): applying "
+            "nothing to it until `cluster-risk recover`", exc, extra={"shard": exc.shard},
+        )  # fmt: skip
+        if self.metrics is not None:
+            self.metrics.state_lost.set(len(self.lost))
+        try:
+            self.deployment.mark_lost(self.keys, [exc.shard], self.worker_id, str(exc))
+        except RedisError as error:  # listed at the next refusal
+            log.warning("could not list shard %d as lost: %s", exc.shard, error)
 
     def _refresh_cluster(self) -> None:
         try:

@@ -12,6 +12,7 @@ import pytest
 from cluster_risk import Order, Trade, build_config
 from cluster_risk.cluster.client import UNREACHABLE, AsyncRiskClient, RiskClient
 from cluster_risk.cluster.launcher import RedisProcess
+from cluster_risk.cluster.shards import Deployment
 from cluster_risk.cluster.worker import Worker
 from tests.cluster.conftest import Threads, connect
 from tests.cluster.fleet import wait_for
@@ -60,8 +61,10 @@ def test_pauses_reach_the_cache_and_answer_in_memory(server: RedisProcess, threa
 def test_the_gateway_fails_closed_within_its_bound(
     redis_binaries: None, tmp_path: object, caplog: pytest.LogCaptureFixture
 ) -> None:
-    server = RedisProcess(tmp_path / "redis")  # type: ignore[operator]
+    # With persistence: a Redis back without its data is lost state (tests/cluster/test_state_lost.py)
+    server = RedisProcess(tmp_path / "redis", "--appendonly", "yes", "--appendfsync", "always")  # type: ignore[operator]
     try:
+        Deployment(connect(server.url)).ensure(4)  # a gateway joins a deployment, never creates one
         # no worker here: only Redis is checked, not whether anybody applies (tests/cluster/test_gates.py)
         client = RiskClient(connect(server.url), fail_after_s=0.5, poll_s=0.05, owner_grace_s=None).start()
         opened = RiskClient(connect(server.url), fail_after_s=0.5, poll_s=0.05, fail_open=True).start()
