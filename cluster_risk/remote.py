@@ -69,6 +69,7 @@ from cluster_risk.events import (
     order_ok,
     trade_ok,
 )
+from cluster_risk.ids import index_pair, index_value, to_text
 from cluster_risk.rules.base import BaseRule, DailyCapRule, Scope, StatelessRule, WindowRule
 from cluster_risk.state.redis import RedisStore, StoreError
 from cluster_risk.wire import decode_event, decode_line
@@ -167,7 +168,7 @@ class _Context:
     def __init__(self, account: _Account, scope: Scope, groups: list[_Group], paired: bool) -> None:
         self.account = account
         self.scope = scope
-        self.pair = f"{scope.account}\x1f{scope.contract}"
+        self.pair = index_value(scope.account, scope.contract)
         self.groups = groups
         self.paired = paired  # False: every rule groups by account, so its pair lists no group
         self.stamp = -1
@@ -615,7 +616,7 @@ class RemoteEngine:
         for k, index, trade in unresolved:
             indexed = found.get(f"o{trade.oid}")
             if indexed is not None:
-                account, contract = indexed.split("\x1f", 1)
+                account, contract = index_pair(indexed)
                 items[k] = self._enriched(index, trade, (account, contract))
             elif f"t{trade.tid}" in found:
                 outcomes[index] = []  # a duplicate: changes nothing, emits nothing
@@ -980,7 +981,7 @@ def _number(text: str) -> float:
 
 
 def _str(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return to_text(value)
 
 
 def _unknown_order(trade: Trade) -> EventError:

@@ -34,6 +34,7 @@ from redis.cluster import RedisCluster
 from redis.commands.core import Script
 
 from cluster_risk.errors import RiskError
+from cluster_risk.ids import shard_of, to_text
 from cluster_risk.remote import scope_key
 from cluster_risk.rules.base import BaseRule, DailyCapRule, WindowRule
 from cluster_risk.state.functions import LuaOperation
@@ -51,7 +52,8 @@ class DeploymentError(RiskError):
 
 
 def text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    """A Redis reply as text (:func:`cluster_risk.ids.to_text`: lone surrogates come back)."""
+    return to_text(value)
 
 
 class Keys:
@@ -65,7 +67,8 @@ class Keys:
         self.channel = f"{prefix}:actions"
 
     def shard_of(self, account_id: str) -> int:
-        return zlib.crc32(account_id.encode("utf-8", "surrogatepass")) % self.shards
+        """:func:`cluster_risk.ids.shard_of` with this deployment's shard count."""
+        return shard_of(account_id, self.shards)
 
     def route_shard(self, oid: int) -> int:
         return zlib.crc32(str(oid).encode()) % self.shards
