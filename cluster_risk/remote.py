@@ -71,6 +71,7 @@ from cluster_risk.events import (
 )
 from cluster_risk.ids import index_pair, index_value, to_text
 from cluster_risk.rules.base import BaseRule, DailyCapRule, Scope, StatelessRule, WindowRule
+from cluster_risk.state.memory import SATURATED_SUM
 from cluster_risk.state.redis import RedisStore, StoreError
 from cluster_risk.wire import decode_event, decode_line
 
@@ -972,8 +973,10 @@ def _add_amount(events: list[Any], amount: float | None) -> None:
     """A daily rule's value: the amount and its kind (0 int, 1 float, 2 none)."""
     if amount is None:
         events += (0, 2)
-    else:
-        events += (amount, 1 if type(amount) is float else 0)
+    elif type(amount) is float:
+        events += (amount, 1)
+    else:  # an int past 2**53 saturates the sum anyway (memory.saturated); msgpack takes < 2**64
+        events += (amount if amount <= SATURATED_SUM else SATURATED_SUM, 0)
 
 
 def _number(text: str) -> float:
