@@ -179,7 +179,7 @@ def _fields(raw: Any) -> tuple[bytes, str]:
     if type(raw) is list:
         n = len(raw)
         if n == 4 and raw[0] == b"e" and raw[2] == b"i":
-            return raw[1], raw[3].decode()
+            return raw[1], text(raw[3])  # any bytes: a poison index must not stop the worker
         if n == 2 and raw[0] == b"e":
             return raw[1], ""
         raw = dict(zip(raw[::2], raw[1::2], strict=False))
