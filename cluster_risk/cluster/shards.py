@@ -34,7 +34,7 @@ from redis.cluster import RedisCluster
 from redis.commands.core import Script
 
 from cluster_risk.errors import RiskError
-from cluster_risk.ids import shard_of, to_text
+from cluster_risk.ids import shard_of, to_bytes, to_text
 from cluster_risk.remote import scope_key
 from cluster_risk.rules.base import BaseRule, DailyCapRule, WindowRule
 from cluster_risk.state.functions import LuaOperation
@@ -192,7 +192,7 @@ class Scripts:
         return operation
 
     def __call__(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        return self._script(name)(keys=list(keys), args=list(args))
+        return self._script(name)(keys=list(keys), args=_encoded(args))
 
     def _load(self, node: Any, calls: Sequence[tuple[str, Any, Any]], missing: list[int]) -> None:
         for name in {calls[k][0] for k in missing}:
@@ -204,7 +204,7 @@ class Scripts:
         replies: list[Any] = [None] * len(calls)
         for node, indices in by_node(self.client, [keys[0] for _, keys, _ in calls]):
             group = [calls[i] for i in indices]
-            evals = [(self._operation(name), (len(keys), *keys, *args)) for name, keys, args in group]
+            evals = [(self._operation(name), (len(keys), *keys, *_encoded(args))) for name, keys, args in group]
             got = script_pipeline(node, evals, partial(self._load, node, group))
             for i, reply in zip(indices, got, strict=True):
                 replies[i] = reply
@@ -212,3 +212,9 @@ class Scripts:
             if isinstance(reply, Exception):
                 raise reply
         return replies
+
+
+def _encoded(args: Sequence[Any]) -> list[Any]:
+    """Script arguments with text as :func:`cluster_risk.ids.to_bytes` (ids may hold lone
+    surrogates, which redis-py's own encoding refuses)."""
+    return [to_bytes(a) if isinstance(a, str) else a for a in args]

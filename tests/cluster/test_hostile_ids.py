@@ -19,7 +19,7 @@ from cluster_risk.cluster.launcher import RedisProcess
 from cluster_risk.cluster.streams import Publisher
 from cluster_risk.cluster.worker import Worker
 from cluster_risk.errors import EventError
-from cluster_risk.wire import decode_line
+from cluster_risk.wire import decode_event, decode_line
 from tests.cluster.conform import by_scope, expected, fleet_output
 from tests.cluster.conftest import connect
 from tests.cluster.fleet import Fleet, final, fleet_fixture, wait_for
@@ -173,3 +173,35 @@ def test_poison_entries_are_dead_lettered_and_the_worker_goes_on(
     want, _ = expected(CONFIG, applied)
     assert len(want) >= len(good) // 2
     assert by_scope(actions) == by_scope(want)
+
+
+def test_a_gateway_and_the_ops_commands_take_hostile_ids(server: RedisProcess) -> None:
+    """Pauses of hostile accounts reach a gateway (hint and resync), and an operator can pause,
+    resume, reset and inspect them: every text crosses Redis as ids.to_bytes, both ways."""
+    from cluster_risk.cluster.client import RiskClient
+    from cluster_risk.cluster.ops import Ops
+    from cluster_risk.cluster.shards import rule_dimensions
+
+    client = connect(server.url)
+    publisher = Publisher(client, shards=2)
+    accounts = ["\ud800", "VICTIM\x1fX17", "{s1}:%", "\x00"]
+    with RiskClient(connect(server.url), config=build_config(CONFIG), poll_s=0.05, fail_after_s=60) as gateway:
+        events = [_order(n + 1, a, "X17", T + n) for n, a in enumerate(accounts)]
+        events += [_fill(n + 1, n + 1, 11, T + 10 + n) for n in range(len(accounts))]
+        publisher.publish([(None, e) for e in map(decode_event, events)])
+        _worker(server.url).run()
+        wait_for("the pauses", lambda: all(gateway.is_paused(a, "X17") for a in accounts), 10)
+        assert not gateway.is_paused("VICTIM", "X17")
+        gateway.resync()
+        assert all(gateway.is_paused(a, "X17") for a in accounts) and not gateway.is_paused("VICTIM")
+        ops = Ops(client)
+        assert ops.pause({"account": "\udfff"}, "r", "me").status == "ok"
+        wait_for("the kill switch", lambda: gateway.is_paused("\udfff"), 10)
+        assert ops.resume({"account": "\udfff"}, "r", "me").status == "ok"
+        wait_for("its resume", lambda: not gateway.is_paused("\udfff"), 10)
+        report = ops.inspect("\ud800", rule_dimensions(build_config(CONFIG).rules))
+        assert report["account"] == "\ud800" and report["pauses"]
+        ops.reset_daily("\ud800", at_ns=T + 100, who="me", reason="r")
+        _worker(server.url).run()
+        wait_for("the reset's resume", lambda: not gateway.is_paused("\ud800", "X17"), 10)
+        assert [r["scope"] for r in ops.audit("\ud800") if r["what"] == "reset_daily"] == [{"account": "\ud800"}]
