@@ -30,7 +30,9 @@ shard's input stream is trimmed up to its cursor (``XTRIM MINID ~``: applied ent
 
 Only Redis errors are caught (``redis.exceptions.RedisError``, and the store's
 :class:`StoreError` that wraps them); anything else is a bug and stops the worker, whose
-leases then expire and move on.
+leases then expire and move on - except where one entry meets it: decoding an entry or
+planning a batch, where the entry is dead-lettered (``internal_error``, traceback logged) and
+the worker goes on, since a poison entry would otherwise stop every worker that takes the shard.
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ _ACCOUNT = re.compile(r'"account_id"\s*:\s*"([^"\\]*)"')  # a dead letter's acco
 _XREAD = b"XREAD"
 _scan: Callable[[str, int], tuple[Any, int]] = _json_scanner.c_make_scanner(json.JSONDecoder())  # type: ignore[attr-defined]
 _NONE = object()
+INTERNAL_ERROR = "internal_error"  # a dead letter's error when an entry met a bug (logged with its traceback)
 
 
 class ShardLost(RedisError):
@@ -171,6 +174,8 @@ def decode_entries(raws: Sequence[bytes]) -> list[Event | EventError]:
             out.append(decode_line(raw) if obj is _NONE else _event(obj))
         except EventError as exc:
             out.append(exc)
+        except Exception as exc:  # a decoder bug: this entry's dead letter, not the worker's end
+            out.append(EventError(INTERNAL_ERROR, "", f"{type(exc).__name__}: {exc}"[:500]))
     return out
 
 
@@ -539,11 +544,38 @@ class Worker:
         cursor = self._cursor(shard)
         if cursor is None:
             return None  # lost meanwhile
-        planned = self.engine.plan_shard(shard, batch.events, checked=True, known=known)
+        planned = self._plan(shard, batch, known)
         keys = [self.keys.meta(shard), self.keys.lease(shard), self.keys.actions(shard), self.keys.dead(shard)]
         job = _Job(shard, cursor, batch, planned, keys)
         self._arguments(job)
         return job
+
+    def _plan(self, shard: int, batch: _Batch, known: KnownIds | None) -> ShardBatch:
+        """The engine's plan of the batch.  An exception that is not Redis's comes from a bug
+        that some entry meets: each event is planned alone to find which, those are
+        dead-lettered (``internal_error``, the exception as reason) and the rest is planned,
+        so one entry never stops the worker (that would stop every worker that takes the shard)."""
+        try:
+            return self.engine.plan_shard(shard, batch.events, checked=True, known=known)
+        except (RedisError, StoreError):
+            raise
+        except Exception:
+            log.exception("planning a batch of shard %d failed: looking for the entry", shard, extra={"shard": shard})
+            bad: dict[int, EventError] = {}
+            for i, event in enumerate(batch.events):
+                try:
+                    self.engine.plan_shard(shard, [event], checked=True, known=known)
+                except (RedisError, StoreError):
+                    raise
+                except Exception as exc:
+                    bad[i] = EventError(INTERNAL_ERROR, "", f"{type(exc).__name__}: {exc}"[:500])
+            if not bad:
+                raise  # no single entry's doing
+            events: list[Any] = [_NONE if i in bad else e for i, e in enumerate(batch.events)]
+            planned = self.engine.plan_shard(shard, events, checked=True, known=known)
+            for i, error in bad.items():
+                planned.outcomes[i] = error  # (_NONE was rejected as unknown_type)
+            return planned
 
     def _arguments(self, job: _Job) -> None:
         """apply.lua's ARGV for the job's (current) plan."""

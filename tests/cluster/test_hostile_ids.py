@@ -205,3 +205,32 @@ def test_a_gateway_and_the_ops_commands_take_hostile_ids(server: RedisProcess) -
         _worker(server.url).run()
         wait_for("the reset's resume", lambda: not gateway.is_paused("\ud800", "X17"), 10)
         assert [r["scope"] for r in ops.audit("\ud800") if r["what"] == "reset_daily"] == [{"account": "\ud800"}]
+
+
+def test_an_entry_that_meets_a_bug_is_dead_lettered_and_the_rest_applied(
+    server: RedisProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug that one entry meets while its batch is planned (here: planted for account BOOM)
+    stopped the worker, and every worker after it that took the shard; now that entry is an
+    ``internal_error`` dead letter with the exception as its reason, and the rest is applied."""
+    client = connect(server.url)
+    publisher = Publisher(client, shards=1)
+    events = [_order(1, "A", "X17", T), _order(2, "BOOM", "X17", T + 1), _fill(1, 1, 11, T + 2)]
+    publisher.publish([(None, decode_event(e)) for e in events])
+    worker = _worker(server.url, shards=1)
+    context = worker.engine._context
+
+    def planted(account: str, contract: str) -> Any:
+        if account == "BOOM":
+            raise RuntimeError("planted bug")
+        return context(account, contract)
+
+    worker.engine._context = planted  # type: ignore[method-assign]
+    with caplog.at_level(logging.ERROR, logger="cluster_risk.cluster.worker"):
+        worker.run()
+    assert worker.stats.entries == 3
+    dead = [{k.decode(): v.decode() for k, v in f.items()} for _, f in client.xrange(publisher.keys.dead(0))]
+    assert [(d["error"], d["reason"]) for d in dead] == [("internal_error", "RuntimeError: planted bug")]
+    actions, _, _ = fleet_output(client)
+    assert [(a["type"], a["scope"]) for a in actions] == [("PAUSE_ORDER", {"account": "A", "product": "P{1}"})]
+    assert any("planted bug" in (r.exc_text or "") for r in caplog.records)
