@@ -76,6 +76,7 @@ _ACCOUNT = re.compile(r'"account_id"\s*:\s*"([^"\\]*)"')  # a dead letter's acco
 _XREAD = b"XREAD"
 _scan: Callable[[str, int], tuple[Any, int]] = _json_scanner.c_make_scanner(json.JSONDecoder())  # type: ignore[attr-defined]
 _NONE = object()
+SCRIPT_ERROR = "script_error"  # a dead letter's error when apply.lua failed on that entry alone
 INTERNAL_ERROR = "internal_error"  # a dead letter's error when an entry met a bug (logged with its traceback)
 
 
@@ -195,6 +196,11 @@ def _fields(raw: Any) -> tuple[bytes, str]:
     return (event.encode() if isinstance(event, str) else event), text(got.get("i", ""))
 
 
+def _stream_id(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
 def _reply(conn: Any) -> Any:
     """The next reply on ``conn``; an error reply (a missing script, ...) as its exception."""
     try:
@@ -206,7 +212,8 @@ def _reply(conn: Any) -> Any:
 class _Batch:
     """A shard's entries decoded: the events, and for each entry its event or dead letter."""
 
-    def __init__(self, entries: Sequence[Any], tick: Tick | None) -> None:
+    def __init__(self, entries: Sequence[Any], tick: Tick | None, poison: tuple[str, str] | None = None) -> None:
+        """``poison``: (entry id, reason) of an entry apply.lua failed on alone (a dead letter)."""
         self.events: list[Event] = []
         self.entries = len(entries)
         self.last = text(entries[-1][0]) if entries else ""
@@ -217,6 +224,11 @@ class _Batch:
         events = self.events
         origin = self._origin
         slots = self._slots
+        if poison is not None:  # apply.lua failed on that entry alone: its dead letter
+            decoded = [
+                EventError(SCRIPT_ERROR, "", poison[1]) if text(entry[0]) == poison[0] else event
+                for entry, event in zip(entries, decoded, strict=True)
+            ]
         for (entry_id, _), (raw, index), event in zip(entries, parsed, decoded, strict=True):
             if isinstance(event, EventError):
                 slots.append(dead_letter(text(entry_id), index, event, raw.decode("utf-8", "replace")))
@@ -317,6 +329,11 @@ class Worker:
         self.block_ms = 20  # an idle round's XREAD blocks this long (standalone)
         self.poll_s = 0.001  # an idle round's wait on a cluster (no multi-slot blocking read)
         self.cursors: dict[int, _Cursor] = {}
+        # a script error (apply.lua failed at run time, so not Redis's fault): per shard, the
+        # last entry of the batch it failed on (its entries are then applied one at a time), and
+        # an entry whose batch of one failed (it becomes a dead letter): see _isolate
+        self._narrow: dict[int, str] = {}
+        self._poison: dict[int, tuple[str, str]] = {}
         self._stop = threading.Event()
         self._next_beat = 0.0
         self._script: LuaOperation | None = None
@@ -441,7 +458,7 @@ class Worker:
         batches = {}
         for shard, entries in got.items():
             if self.cursors[shard].sid == wanted[shard]:  # else: moved since these were read
-                batches[shard] = _Batch(entries, None)
+                batches[shard] = self._batch(shard, entries)
         try:  # fills without account: their orders' index entries, all shards in one round
             lookups = {shard: self.engine.lookup_fields(batch.events) for shard, batch in batches.items()}
             known = self.engine.lookup_ids(lookups) if any(lookups.values()) else {}
@@ -550,6 +567,37 @@ class Worker:
         self._arguments(job)
         return job
 
+    def _batch(self, shard: int, entries: Sequence[Any]) -> _Batch:
+        """A round's batch of the shard: one entry at a time while a script error is being
+        narrowed down to its entry (which is then dead-lettered: _isolate)."""
+        first = _stream_id(text(entries[0][0]))
+        until = self._narrow.get(shard)
+        if until is not None:
+            if first > _stream_id(until):
+                del self._narrow[shard]
+            else:
+                entries = entries[:1]
+        poison = self._poison.get(shard)
+        if poison is not None and first > _stream_id(poison[0]):
+            del self._poison[shard]
+            poison = None
+        return _Batch(entries, None, poison)
+
+    def _isolate(self, job: _Job, exc: RedisError | StoreError) -> None:
+        """apply.lua failed at run time on this batch: an entry the script cannot take (a bug)
+        would fail it again and again, and the shard would stall.  Its entries are applied one
+        at a time from now on; an entry that fails alone is dead-lettered (``script_error``)."""
+        message = str(exc)
+        if not message.startswith(("user_script:", "user_function:")) or not job.batch.entries:
+            return
+        shard, batch = job.shard, job.batch
+        if batch.entries > 1:
+            self._narrow[shard] = batch.last
+            log.error("shard %d: apply.lua failed (%s): applying its entries one by one", shard, message)
+        else:
+            self._poison[shard] = (batch.last, message[:500])
+            log.error("shard %d: apply.lua failed on entry %s (%s): dead-lettering it", shard, batch.last, message)
+
     def _plan(self, shard: int, batch: _Batch, known: KnownIds | None) -> ShardBatch:
         """The engine's plan of the batch.  An exception that is not Redis's comes from a bug
         that some entry meets: each event is planned alone to find which, those are
@@ -622,6 +670,7 @@ class Worker:
                     except (RedisError, StoreError) as exc:
                         if raise_refusals:
                             raise
+                        self._isolate(job, exc)
                         self._trouble(job.shard, exc)
                         continue
                     if status:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -234,3 +235,44 @@ def test_an_entry_that_meets_a_bug_is_dead_lettered_and_the_rest_applied(
     actions, _, _ = fleet_output(client)
     assert [(a["type"], a["scope"]) for a in actions] == [("PAUSE_ORDER", {"account": "A", "product": "P{1}"})]
     assert any("planted bug" in (r.exc_text or "") for r in caplog.records)
+
+
+def test_an_entry_apply_lua_fails_on_is_dead_lettered_and_the_shard_goes_on(
+    server: RedisProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    """apply.lua failing at run time on one entry (here: a plan planted to break the script for
+    account LUA) was retried forever: the shard stalled.  Now the batch's entries are applied
+    one at a time, the one that fails alone is a ``script_error`` dead letter, the rest applied."""
+    client = connect(server.url)
+    publisher = Publisher(client, shards=1)
+    events = [_order(1, "A", "X17", T), _order(2, "LUA", "X17", T + 1), _fill(1, 1, 11, T + 2), _order(3, "B", "C", T)]
+    publisher.publish([(None, decode_event(e)) for e in events])
+    worker = _worker(server.url, shards=1)
+    plan_shard = worker.engine.plan_shard
+
+    def planted(shard: int, batch: Any, **options: Any) -> Any:
+        planned = plan_shard(shard, batch, **options)
+        if any(getattr(e, "account_id", None) == "LUA" for e in batch):
+            planned.blob = worker.store.encode([1, 0, "not", "a", "plan"])
+        return planned
+
+    worker.engine.plan_shard = planted  # type: ignore[method-assign]
+    guard = threading.Timer(30, worker.stop)  # a stalled shard never drains: stop, then fail below
+    guard.start()
+    try:
+        with caplog.at_level(logging.ERROR, logger="cluster_risk.cluster.worker"):
+            worker.run()
+    finally:
+        guard.cancel()
+    assert worker.stats.entries == 4
+    dead = [{k.decode(): v.decode() for k, v in f.items()} for _, f in client.xrange(publisher.keys.dead(0))]
+    assert [(d["error"], d["index"]) for d in dead] == [("script_error", "")]
+    assert dead[0]["reason"].startswith("user_")  # the script's own error message
+    assert '"LUA"' in dead[0]["event"]
+    actions, _, _ = fleet_output(client)
+    assert [(a["type"], a["scope"]) for a in actions] == [("PAUSE_ORDER", {"account": "A", "product": "P{1}"})]
+    logged = [r.getMessage() for r in caplog.records]
+    assert [m.split(" (")[0] for m in logged if "apply.lua failed" in m] == [
+        "shard 0: apply.lua failed",
+        f"shard 0: apply.lua failed on entry {dead[0]['entry']}",
+    ]
