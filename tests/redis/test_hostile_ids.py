@@ -5,7 +5,10 @@ Each gives exactly the in-process answer (issue 15, items 1 and 2)."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -141,3 +144,44 @@ def test_hostile_ids_give_the_in_process_answer(store: RedisStore, batch_size: i
     assert got == want
     for record in got:  # every output record is valid JSON, and says what in-process says
         assert json.loads(json.dumps(record)) == record
+
+
+@pytest.mark.parametrize("batch_size", ["1", "1000"])
+def test_replay_redis_url_prints_what_the_in_process_replay_prints(
+    standalone: RedisServer, tmp_path: Path, batch_size: str
+) -> None:
+    """The issue's reproductions, as a user runs them: ``cluster-risk replay`` with and without
+    ``--redis-url``, hostile ids included, print the same lines (each valid JSON)."""
+    standalone.client().flushall()
+    config = tmp_path / "config.json"
+    notional = {"type": "AccountVolumeLimitRule", "name": "n", "metric": "notional", "daily_cap": 10}
+    config.write_text(json.dumps({**BY_CONTRACT, "rules": [*BY_CONTRACT["rules"], notional]}), encoding="utf-8")
+    events = [
+        _order(1, "VICTIM\x1fX17", "C", T),
+        _fill(1, 1, 8, T + 1),
+        _order(2, "VICTIM", "C", T + 2),
+        _fill(2, 2, 5, T + 3),
+    ]
+    for n, account in enumerate(HOSTILE):
+        events += [_order(10 + n, account, "\x1f", T + 10 + n), _fill(10 + n, 10 + n, 11, T + 30 + n)]
+    events.append(_fill(99, 99, 100, T + 50, account_id="N", contract_id="C") | {"price": 1e308})
+    path = tmp_path / "events.jsonl"
+    path.write_text("".join(line + "\n" for line in _lines(events)), encoding="utf-8")
+    command = [sys.executable, "-m", "cluster_risk.cli", "replay", "-q", "--config", str(config), str(path)]
+    local = subprocess.run(command, capture_output=True, timeout=120, check=False)
+    remote = subprocess.run(
+        [*command, "--redis-url", standalone.url, "--batch-size", batch_size],
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert local.returncode == remote.returncode == 0, remote.stderr[-2000:]
+    assert remote.stdout == local.stdout
+    records = [json.loads(line, parse_constant=_no_constant) for line in local.stdout.splitlines()]
+    assert {"account": "N"} in [r.get("scope") for r in records]  # 1e308 x 100: a finite value
+    assert any(r.get("scope", {}).get("account") == "\ud800" for r in records)
+    assert not any(r.get("scope") == {"account": "VICTIM", "product": "C"} for r in records)
+
+
+def _no_constant(name: str) -> None:
+    raise AssertionError(f"{name} is not JSON")
