@@ -69,7 +69,9 @@ from cluster_risk.events import (
     order_ok,
     trade_ok,
 )
+from cluster_risk.ids import index_pair, index_value, to_text
 from cluster_risk.rules.base import BaseRule, DailyCapRule, Scope, StatelessRule, WindowRule
+from cluster_risk.state.memory import SATURATED_SUM
 from cluster_risk.state.redis import RedisStore, StoreError
 from cluster_risk.wire import decode_event, decode_line
 
@@ -167,7 +169,7 @@ class _Context:
     def __init__(self, account: _Account, scope: Scope, groups: list[_Group], paired: bool) -> None:
         self.account = account
         self.scope = scope
-        self.pair = f"{scope.account}\x1f{scope.contract}"
+        self.pair = index_value(scope.account, scope.contract)
         self.groups = groups
         self.paired = paired  # False: every rule groups by account, so its pair lists no group
         self.stamp = -1
@@ -615,7 +617,7 @@ class RemoteEngine:
         for k, index, trade in unresolved:
             indexed = found.get(f"o{trade.oid}")
             if indexed is not None:
-                account, contract = indexed.split("\x1f", 1)
+                account, contract = index_pair(indexed)
                 items[k] = self._enriched(index, trade, (account, contract))
             elif f"t{trade.tid}" in found:
                 outcomes[index] = []  # a duplicate: changes nothing, emits nothing
@@ -971,8 +973,10 @@ def _add_amount(events: list[Any], amount: float | None) -> None:
     """A daily rule's value: the amount and its kind (0 int, 1 float, 2 none)."""
     if amount is None:
         events += (0, 2)
-    else:
-        events += (amount, 1 if type(amount) is float else 0)
+    elif type(amount) is float:
+        events += (amount, 1)
+    else:  # an int past 2**53 saturates the sum anyway (memory.saturated); msgpack takes < 2**64
+        events += (amount if amount <= SATURATED_SUM else SATURATED_SUM, 0)
 
 
 def _number(text: str) -> float:
@@ -980,7 +984,7 @@ def _number(text: str) -> float:
 
 
 def _str(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return to_text(value)
 
 
 def _unknown_order(trade: Trade) -> EventError:

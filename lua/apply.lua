@@ -33,7 +33,8 @@ plan = {1, 0, accounts, pairs, groups, events, retention_days, ttl_ms, t0[, hint
   rules[r]    (ARGV[6][1]) {"w", name, K, threshold, resume, 1, A} | {"d", name, cap, 0, 0, 1 if
               orders feed it, A}; A = 1 when the rule groups by account only
   accounts[a] account id
-  pairs       flat, per (account, contract) pair p: a, "<account>\31<contract>", then its group g
+  pairs       flat, per (account, contract) pair p: a, its order-index value
+              "<#account>:<account><contract>" (opaque here: cluster_risk/ids.py), then its group g
               for each rule r; no groups when every rule groups by account only (A = 1): then
               each rule's group is the account's own, g = a
   groups[g]   a scope key, listed once even when several rules group by it: a pair's entry
@@ -244,7 +245,8 @@ end
 local function window_crossed(pos, ts, r, key, a, code, n)
   local rule = rules[r]
   if code == 1 then
-    cache.set(reg[r], key, string.format('since=%s value=%d limit=%d account=%s', since(ts), n, rule[4], a))
+    -- the account by `..`, not %s: Lua 5.1's string.format cuts a string at its first \0
+    cache.set(reg[r], key, string.format('since=%s value=%d limit=%d account=', since(ts), n, rule[4]) .. a)
     X.out[#X.out + 1] = {pos, 2, r, key, n}
   elseif code == 2 then
     cache.del(reg[r], key)
@@ -268,8 +270,8 @@ local function daily_step(pos, ts, d, r, key, a, amount, kind, current)
   daily.add(e, amount, kind == 1)
   if d == current and daily.crosses(e, rule[3]) and not cache.get(reg[r], key) then
     local value = daily.format(e[1], e[2])
-    shard.pause(X, r, key, a, string.format('since=%s value=%s limit=%s day=%s account=%s',
-      since(ts), value, fmt_limit(rule[3]), keys.iso_day(d), a))
+    shard.pause(X, r, key, a, string.format('since=%s value=%s limit=%s day=%s account=',
+      since(ts), value, fmt_limit(rule[3]), keys.iso_day(d)) .. a) -- `..`: %s cuts at a \0
     X.out[#X.out + 1] = {pos, 2, r, key, value}
   end
 end

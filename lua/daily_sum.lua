@@ -35,9 +35,21 @@ function daily.format(x, isfloat)
   return s
 end
 
+-- A sum saturates rather than drift (as cluster_risk.state.memory.saturated does): an integer
+-- sum that would pass 2^53 (no longer exact) becomes SATURATED = 2^53 + 2, above every allowed
+-- cap (<= 2^53); a float sum stays within +-the largest finite double (never inf or nan).
+-- (Integer amounts are >= 0 for the built-in metrics; the test is exact for those.)
+local EXACT, SATURATED, FMAX = 9007199254740992, 9007199254740994, 1.7976931348623157e308
+
 function daily.add(e, amount, isfloat)
-  e[1] = e[1] + amount
+  local x = e[1] + amount
   e[2] = e[2] or isfloat
+  if e[2] then
+    if not (x >= -FMAX and x <= FMAX) then x = (x > 0) and FMAX or -FMAX end
+  elseif amount > 0 and e[1] > EXACT - amount then
+    x = SATURATED
+  end
+  e[1] = x
   e.dirty = true
 end
 

@@ -57,9 +57,20 @@ local function scope_lt(p, q) -- p = {config index, values, ...}
   return false
 end
 
+-- an id's JSON string: cjson passes bytes >= 0x80 through, so a lone surrogate (sent by
+-- Python as UTF-8 with surrogatepass: ED A0..BF 80..BF, cluster_risk/ids.py) would make the
+-- action invalid UTF-8; it is written as the \uXXXX escape Python's json writes
+local function surrogate(b, c)
+  return string.format('\\u%04x', 53248 + (string.byte(b) - 128) * 64 + string.byte(c) - 128) -- 0xD000 + ...
+end
+
+local function id_json(s)
+  return (string.gsub(cjson.encode(s), '\237([\160-\191])([\128-\191])', surrogate))
+end
+
 local function render(R, kind, vals, ts, value, reason)
   local scope = {}
-  for i, d in ipairs(R[4]) do scope[i] = d .. ':' .. cjson.encode(vals[i]) end
+  for i, d in ipairs(R[4]) do scope[i] = d .. ':' .. id_json(vals[i]) end
   return '{"type":"' .. kind .. '_ORDER","rule":' .. R[3] .. ',"scope":{' .. table.concat(scope, ',')
     .. '},"timestamp":' .. ts .. ',"value":' .. value .. ',"limit":' .. R[5]
     .. ',"reason":' .. cjson.encode(reason) .. '}'

@@ -14,7 +14,7 @@ a shard's keys share its hash tag and one script touches one Redis Cluster slot.
   base .. "winc:" .. rule                "<chunk number>:<scope>" -> older window buckets (window.lua)
   base .. "day:" .. YYYY-MM-DD .. ":" .. rule   scope -> that day's sum (daily_sum.lua)
   base .. "paused:" .. rule              scope -> "since=<ns> value=<v> limit=<l> ..." (current pauses)
-  base .. "ids:" .. YYYY-MM-DD .. ":" .. block   a block of that day's ids: "o<oid>" -> account\31contract,
+  base .. "ids:" .. YYYY-MM-DD .. ":" .. block   a block of that day's ids: "o<oid>" -> "<#account>:<account><contract>" (ids.py),
                                          "t<tid>" -> 1; block = the id field without its last 3 digits
                                          ("o12" holds o12000..o12999; "o" holds o0..o999) (seen_ids.lua)
   base .. "ids:" .. YYYY-MM-DD .. ":blocks"   set: the day's blocks

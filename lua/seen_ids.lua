@@ -7,7 +7,7 @@ KEYS / ARGV: none. Included into apply.lua and lookup_ids.lua (`--@include seen_
 Ids are kept per generation: the shard's latest trading day when the id was first seen.
 Generation g lives in hashes of at most 1,000 ids each, <prefix>:{s<N>}:ids:<YYYY-MM-DD of
 g>:<block> (block: the id's field without its last 3 digits, keys.lua), fields "o<oid>" (value
-"<account>\31<contract>": the order index) and "t<tid>" (value "1"); the set ...:blocks lists
+"<#account>:<account><contract>": the order index) and "t<tid>" (value "1"); the set ...:blocks lists
 them. An id is seen while latest - g <= retention, and a generation is deleted as the latest
 day passes that. The live generations are listed in the shard's meta hash (field gens,
 "d1,d2,..."). Why blocks: one hash per day grew to every id of the day (375k fields in the

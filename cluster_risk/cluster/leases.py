@@ -18,6 +18,7 @@ import logging
 from collections.abc import Sequence
 
 from cluster_risk.cluster.shards import Client, Keys, Scripts, text
+from cluster_risk.ids import to_bytes
 
 __all__ = ["Leases", "assign"]
 
@@ -45,7 +46,9 @@ def assign(live: Sequence[str], shards: int) -> dict[str, list[int]]:
 
 
 def _score(worker: str, shard: int) -> int:
-    return int.from_bytes(hashlib.blake2b(f"{worker}\x1f{shard}".encode(), digest_size=8).digest(), "big")
+    # unambiguous although a worker id may hold U+001F: the shard after the last one is digits
+    # only; to_bytes: an --id from argv may hold a lone surrogate (surrogateescape)
+    return int.from_bytes(hashlib.blake2b(to_bytes(f"{worker}\x1f{shard}"), digest_size=8).digest(), "big")
 
 
 class Leases:

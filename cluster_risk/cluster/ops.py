@@ -56,11 +56,13 @@ from cluster_risk.cluster.shards import (
 )
 from cluster_risk.config import EngineConfig
 from cluster_risk.events import ResetDaily
+from cluster_risk.ids import to_bytes
 from cluster_risk.remote import scope_key, scope_values
 
 __all__ = ["ManualResult", "Ops", "manual_field", "manual_scope", "operator"]
 
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
+_dumps_raw = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _PAUSE_TEXT = re.compile(r"^since=(\S+) value=(\S+) limit=(\S+)(?: day=(\S+))? account=(.*)$", re.S)
 _GLOB = re.compile(r"([*?\[\]\\])")
 
@@ -282,7 +284,8 @@ class Ops:
                 entry |= {"K": r["window_ns"] // r["bucket_ns"], "c": at // r["bucket_ns"]}
             spec.append(entry)
         manual_match = _GLOB.sub(r"\\\1", escaped) + "*"
-        payload = _dumps({"account": account, "rules": spec, "manual": manual_match})
+        # UTF-8 as is (surrogatepass, by Scripts): cjson refuses a lone surrogate's \u escape
+        payload = _dumps_raw({"account": account, "rules": spec, "manual": manual_match})
         reply = self.scripts("inspect.lua", [self.keys.meta(shard)], [payload])
         day = int(text(reply[0]))
         out: dict[str, Any] = {
@@ -342,7 +345,7 @@ class Ops:
         record |= {"scope": _dumps(scope), "account": account or "", "at": str(at)}
         pipe = self.client.pipeline(transaction=False)
         for shard in shards:
-            pipe.xadd(self.keys.audit(shard), record)  # type: ignore[arg-type]
+            pipe.xadd(self.keys.audit(shard), {k: to_bytes(v) for k, v in record.items()})
         pipe.execute()
         return {"published": "reset_daily", "account": account, "timestamp": at, "shards": shards}
 

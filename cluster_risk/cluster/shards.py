@@ -54,6 +54,7 @@ from redis.exceptions import ResponseError
 
 from cluster_risk.config import EngineConfig
 from cluster_risk.errors import RiskError
+from cluster_risk.ids import shard_of, to_bytes, to_text
 from cluster_risk.remote import scope_key
 from cluster_risk.rules.base import BaseRule, DailyCapRule, WindowRule
 from cluster_risk.state.functions import LuaOperation
@@ -87,7 +88,8 @@ class ConfigDrift(DeploymentError):
 
 
 def text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    """A Redis reply as text (:func:`cluster_risk.ids.to_text`: lone surrogates come back)."""
+    return to_text(value)
 
 
 class Keys:
@@ -102,7 +104,8 @@ class Keys:
         self.state_lost = f"{prefix}:state_lost"
 
     def shard_of(self, account_id: str) -> int:
-        return zlib.crc32(account_id.encode("utf-8", "surrogatepass")) % self.shards
+        """:func:`cluster_risk.ids.shard_of` with this deployment's shard count."""
+        return shard_of(account_id, self.shards)
 
     def route_shard(self, oid: int) -> int:
         return zlib.crc32(str(oid).encode()) % self.shards
@@ -445,7 +448,7 @@ class Scripts:
         return operation
 
     def __call__(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        return self._script(name)(keys=list(keys), args=list(args))
+        return self._script(name)(keys=list(keys), args=_encoded(args))
 
     def _load(self, node: Any, calls: Sequence[tuple[str, Any, Any]], missing: list[int]) -> None:
         for name in {calls[k][0] for k in missing}:
@@ -457,7 +460,7 @@ class Scripts:
         replies: list[Any] = [None] * len(calls)
         for node, indices in by_node(self.client, [keys[0] for _, keys, _ in calls]):
             group = [calls[i] for i in indices]
-            evals = [(self._operation(name), (len(keys), *keys, *args)) for name, keys, args in group]
+            evals = [(self._operation(name), (len(keys), *keys, *_encoded(args))) for name, keys, args in group]
             got = script_pipeline(node, evals, partial(self._load, node, group))
             for i, reply in zip(indices, got, strict=True):
                 replies[i] = reply
@@ -465,3 +468,9 @@ class Scripts:
             if isinstance(reply, Exception):
                 raise reply
         return replies
+
+
+def _encoded(args: Sequence[Any]) -> list[Any]:
+    """Script arguments with text as :func:`cluster_risk.ids.to_bytes` (ids may hold lone
+    surrogates, which redis-py's own encoding refuses)."""
+    return [to_bytes(a) if isinstance(a, str) else a for a in args]

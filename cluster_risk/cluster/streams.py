@@ -42,8 +42,9 @@ from redis.exceptions import NoScriptError, RedisError
 
 from cluster_risk.cluster.shards import Client, Deployment, Keys, text
 from cluster_risk.config import EngineConfig
-from cluster_risk.errors import EventError, invalid
+from cluster_risk.errors import EventError
 from cluster_risk.events import Event, Order, ResetDaily, Trade
+from cluster_risk.ids import index_pair, to_bytes
 from cluster_risk.state.redis import RedisStore, StoreError, load_lua
 from cluster_risk.wire import decode_line, encode_event
 
@@ -119,7 +120,6 @@ class Publisher:
                 continue
             try:
                 event = decode_line(line)
-                _check_text(event)
             except EventError as exc:
                 yield index, exc
                 continue
@@ -173,7 +173,7 @@ class Publisher:
         if isinstance(self.client, RedisCluster):  # a script's keys share a slot: one call per shard
             self._send([self._call([part], {}, ()) for part in parts])
             if routes:  # after the entries: a fill finds a route only once its order is ahead of it
-                commands = [("HSET", key, *pairs) for key, pairs in routes.items()]
+                commands = [("HSET", key, *map(to_bytes, pairs)) for key, pairs in routes.items()]
                 self._send(commands + [("EXPIRE", key, self._route_ttl_s, "NX") for key in fresh])
         elif parts or routes:
             self._send([self._call(parts, routes, fresh)])
@@ -194,7 +194,7 @@ class Publisher:
         keys = [k for part_keys, _ in parts for k in part_keys] + list(routes)
         args: list[Any] = [len(parts), len(routes)]
         args += [a for _, part_args in parts for a in part_args]
-        args += [_route_json(pairs) for pairs in routes.values()]
+        args += [to_bytes(_route_json(pairs)) for pairs in routes.values()]  # ids: ids.to_bytes
         args += ["1" if key in fresh else "0" for key in routes]
         args += [_SEQ_TTL_S, self._route_ttl_s]
         return ("EVALSHA", self._sha, len(keys), *keys, *args)
@@ -305,7 +305,7 @@ class Publisher:
             for oid in missing:
                 value = indexed.get(f"o{oid}")
                 if value is not None:
-                    found[oid] = value.split("\x1f", 1)[0]
+                    found[oid] = index_pair(value)[0]
         return found
 
     def _remember(self, oid: int, account: str) -> None:
@@ -375,17 +375,6 @@ class Publisher:
             for i, value in zip(indices, got, strict=False):
                 replies[i] = value
         return replies
-
-
-def _check_text(event: Event) -> None:
-    """Ids must be encodable (a lone surrogate from a JSON escape is not): refuse here."""
-    for name in ("account_id", "contract_id"):
-        value = getattr(event, name, None)
-        if isinstance(value, str):
-            try:
-                value.encode()
-            except UnicodeEncodeError:
-                raise invalid(name, "is not valid Unicode text") from None
 
 
 def _pace(started: float, sent: int, rate: float) -> None:

@@ -39,7 +39,9 @@ letters to a length).
 
 Only Redis errors are caught (``redis.exceptions.RedisError``, and the store's
 :class:`StoreError` that wraps them); anything else is a bug and stops the worker, whose
-leases then expire and move on.
+leases then expire and move on - except where one entry meets it: decoding an entry or
+planning a batch, where the entry is dead-lettered (``internal_error``, traceback logged) and
+the worker goes on, since a poison entry would otherwise stop every worker that takes the shard.
 """
 
 from __future__ import annotations
@@ -82,6 +84,8 @@ _ACCOUNT = re.compile(r'"account_id"\s*:\s*"([^"\\]*)"')  # a dead letter's acco
 _XREAD = b"XREAD"
 _scan: Callable[[str, int], tuple[Any, int]] = _json_scanner.c_make_scanner(json.JSONDecoder())  # type: ignore[attr-defined]
 _NONE = object()
+SCRIPT_ERROR = "script_error"  # a dead letter's error when apply.lua failed on that entry alone
+INTERNAL_ERROR = "internal_error"  # a dead letter's error when an entry met a bug (logged with its traceback)
 
 
 class ShardLost(RedisError):
@@ -204,6 +208,8 @@ def decode_entries(raws: Sequence[bytes]) -> list[Event | EventError]:
             out.append(decode_line(raw) if obj is _NONE else _event(obj))
         except EventError as exc:
             out.append(exc)
+        except Exception as exc:  # a decoder bug: this entry's dead letter, not the worker's end
+            out.append(EventError(INTERNAL_ERROR, "", f"{type(exc).__name__}: {exc}"[:500]))
     return out
 
 
@@ -212,7 +218,7 @@ def _fields(raw: Any) -> tuple[bytes, str]:
     if type(raw) is list:
         n = len(raw)
         if n == 4 and raw[0] == b"e" and raw[2] == b"i":
-            return raw[1], raw[3].decode()
+            return raw[1], text(raw[3])  # any bytes: a poison index must not stop the worker
         if n == 2 and raw[0] == b"e":
             return raw[1], ""
         raw = dict(zip(raw[::2], raw[1::2], strict=False))
@@ -221,6 +227,11 @@ def _fields(raw: Any) -> tuple[bytes, str]:
     got = {text(k): v for k, v in raw.items()}
     event = got.get("e", b"")
     return (event.encode() if isinstance(event, str) else event), text(got.get("i", ""))
+
+
+def _stream_id(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
 
 
 def _reply(conn: Any) -> Any:
@@ -234,7 +245,8 @@ def _reply(conn: Any) -> Any:
 class _Batch:
     """A shard's entries decoded: the events, and for each entry its event or dead letter."""
 
-    def __init__(self, entries: Sequence[Any], tick: Tick | None) -> None:
+    def __init__(self, entries: Sequence[Any], tick: Tick | None, poison: tuple[str, str] | None = None) -> None:
+        """``poison``: (entry id, reason) of an entry apply.lua failed on alone (a dead letter)."""
         self.events: list[Event] = []
         self.entries = len(entries)
         self.last = text(entries[-1][0]) if entries else ""
@@ -245,6 +257,11 @@ class _Batch:
         events = self.events
         origin = self._origin
         slots = self._slots
+        if poison is not None:  # apply.lua failed on that entry alone: its dead letter
+            decoded = [
+                EventError(SCRIPT_ERROR, "", poison[1]) if text(entry[0]) == poison[0] else event
+                for entry, event in zip(entries, decoded, strict=True)
+            ]
         for (entry_id, _), (raw, index), event in zip(entries, parsed, decoded, strict=True):
             if isinstance(event, EventError):
                 slots.append(dead_letter(text(entry_id), index, event, raw))
@@ -357,6 +374,11 @@ class Worker:
         self.block_ms = 20  # an idle round's XREAD blocks this long (standalone)
         self.poll_s = 0.001  # an idle round's wait on a cluster (no multi-slot blocking read)
         self.cursors: dict[int, _Cursor] = {}
+        # a script error (apply.lua failed at run time, so not Redis's fault): per shard, the
+        # last entry of the batch it failed on (its entries are then applied one at a time), and
+        # an entry whose batch of one failed (it becomes a dead letter): see _isolate
+        self._narrow: dict[int, str] = {}
+        self._poison: dict[int, tuple[str, str]] = {}
         self._stop = threading.Event()
         self._next_beat = 0.0
         self._script: LuaOperation | None = None
@@ -541,7 +563,7 @@ class Worker:
         batches = {}
         for shard, entries in got.items():
             if self.cursors[shard].sid == wanted[shard]:  # else: moved since these were read
-                batches[shard] = _Batch(entries, None)
+                batches[shard] = self._batch(shard, entries)
         try:  # fills without account: their orders' index entries, all shards in one round
             lookups = {shard: self.engine.lookup_fields(batch.events) for shard, batch in batches.items()}
             known = self.engine.lookup_ids(lookups) if any(lookups.values()) else {}
@@ -644,11 +666,69 @@ class Worker:
         cursor = self._cursor(shard)
         if cursor is None or shard in self.lost:
             return None  # lost meanwhile (its lease, or its state)
-        planned = self.engine.plan_shard(shard, batch.events, checked=True, known=known)
+        planned = self._plan(shard, batch, known)
         keys = [self.keys.meta(shard), self.keys.lease(shard), self.keys.actions(shard), self.keys.dead(shard)]
         job = _Job(shard, cursor, batch, planned, keys)
         self._arguments(job)
         return job
+
+    def _batch(self, shard: int, entries: Sequence[Any]) -> _Batch:
+        """A round's batch of the shard: one entry at a time while a script error is being
+        narrowed down to its entry (which is then dead-lettered: _isolate)."""
+        first = _stream_id(text(entries[0][0]))
+        until = self._narrow.get(shard)
+        if until is not None:
+            if first > _stream_id(until):
+                del self._narrow[shard]
+            else:
+                entries = entries[:1]
+        poison = self._poison.get(shard)
+        if poison is not None and first > _stream_id(poison[0]):
+            del self._poison[shard]
+            poison = None
+        return _Batch(entries, None, poison)
+
+    def _isolate(self, job: _Job, exc: RedisError | StoreError) -> None:
+        """apply.lua failed at run time on this batch: an entry the script cannot take (a bug)
+        would fail it again and again, and the shard would stall.  Its entries are applied one
+        at a time from now on; an entry that fails alone is dead-lettered (``script_error``)."""
+        message = str(exc)
+        if not message.startswith(("user_script:", "user_function:")) or not job.batch.entries:
+            return
+        shard, batch = job.shard, job.batch
+        if batch.entries > 1:
+            self._narrow[shard] = batch.last
+            log.error("shard %d: apply.lua failed (%s): applying its entries one by one", shard, message)
+        else:
+            self._poison[shard] = (batch.last, message[:500])
+            log.error("shard %d: apply.lua failed on entry %s (%s): dead-lettering it", shard, batch.last, message)
+
+    def _plan(self, shard: int, batch: _Batch, known: KnownIds | None) -> ShardBatch:
+        """The engine's plan of the batch.  An exception that is not Redis's comes from a bug
+        that some entry meets: each event is planned alone to find which, those are
+        dead-lettered (``internal_error``, the exception as reason) and the rest is planned,
+        so one entry never stops the worker (that would stop every worker that takes the shard)."""
+        try:
+            return self.engine.plan_shard(shard, batch.events, checked=True, known=known)
+        except (RedisError, StoreError):
+            raise
+        except Exception:
+            log.exception("planning a batch of shard %d failed: looking for the entry", shard, extra={"shard": shard})
+            bad: dict[int, EventError] = {}
+            for i, event in enumerate(batch.events):
+                try:
+                    self.engine.plan_shard(shard, [event], checked=True, known=known)
+                except (RedisError, StoreError):
+                    raise
+                except Exception as exc:
+                    bad[i] = EventError(INTERNAL_ERROR, "", f"{type(exc).__name__}: {exc}"[:500])
+            if not bad:
+                raise  # no single entry's doing
+            events: list[Any] = [_NONE if i in bad else e for i, e in enumerate(batch.events)]
+            planned = self.engine.plan_shard(shard, events, checked=True, known=known)
+            for i, error in bad.items():
+                planned.outcomes[i] = error  # (_NONE was rejected as unknown_type)
+            return planned
 
     def _arguments(self, job: _Job) -> None:
         """apply.lua's ARGV for the job's (current) plan."""
@@ -696,6 +776,7 @@ class Worker:
                     except (RedisError, StoreError) as exc:
                         if raise_refusals:
                             raise
+                        self._isolate(job, exc)
                         self._trouble(job.shard, exc)
                         continue
                     if status:

@@ -156,8 +156,21 @@ class WindowRule(BaseRule):
         return True
 
 
+MAX_DAILY_CAP = 1 << 53  # SEMANTICS.md: a daily cap is a number in (0, 2**53]
+
+
 class DailyCapParams(RuleParams):
     daily_cap: float = Field(gt=0)
+
+    @field_validator("daily_cap")
+    @classmethod
+    def _exact_everywhere(cls, value: float) -> float:
+        if not value <= MAX_DAILY_CAP:
+            raise ValueError(
+                f"must be at most 2**53 = {MAX_DAILY_CAP} (got {value!r}): a larger cap is not exact "
+                "in every backend (Lua numbers are doubles)"
+            )
+        return value
 
 
 class DailyCapRule(BaseRule):

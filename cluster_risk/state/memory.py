@@ -16,6 +16,14 @@ NO_CHANGE = 0
 PAUSED = 1
 RESUMED = 2
 
+# A daily sum saturates rather than drift (the Lua twin does the same, lua/daily_sum.lua): an
+# integer sum that passes 2**53 (no longer exact as a double) becomes SATURATED_SUM, which is
+# above every allowed cap (<= 2**53), so the group is paused as it would be; a float sum stays
+# within +-the largest finite double (never inf or nan: every output line is valid JSON).
+EXACT_SUM = 1 << 53
+SATURATED_SUM = EXACT_SUM + 2  # the first double above 2**53
+_FLOAT_MAX = 1.7976931348623157e308
+
 _COMPACT_AT = 64  # drop expired timestamps in one slice once this many have piled up
 
 
@@ -127,14 +135,15 @@ class DailySum:
     def add(self, day: int, amount: float, current: bool) -> int:
         """Add ``amount`` to ``day``; on the group's current day, pause on crossing the cap."""
         if day == self.day:
-            self.total += amount
+            total = self.total + amount
+            self.total = total if -_FLOAT_MAX <= total <= EXACT_SUM else saturated(total)
         elif day > self.day:
             if self.day >= 0:
                 self.earlier = {self.day: self.total} if self.day == day - 1 else {}
             self.day = day
-            self.total = amount
+            self.total = saturated(0 + amount)
         else:
-            self.earlier[day] = self.earlier.get(day, 0) + amount
+            self.earlier[day] = saturated(self.earlier.get(day, 0) + amount)
             return NO_CHANGE
         if current and not self.paused and self.total > self.cap:
             self.paused = True
@@ -152,6 +161,15 @@ class DailySum:
             self.total = 0
         elif day in self.earlier:
             self.earlier[day] = 0
+
+
+def saturated(total: float) -> float:
+    """A daily sum within the bounds every backend holds (see SATURATED_SUM)."""
+    if type(total) is int:
+        return SATURATED_SUM if total > EXACT_SUM else total
+    if -_FLOAT_MAX <= total <= _FLOAT_MAX:
+        return total
+    return _FLOAT_MAX if total > 0 else -_FLOAT_MAX  # inf, -inf or nan
 
 
 class IdRetention:

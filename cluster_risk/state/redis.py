@@ -14,8 +14,9 @@ Key layout (readable with ``redis-cli``; ``P`` = prefix, default ``risk``; ``N``
     P:{sN}:win:<rule>                  scope -> sliding window: recent buckets, then its count (lua/window.lua)
     P:{sN}:winc:<rule>                 "<n>:<scope>" -> a chunk of a window's older buckets
     P:{sN}:day:<YYYY-MM-DD>:<rule>     scope -> that trading day's sum (lua/daily_sum.lua)
-    P:{sN}:ids:<YYYY-MM-DD>:<block>    o<oid> -> account\\x1fcontract, t<tid> -> 1 (seen ids, order index),
-                                       1,000 ids a block: o12 holds o12000..o12999 (lua/seen_ids.lua)
+    P:{sN}:ids:<YYYY-MM-DD>:<block>    o<oid> -> <len(account)>:<account><contract> (the order index, ids.py),
+                                       t<tid> -> 1 (seen ids), 1,000 ids a block: o12 holds o12000..o12999
+                                       (lua/seen_ids.lua)
     P:{sN}:ids:<YYYY-MM-DD>:blocks     set: the day's blocks
 
 A scope is the rule's dimension values joined by ``:`` (``%``, ``:`` and control characters
@@ -39,7 +40,6 @@ failover to a replica that never saw it).
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
 from importlib.resources.abc import Traversable
@@ -56,6 +56,7 @@ from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 from cluster_risk.errors import RiskError
+from cluster_risk.ids import UNICODE_ERRORS, shard_of, to_text
 from cluster_risk.state.functions import LuaOperation, is_missing
 
 __all__ = ["SERVER_SETTINGS", "RedisStore", "StoreError", "by_node", "load_lua", "script_pipeline"]
@@ -240,7 +241,8 @@ class RedisStore:
     # ------------------------------------------------------------------ keys
 
     def shard_of(self, account_id: str) -> int:
-        return zlib.crc32(account_id.encode()) % self.num_shards
+        """:func:`cluster_risk.ids.shard_of` with this store's shard count."""
+        return shard_of(account_id, self.num_shards)
 
     def meta_key(self, shard: int) -> str:
         return self._meta[shard]
@@ -312,14 +314,20 @@ class RedisStore:
     def encode(self, plan: Sequence[Any]) -> bytes:
         self._ready()
         if self.codec == "m":
-            return cast(bytes, msgpack.packb(plan, use_bin_type=True))
+            try:  # the fast path (msgpack's error handler costs ~1.8x); the same bytes when it passes
+                return cast(bytes, msgpack.packb(plan, use_bin_type=True))
+            except UnicodeEncodeError:  # a lone surrogate in some id (cluster_risk/ids.py)
+                return cast(bytes, msgpack.packb(plan, use_bin_type=True, unicode_errors=UNICODE_ERRORS))
         import json
 
         return json.dumps(plan, separators=(",", ":")).encode()
 
     def decode(self, blob: bytes) -> list[Any]:
         if self.codec == "m":
-            return cast(list[Any], msgpack.unpackb(blob, raw=False))
+            try:
+                return cast(list[Any], msgpack.unpackb(blob, raw=False))
+            except UnicodeDecodeError:  # a lone surrogate in some id (cluster_risk/ids.py)
+                return cast(list[Any], msgpack.unpackb(blob, raw=False, unicode_errors=UNICODE_ERRORS))
         import json
 
         out = json.loads(blob)
@@ -442,8 +450,9 @@ class RedisStore:
         return self._run("lookup_ids.lua", calls) if calls else []
 
     def lookup_ids(self, fields: Sequence[str]) -> dict[str, str]:
-        """``o<oid>`` -> ``account\x1fcontract`` and ``t<tid>`` -> ``1`` for the ids some shard
-        knows (every shard is asked: the shard follows the account, unknown here)."""
+        """``o<oid>`` -> ``<len(account)>:<account><contract>`` (:func:`cluster_risk.ids.index_pair`)
+        and ``t<tid>`` -> ``1`` for the ids some shard knows (every shard is asked: the shard
+        follows the account, unknown here)."""
         found: dict[str, str] = {}
         for reply in self._run("lookup_ids.lua", [(shard, fields) for shard in range(self.num_shards)]):
             for field, value in zip(fields, reply, strict=True):
@@ -479,7 +488,7 @@ class _Stream:
 
 
 def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return to_text(value)
 
 
 def _masked(url: str) -> str:

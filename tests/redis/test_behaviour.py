@@ -221,7 +221,7 @@ def test_a_scope_key_shared_by_rules_is_planned_once() -> None:
     orders = [Order(i + 1, f"A{i % 3}", "T2303", "BID", 1.0, 1, 1_795_000_000_000_000_000 + i) for i in range(6)]
     plan = engine.plan_shard(0, orders).plan
     assert plan.groups == plan.accounts == ["A0", "A1", "A2"]
-    assert plan.pairs == [1, "A0\x1fT2303", 2, "A1\x1fT2303", 3, "A2\x1fT2303"]
+    assert plan.pairs == [1, "2:A0T2303", 2, "2:A1T2303", 3, "2:A2T2303"]
 
     by_contract = {"type": "AccountVolumeLimitRule", "name": "c", "daily_cap": 9, "dimensions": ["account", "contract"]}
     config = build_config({**SEED_CONFIG, "rules": [*SEED_CONFIG["rules"], by_contract]})

@@ -381,9 +381,9 @@ def test_ids_live_in_blocks_that_go_with_their_day(make_engine: Callable[..., En
     }
     assert engine.process_batch(orders(999)) == []  # a duplicate
     assert engine.store.lookup_ids(["o1001", "t7", "o5", "o40002"]) == {
-        "o1001": "A\x1fC",
+        "o1001": "1:AC",
         "t7": "1",
-        "o40002": "A\x1fC",
+        "o40002": "1:AC",
     }
     engine.process_batch([Order(50_000, "A", "C", "BID", 1.0, 1, t0 + 2 * day_ns)])  # day + 2: beyond retention
     assert not [k for k in client.scan_iter(match=f"risk:{{s0}}:ids:{day}*")]
