@@ -115,6 +115,8 @@ def test_after_flushall_the_gateway_fails_closed_until_an_audited_recover(
     client = connect(url)
     worker = threads.start(lambda: make_worker(url, metrics=WorkerMetrics()))
     assert worker.metrics is not None
+    # else the gateway fails closed for shards nobody holds yet (tests/cluster/test_gates.py)
+    wait_for("the worker holding every shard", lambda: len(worker.leases.held) == SHARDS, 20)
     gateway = RiskClient(client, poll_s=0.05, fail_after_s=60).start()
     try:
         gateway.publish_many([Order(k, "A", "C1", "BID", 1.0, 1, T0 + k) for k in range(1, 4)])
