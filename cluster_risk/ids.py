@@ -22,7 +22,6 @@ import zlib
 __all__ = ["UNICODE_ERRORS", "index_pair", "index_value", "shard_of", "to_bytes", "to_text"]
 
 UNICODE_ERRORS = "surrogatepass"
-_LEGACY = "\x1f"  # the separator of order-index values written before the length prefix
 
 
 def to_bytes(value: str) -> bytes:
@@ -52,13 +51,11 @@ def index_value(account_id: str, contract_id: str) -> str:
 
 
 def index_pair(value: str) -> tuple[str, str]:
-    """(account, contract) from an order-index value (:func:`index_value`).  A value written
-    before the length prefix (``account\\x1fcontract``, kept at most id retention days) is
-    read the old way when it does not parse as the new one."""
+    """(account, contract) from an order-index value (:func:`index_value`).  A value that is
+    not one was not written by this package: :class:`ValueError`, never a guess."""
     head, sep, rest = value.partition(":")
     if sep and head.isascii() and head.isdigit() and head == str(int(head)):
         n = int(head)
         if 0 < n < len(rest):  # both ids are non-empty
             return rest[:n], rest[n:]
-    account, _, contract = value.partition(_LEGACY)
-    return account, contract
+    raise ValueError(f"not an order-index value: {value[:80]!r}")

@@ -101,7 +101,9 @@ def test_the_order_index_value_is_unambiguous() -> None:
     for account in HOSTILE:
         for contract in ("C", "\x1f", "1:", "\ud800", "x" * 1000):
             assert index_pair(index_value(account, contract)) == (account, contract)
-    assert index_pair("A\x1fC") == ("A", "C")  # a value written before the length prefix
+    for corrupt in ("A\x1fC", "1:A", "0:AC", "01:AC", "x:AC", ""):  # nothing this package writes
+        with pytest.raises(ValueError, match="not an order-index value"):
+            index_pair(corrupt)
 
 
 def test_one_shard_function_that_takes_every_id(store: RedisStore) -> None:

@@ -401,7 +401,7 @@ def test_ids_of_the_one_hash_layout_are_still_read_then_deleted(make_engine: Cal
     d = engine.calendar.day_range(t0)[0]
     old = f"risk:{{s0}}:ids:{date.fromordinal(d).isoformat()}"
     client = engine.store.client
-    client.hset(old, mapping={"o50": "A\x1fC", "t7": "1"})
+    client.hset(old, mapping={"o50": "1:AC", "t7": "1"})  # ids.index_value("A", "C")
     client.hset("risk:{s0}:meta", mapping={"latest": d, "gens": str(d), "maxo": "o50", "maxt": "t7"})
     fill = Trade(8, 50, 1.0, 5, t0 + 2)  # no account: enriched from the old hash, then over the cap
     actions = engine.process_batch([fill])
