@@ -27,12 +27,11 @@ order path only looks the account's shard up in a dict, and only while some shar
 A gateway that reconnects after an outage reloads its snapshot (actions may have been trimmed
 meanwhile: ``cluster_risk.cluster.worker.Retention``).
 
-Lost state.  Every ``poll_s`` the client also reads the deployment's id and the shards listed
-in ``<prefix>:state_lost`` (:mod:`.shards`): while a shard is listed, or the record is gone or
-names another deployment (every shard), the accounts of those shards count as paused
-(``state_lost``; ``fail_open=True`` answers from the last known pauses instead); logged once
-each way, shown by :attr:`RiskClient.lost` and ``cluster_risk_client_state_lost_shards``.  A
-record gone is written back (same id, every shard listed lost), as workers do, so that a
+Lost state is one more condition of the same mechanism.  Every ``poll_s`` the client also
+reads the deployment's id and the shards listed in ``<prefix>:state_lost`` (:mod:`.shards`):
+while a shard is listed, or the record is gone or names another deployment (every shard), it
+is unhealthy with :data:`STATE_LOST` (pause ``shard_state_lost``), also shown by
+:attr:`RiskClient.lost`.  A record gone is written back (same id, every shard listed lost), as workers do, so that a
 worker started later joins the lost deployment instead of creating a new one.
 When a shard comes back (``cluster-risk recover``) the cache is reloaded.
 
@@ -62,7 +61,7 @@ from cluster_risk.events import Event, Order
 from cluster_risk.remote import scope_values
 from cluster_risk.rules.base import DailyCapRule, WindowRule
 
-__all__ = ["NO_OWNER", "STALE", "AsyncRiskClient", "PausedSet", "RiskClient", "UnhealthyShards"]
+__all__ = ["NO_OWNER", "STALE", "STATE_LOST", "AsyncRiskClient", "PausedSet", "RiskClient", "UnhealthyShards"]
 
 log = logging.getLogger("cluster_risk.cluster.client")
 
@@ -70,7 +69,7 @@ Pause = tuple[str, tuple[tuple[str, str], ...]]  # (rule, ((dimension, value), .
 UNREACHABLE: Pause = ("redis_unreachable", ())
 NO_OWNER = "no_owner"  # conditions of an unhealthy shard (UnhealthyShards)
 STALE = "stale"
-STATE_LOST: Pause = ("state_lost", ())
+STATE_LOST = "state_lost"  # the shard's Redis state was lost (cluster_risk.cluster.shards)
 
 
 class PausedSet:
@@ -187,11 +186,6 @@ class RiskClient:
             ["condition"],
             registry=registry,
         )
-        self._lost_gauge = Gauge(
-            "cluster_risk_client_state_lost_shards",
-            "Shards whose state was lost (their accounts paused)",
-            registry=registry,
-        )
 
     # ------------------------------------------------------------------ gateway API
 
@@ -213,8 +207,6 @@ class RiskClient:
     def pauses(self, account: str, contract: str | None = None, product: str | None = None) -> list[Pause]:
         if self._unreachable() and not self.fail_open:
             return [UNREACHABLE]
-        if self.lost and not self.fail_open and self.keys.shard_of(account) in self.lost:
-            return [STATE_LOST]
         if product is None and contract is not None:
             product = self.products.get(contract, contract)
         refused = self._refused
@@ -379,14 +371,8 @@ class RiskClient:
         if lost == self.lost:
             return
         back = self.lost - lost
-        if lost - self.lost:
-            log.error(
-                "state lost on shard(s) %s (FLUSHALL, restart without persistence?): %s until `cluster-risk recover`",
-                sorted(lost - self.lost),
-                "failing open (last known pauses)" if self.fail_open else "their accounts count as paused",
-            )
         self.lost = lost
-        self._lost_gauge.set(len(lost))
+        self.set_unhealthy(STATE_LOST, lost, "state lost (FLUSHALL, restart without persistence?): until `recover`")
         if back:
             log.warning("shard(s) %s recovered: reloading the pauses", sorted(back))
             self.resync()
