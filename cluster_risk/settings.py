@@ -34,7 +34,13 @@ __all__ = ["RedisUrl", "RuntimeSettings", "load_settings", "mask_secrets", "mask
 
 _SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "sentinel")
 # user:password@ in any URL, and password=... in a query string or a key=value text.
-_USERINFO = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]*@", re.IGNORECASE)
+# Linear in the text's length (every log line goes through here, and a log line may quote a
+# megabyte-long id): the search starts at the literal "://" (the scheme is only looked back
+# at, one character: no scan of a long word from each of its positions), the quantifiers are
+# possessive, and a password never runs past the next "://", so each attempt reads at most
+# up to the next one.  (A password containing "://" is left partly visible; redis-py cannot
+# parse one unencoded either.)
+_USERINFO = re.compile(r"(?P<head>://(?<=[a-z0-9+.-]://)[^:/@\s]*+:)(?:(?!://)[^@\s])*+@", re.IGNORECASE)
 _PASSWORD_ARG = re.compile(r"(?P<head>\bpassword=)[^&\s,'\"]*", re.IGNORECASE)
 
 
