@@ -124,8 +124,9 @@ class RuntimeSettings(BaseSettings):
     redis_url: RedisUrl = RedisUrl("redis://127.0.0.1:6379/0")
     worker_id: str = Field(default_factory=_default_worker_id, min_length=1, pattern=r"^[A-Za-z0-9_.@-]+$")
     metrics_port: int | None = Field(default=None, ge=1, le=65535)  # None: no metrics server
+    metrics_host: str = Field(default="127.0.0.1", min_length=1)  # 0.0.0.0: reachable from outside (containers)
     num_shards: int = Field(default=16, ge=1, le=65536)  # fixed per deployment: changing it moves accounts
-    tick_ms: int = Field(default=100, ge=1)  # period of the time-driven resume check
+    tick_ms: int = Field(default=100, ge=0)  # period of the time-driven resume check; 0: no clock ticks
     batch_size: int = Field(default=1000, ge=1)  # events per apply call (one EVALSHA per shard)
     fail_open: bool = False  # Redis unreachable: False treats every scope as paused
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
