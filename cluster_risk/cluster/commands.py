@@ -359,7 +359,8 @@ def register_cluster_commands(commands: Any) -> None:
     up_.add_argument("--workers", type=int, default=2, help="number of workers (default: %(default)s)")
     group = up_.add_mutually_exclusive_group()
     group.add_argument(
-        "--redis-url", help="use this Redis instead of starting one (given to the workers by environment)"
+        "--redis-url",
+        help="use this Redis (given to the workers by environment, not in their arguments) (default: start one)",
     )
     group.add_argument(
         "--cluster",
