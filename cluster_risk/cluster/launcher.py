@@ -219,10 +219,10 @@ def up(
         for i in range(workers):
             metrics = ["--metrics-port", str(metrics_port + i), "--metrics-host", metrics_host] if metrics_port else []
             children.append(start_worker(config, redis_url, f"up-{i}", *extra, *metrics))
-        print(f"redis: {mask_url(redis_url)}", flush=True)
-        print(f"workers: {' '.join(str(c.pid) for c in children)}  (Ctrl-C stops all)", flush=True)
         rules = ", ".join(rule.name for rule in engine_config.rules)
         print(f"config: {Path(config).resolve()} (rules: {rules or 'none'})", flush=True)
+        print(f"redis: {mask_url(redis_url)}", flush=True)
+        print(f"workers: {' '.join(str(c.pid) for c in children)}  (Ctrl-C stops all)", flush=True)
         while not stopping:
             dead = [(i, c) for i, c in enumerate(children) if c.poll() is not None]
             if dead:

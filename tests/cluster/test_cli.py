@@ -64,6 +64,17 @@ def test_publish_worker_actions_status(server: RedisProcess, tmp_path: Path) -> 
     assert len(status["paused"]) == len({(p["rule"], json.dumps(p["scope"])) for p in status["paused"]})
 
 
+def stop_up(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM first: `up` then stops its workers and Redis (a SIGKILL would orphan them)."""
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate(timeout=30)
+
+
 def test_up_starts_redis_and_workers_and_ctrl_c_stops_all(redis_binaries: None, tmp_path: Path) -> None:
     config = tmp_path / "config.json"
     config.write_text(json.dumps(CONFIG), encoding="utf-8")
@@ -72,9 +83,9 @@ def test_up_starts_redis_and_workers_and_ctrl_c_stops_all(redis_binaries: None, 
     client: redis.Redis | None = None
     try:
         assert proc.stdout is not None
+        assert proc.stdout.readline().startswith(f"config: {config.resolve()} (rules: OrderRateLimitRule")
         url = proc.stdout.readline().split("redis: ", 1)[1].strip()
         pids = [int(p) for p in re.findall(r"\d+", proc.stdout.readline().split("(")[0])]
-        assert proc.stdout.readline().startswith(f"config: {config.resolve()} (rules: OrderRateLimitRule")
         client = redis.Redis.from_url(url, socket_timeout=5)
         deadline = time.monotonic() + 30
         while len(client.zrange("risk:workers", 0, -1)) < 2:
@@ -92,9 +103,7 @@ def test_up_starts_redis_and_workers_and_ctrl_c_stops_all(redis_binaries: None, 
         except redis.ConnectionError:
             pass
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate(timeout=30)
+        stop_up(proc)
         if client is not None:
             client.close()
 
@@ -151,6 +160,7 @@ def test_up_keeps_the_password_out_of_output_and_argv_and_exits_1_when_a_worker_
     proc = subprocess.Popen(up, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("config: ")
         shown = proc.stdout.readline()
         assert shown == f"redis: redis://default:***@127.0.0.1:{server.port}/0\n"
         pids = [int(p) for p in re.findall(r"\d+", proc.stdout.readline().split("(")[0])]
@@ -164,9 +174,7 @@ def test_up_keeps_the_password_out_of_output_and_argv_and_exits_1_when_a_worker_
         assert f"worker up-0 (pid {pids[0]}) exited with code -9" in err
         assert password not in shown + out + err
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate(timeout=30)
+        stop_up(proc)
         client.close()
 
 

@@ -298,5 +298,11 @@ def test_a_bad_setting_is_named_without_its_value(clean_env: None, monkeypatch: 
 
 
 def test_up_requires_a_config() -> None:
-    done = run("up", "--workers", "1")
-    assert done.returncode == 2 and "--config" in done.stderr.decode()
+    up = subprocess.Popen([sys.executable, "-m", "cluster_risk.cli", "up", "--workers", "1"], stderr=subprocess.PIPE)
+    try:
+        _, err = up.communicate(timeout=60)
+    finally:
+        if up.poll() is None:  # it started a fleet with some config: SIGTERM stops it all
+            up.terminate()
+            up.communicate(timeout=60)
+    assert up.returncode == 2 and "--config" in err.decode()
