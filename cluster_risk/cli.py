@@ -2,7 +2,9 @@
 
 ``replay`` feeds a JSON Lines event file (or ``-`` for stdin) through the in-process engine
 and prints actions and errors as JSON Lines.  Exit 0 when the input could be read; 2 with one
-clear line on stderr for an unusable config or file.  ``bench`` runs the benchmark.
+clear line on stderr for an unusable config, file or Redis URL; 130 when interrupted (Ctrl-C,
+quietly).  ``bench`` runs the benchmark.  ``replay --redis-url`` refuses a Redis that holds a
+fleet's deployment under its ``--prefix``: it would write into the fleet's live state.
 """
 
 from __future__ import annotations
@@ -24,8 +26,13 @@ __all__ = ["main"]
 EXIT_USAGE = 2
 
 
+EXIT_INTERRUPTED = 130  # the shell's code for SIGINT
+
+
 def _fail(message: str) -> int:
-    print(f"cluster-risk: {message}", file=sys.stderr)
+    from cluster_risk.settings import mask_secrets
+
+    print(f"cluster-risk: {mask_secrets(message)}", file=sys.stderr)
     return EXIT_USAGE
 
 
@@ -78,14 +85,23 @@ def _open_events(path: str) -> IO[bytes]:
 
 def _replay_through_redis(args: argparse.Namespace, config: EngineConfig) -> int:
     """The same output through a Redis store, ``--batch-size`` events per script call."""
+    from cluster_risk.cluster.shards import Keys
     from cluster_risk.remote import RemoteEngine, replay_batched
+    from cluster_risk.settings import RedisUrl
     from cluster_risk.state.redis import RedisStore
 
     try:
+        RedisUrl(args.redis_url)
         config.require_account_dimension()
-        store = RedisStore.from_url(args.redis_url, num_shards=args.num_shards)
-    except RiskError as exc:
-        return _fail(str(exc))
+        store = RedisStore.from_url(args.redis_url, prefix=args.prefix, num_shards=args.num_shards)
+    except (RiskError, ValueError) as exc:
+        return _fail(f"--redis-url: {exc}" if isinstance(exc, ValueError) else str(exc))
+    if store.client.exists(Keys(args.prefix, args.num_shards).deployment):
+        store.close()
+        return _fail(
+            f"this Redis holds a fleet's deployment under prefix {args.prefix!r}: a replay would write into "
+            "its live state; use another Redis or another --prefix"
+        )
     engine = RemoteEngine.from_config(config, store)
     try:
         stream = _open_events(args.events)
@@ -107,16 +123,28 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from cluster_risk import __version__
+
     parser = argparse.ArgumentParser(prog="cluster-risk", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     replay = commands.add_parser("replay", help="replay JSON Lines events through the in-process engine")
     replay.add_argument("--config", required=True, help="engine config (.json, .yaml or .toml)")
     replay.add_argument("events", help="events file (JSON Lines), or - for stdin")
-    replay.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    replay.add_argument("--redis-url", help="keep the state in Redis (a fresh database gives the same output)")
-    replay.add_argument("--batch-size", type=int, default=1000, help="events per script call with --redis-url")
-    replay.add_argument("--num-shards", type=int, default=16, help="shards with --redis-url")
+    replay.add_argument("-q", "--quiet", action="store_true", help="no progress bar (default: one on a terminal)")
+    replay.add_argument(
+        "--redis-url", help="keep the state in Redis (a fresh database gives the same output) (default: in process)"
+    )
+    replay.add_argument(
+        "--prefix",
+        default="risk",
+        help="key prefix with --redis-url; refused if a fleet's deployment uses it (default: %(default)s)",
+    )
+    replay.add_argument(
+        "--batch-size", type=int, default=1000, help="events per script call with --redis-url (default: %(default)s)"
+    )
+    replay.add_argument("--num-shards", type=int, default=16, help="shards with --redis-url (default: %(default)s)")
     replay.set_defaults(handler=_replay)
 
     bench = commands.add_parser("bench", help="run the benchmark (same as python -m cluster_risk.benchmark)")
@@ -135,10 +163,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "runtime_settings", False):
+            from cluster_risk.cluster.commands import apply_runtime_settings
+
+            apply_runtime_settings(args)
         return int(args.handler(args))
+    except ConfigError as exc:
+        return _fail(str(exc))
     except BrokenPipeError:  # e.g. `cluster-risk replay ... | head`
         sys.stderr.close()
         return 0
+    except KeyboardInterrupt:  # Ctrl-C, e.g. on `actions --follow`: no traceback
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -153,7 +153,7 @@ def start_metrics_server(
     port: int,
     registry: CollectorRegistry,
     *,
-    addr: str = "0.0.0.0",  # a container's metrics must be reachable from outside it
+    addr: str = "127.0.0.1",  # 0.0.0.0 where it must be reachable from outside (a container's)
     live: Callable[[], bool] = lambda: True,
     ready: Callable[[], bool] = lambda: True,
     before_scrape: Callable[[], None] = lambda: None,

@@ -34,7 +34,13 @@ __all__ = ["RedisUrl", "RuntimeSettings", "load_settings", "mask_secrets", "mask
 
 _SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "sentinel")
 # user:password@ in any URL, and password=... in a query string or a key=value text.
-_USERINFO = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]*@", re.IGNORECASE)
+# Linear in the text's length (every log line goes through here, and a log line may quote a
+# megabyte-long id): the search starts at the literal "://" (the scheme is only looked back
+# at, one character: no scan of a long word from each of its positions), the quantifiers are
+# possessive, and a password never runs past the next "://", so each attempt reads at most
+# up to the next one.  (A password containing "://" is left partly visible; redis-py cannot
+# parse one unencoded either.)
+_USERINFO = re.compile(r"(?P<head>://(?<=[a-z0-9+.-]://)[^:/@\s]*+:)(?:(?!://)[^@\s])*+@", re.IGNORECASE)
 _PASSWORD_ARG = re.compile(r"(?P<head>\bpassword=)[^&\s,'\"]*", re.IGNORECASE)
 
 
@@ -118,8 +124,9 @@ class RuntimeSettings(BaseSettings):
     redis_url: RedisUrl = RedisUrl("redis://127.0.0.1:6379/0")
     worker_id: str = Field(default_factory=_default_worker_id, min_length=1, pattern=r"^[A-Za-z0-9_.@-]+$")
     metrics_port: int | None = Field(default=None, ge=1, le=65535)  # None: no metrics server
+    metrics_host: str = Field(default="127.0.0.1", min_length=1)  # 0.0.0.0: reachable from outside (containers)
     num_shards: int = Field(default=16, ge=1, le=65536)  # fixed per deployment: changing it moves accounts
-    tick_ms: int = Field(default=100, ge=1)  # period of the time-driven resume check
+    tick_ms: int = Field(default=100, ge=0)  # period of the time-driven resume check; 0: no clock ticks
     batch_size: int = Field(default=1000, ge=1)  # events per apply call (one EVALSHA per shard)
     fail_open: bool = False  # Redis unreachable: False treats every scope as paused
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

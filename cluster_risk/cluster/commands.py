@@ -3,7 +3,14 @@ from ``cluster_risk.cli``): worker, publish, actions, dead (:mod:`.deadcli`), st
 
 Exit codes: 0 done (``publish`` also when some events were rejected: they are printed),
 1 (``status``) some shard's state was lost, 2 unusable arguments, config or Redis (one line
-on stderr).
+on stderr), 130 interrupted (Ctrl-C).
+
+Runtime settings (:class:`cluster_risk.settings.RuntimeSettings`): a command that talks to a
+fleet's Redis (every one registered with :func:`_common`) takes each setting from its flag,
+else from the environment (``CLUSTER_RISK_<FIELD>``, ``REDIS_URL``), else from the settings
+file (``--settings-file`` or ``CLUSTER_RISK_SETTINGS_FILE``), else the command's default
+(:func:`apply_runtime_settings`).  The Redis URL has no default: a command never guesses
+which Redis to write to.
 """
 
 from __future__ import annotations
@@ -21,15 +28,17 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from cluster_risk.errors import RiskError
+from cluster_risk.errors import ConfigError, RiskError
 
-__all__ = ["register_cluster_commands"]
+__all__ = ["apply_runtime_settings", "register_cluster_commands"]
 
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def _fail(message: str) -> int:
-    print(f"cluster-risk: {message}", file=sys.stderr)
+    from cluster_risk.settings import mask_secrets
+
+    print(f"cluster-risk: {mask_secrets(message)}", file=sys.stderr)
     return 2
 
 
@@ -50,9 +59,54 @@ def _guarded(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse
 
 
 def _connect(url: str) -> Any:
+    from cluster_risk.settings import mask_secrets
     from cluster_risk.state.redis import RedisStore
 
-    return RedisStore.from_url(url).client
+    try:
+        return RedisStore.from_url(url).client
+    except ValueError as exc:  # redis-py's URL parsing (a port that is not a number, ...)
+        raise ConfigError(f"--redis-url: {mask_secrets(str(exc))}") from None
+
+
+# argparse dest -> (RuntimeSettings field, the command's default when no source sets it)
+_FROM_SETTINGS: dict[str, tuple[str, Any]] = {
+    "redis_url": ("redis_url", None),
+    "id": ("worker_id", None),
+    "shards": ("num_shards", None),
+    "tick_ms": ("tick_ms", 1000),
+    "batch": ("batch_size", 1000),
+    "metrics_port": ("metrics_port", 0),
+    "metrics_host": ("metrics_host", "127.0.0.1"),
+    "log_level": ("log_level", "INFO"),
+}
+
+
+def apply_runtime_settings(args: argparse.Namespace) -> None:
+    """Fill the options of ``args`` left unset on the command line: flag > environment >
+    settings file > the command's default (see the module docstring).  Raises
+    :class:`ConfigError` naming a bad value's source field (never showing the value), or when
+    no source gives a Redis URL."""
+    from cluster_risk.settings import RedisUrl, load_settings
+
+    given = {}
+    if args.redis_url is not None:
+        try:
+            given["redis_url"] = RedisUrl(args.redis_url)
+        except ValueError as exc:
+            raise ConfigError(f"--redis-url: {exc}") from None
+    settings = load_settings(settings_file=getattr(args, "settings_file", None), **given)
+    for dest, (field, default) in _FROM_SETTINGS.items():
+        if not hasattr(args, dest) or getattr(args, dest) is not None:
+            continue
+        value = getattr(settings, field) if field in settings.model_fields_set else default
+        if field == "redis_url" and value is not None:
+            value = value.get_secret_value()
+        setattr(args, dest, value)
+    if args.redis_url is None:
+        raise ConfigError(
+            "--redis-url is required (or REDIS_URL / CLUSTER_RISK_REDIS_URL in the environment, "
+            "or redis_url in the settings file)"
+        )
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -105,6 +159,7 @@ def _worker(args: argparse.Namespace) -> int:
         start_metrics_server(
             args.metrics_port,
             worker.metrics.registry,
+            addr=args.metrics_host,
             live=lambda: time.monotonic() - worker.turned_at < 30,
             ready=lambda: bool(worker.leases.held),
             before_scrape=gauges.refresh,
@@ -211,13 +266,26 @@ def _up(args: argparse.Namespace) -> int:
         tick_ms=args.tick_ms,
         shards=args.shards,
         metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
     )
 
 
 def _common(parser: argparse.ArgumentParser, url: bool = True) -> None:
+    """``--redis-url`` and ``--settings-file`` (the runtime settings, see the module
+    docstring) and ``--prefix``."""
     if url:
-        parser.add_argument("--redis-url", required=True, help="redis://, rediss://, unix:// or redis+sentinel://")
-    parser.add_argument("--prefix", default="risk", help="key prefix of the deployment (default risk)")
+        parser.add_argument(
+            "--redis-url",
+            help="redis://, rediss://, unix:// or redis+sentinel:// URL (default: $CLUSTER_RISK_REDIS_URL, "
+            "$REDIS_URL or redis_url in the settings file; one of them is required). A password here is "
+            "visible in the process list: prefer the environment",
+        )
+        parser.add_argument(
+            "--settings-file",
+            help="runtime settings (TOML, YAML or JSON; default: $CLUSTER_RISK_SETTINGS_FILE, none if unset)",
+        )
+        parser.set_defaults(runtime_settings=True)
+    parser.add_argument("--prefix", default="risk", help="key prefix of the deployment (default: %(default)s)")
 
 
 def _durability(parser: argparse.ArgumentParser) -> None:
@@ -225,9 +293,33 @@ def _durability(parser: argparse.ArgumentParser) -> None:
         "--durability",
         choices=["fast", "replicated"],
         default="fast",
-        help="fast: asynchronous replication; replicated: WAIT for --replicas after each write",
+        help="fast: asynchronous replication; replicated: WAIT for --replicas after each write (default: %(default)s)",
     )
-    parser.add_argument("--replicas", type=int, default=1, help="replicas to wait for when replicated (1)")
+    parser.add_argument(
+        "--replicas", type=int, default=1, help="replicas to wait for when replicated (default: %(default)s)"
+    )
+
+
+def _retention(worker: Any) -> None:
+    """The worker's stream retention options (cluster_risk.cluster.worker.Retention)."""
+    worker.add_argument(
+        "--input-retention-s",
+        type=float,
+        default=0.0,
+        help="keep applied input entries this long, for replay/audit (default: %(default)s)",
+    )
+    worker.add_argument(
+        "--actions-retention-s", type=float, default=86_400.0, help="keep actions this long (default: %(default)s)"
+    )
+    worker.add_argument(
+        "--dead-retention-s", type=float, default=604_800.0, help="keep dead letters this long (default: %(default)s)"
+    )
+    worker.add_argument(
+        "--dead-maxlen",
+        type=int,
+        default=10_000,
+        help="at most this many dead letters per shard; 0: no cap (default: %(default)s)",
+    )
 
 
 def register_cluster_commands(commands: Any) -> None:
@@ -235,49 +327,71 @@ def register_cluster_commands(commands: Any) -> None:
     worker = commands.add_parser("worker", help="run a cluster worker (leases shards, applies their events)")
     worker.add_argument("--config", required=True, help="engine config (.json, .yaml or .toml)")
     _common(worker)
-    worker.add_argument("--id", help="worker id (default host-pid); a restarted worker may reuse it")
-    worker.add_argument("--tick-ms", type=int, default=1000, help="clock tick period; 0: no clock ticks (replays)")
-    worker.add_argument("--shards", type=int, help="shard count (default: the deployment's, 16 for a new one)")
-    worker.add_argument("--batch", type=int, default=1000, help="entries read per shard and batch")
-    worker.add_argument("--lease-ms", type=int, default=2000, help="shard lease time (failover bound)")
+    worker.add_argument(
+        "--id", help="worker id (default: $CLUSTER_RISK_WORKER_ID, else host-pid); a restarted worker may reuse it"
+    )
+    worker.add_argument(
+        "--tick-ms", type=int, help="clock tick period; 0: no clock ticks, for replays (default: 1000; env, settings)"
+    )
+    worker.add_argument(
+        "--shards",
+        type=int,
+        help="shard count (default: $CLUSTER_RISK_NUM_SHARDS, else the deployment's, 16 for a new one)",
+    )
+    worker.add_argument("--batch", type=int, help="entries read per shard and batch (default: 1000; env, settings)")
+    worker.add_argument(
+        "--lease-ms", type=int, default=2000, help="shard lease time, the failover bound (default: %(default)s)"
+    )
     _durability(worker)
-    worker.add_argument("--wait-timeout-ms", type=int, default=1000, help="WAIT timeout when replicated")
-    worker.add_argument("--actions-maxlen", type=int, default=0, help="cap each actions stream (~N; 0: keep all)")
     worker.add_argument(
-        "--input-retention-s", type=float, default=0.0, help="keep applied input entries this long (default 0)"
+        "--wait-timeout-ms", type=int, default=1000, help="WAIT timeout when replicated (default: %(default)s)"
     )
     worker.add_argument(
-        "--actions-retention-s", type=float, default=86_400.0, help="keep actions this long (default 86400)"
+        "--actions-maxlen", type=int, default=0, help="cap each actions stream (~N; 0: keep all) (default: %(default)s)"
+    )
+    _retention(worker)
+    worker.add_argument(
+        "--max-events", type=int, help="exit after applying this many entries, burst mode (default: no limit)"
     )
     worker.add_argument(
-        "--dead-retention-s", type=float, default=604_800.0, help="keep dead letters this long (default 604800)"
+        "--drain", action="store_true", help="exit once nothing is left to apply (default: keep running)"
     )
     worker.add_argument(
-        "--dead-maxlen", type=int, default=10_000, help="at most this many dead letters per shard (0: no cap)"
+        "--metrics-port",
+        type=int,
+        help="serve /metrics, /healthz, /readyz on this port (default: 0, off; env, settings)",
     )
-    worker.add_argument("--max-events", type=int, help="exit after applying this many entries (burst mode)")
-    worker.add_argument("--drain", action="store_true", help="exit once nothing is left to apply")
-    worker.add_argument("--metrics-port", type=int, default=0, help="serve /metrics, /healthz, /readyz (0: off)")
+    worker.add_argument(
+        "--metrics-host",
+        help="address the metrics server listens on; 0.0.0.0 to be reachable from outside a container "
+        "(default: 127.0.0.1; env, settings)",
+    )
     worker.add_argument(
         "--allow-eviction",
         action="store_true",
-        help="start even if Redis's maxmemory-policy is not noeviction or cannot be read (tests only)",
+        help="start even if Redis's maxmemory-policy is not noeviction or cannot be read, for tests (default: refuse)",
     )
-    worker.add_argument("--log-level", default="INFO")
+    worker.add_argument(
+        "--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level (default: INFO; env, settings)"
+    )
     worker.set_defaults(handler=_guarded(_worker))
 
     publish = commands.add_parser("publish", help="route JSON Lines events into the shards' streams")
     publish.add_argument("--config", required=True, help="engine config (checked for the cluster)")
     _common(publish)
     publish.add_argument("--rate", type=float, help="events per second (default: as fast as possible)")
-    publish.add_argument("--shards", type=int, help="shard count (default: the deployment's)")
+    publish.add_argument(
+        "--shards", type=int, help="shard count (default: $CLUSTER_RISK_NUM_SHARDS, else the deployment's)"
+    )
     _durability(publish)
     publish.add_argument("events", help="events file (JSON Lines), or - for stdin")
     publish.set_defaults(handler=_guarded(_publish))
 
     actions = commands.add_parser("actions", help="print every shard's actions as JSON Lines")
     _common(actions)
-    actions.add_argument("--follow", action="store_true", help="keep printing new actions")
+    actions.add_argument(
+        "--follow", action="store_true", help="keep printing new actions until Ctrl-C (default: print and exit)"
+    )
     actions.set_defaults(handler=_guarded(_actions))
 
     from cluster_risk.cluster.deadcli import register_dead_command
@@ -286,16 +400,30 @@ def register_cluster_commands(commands: Any) -> None:
 
     status = commands.add_parser("status", help="workers, shard owners and epochs, lag, paused scopes")
     _common(status)
-    status.add_argument("--json", action="store_true", help="one JSON document")
+    status.add_argument("--json", action="store_true", help="one JSON document (default: a table)")
     status.set_defaults(handler=_guarded(_status))
 
-    up_ = commands.add_parser("up", help="start Redis (unless --redis-url) and N local workers; Ctrl-C stops all")
-    up_.add_argument("--workers", type=int, default=2)
+    up_ = commands.add_parser(
+        "up", help="start Redis (unless --redis-url) and N local workers; Ctrl-C stops all; exit 1 if a worker dies"
+    )
+    up_.add_argument("--config", required=True, help="engine config the workers run (.json, .yaml or .toml)")
+    up_.add_argument("--workers", type=int, default=2, help="number of workers (default: %(default)s)")
     group = up_.add_mutually_exclusive_group()
-    group.add_argument("--redis-url", help="use this Redis instead of starting one")
-    group.add_argument("--cluster", action="store_true", help="start a 3-master Redis Cluster with one replica each")
-    up_.add_argument("--config", help="engine config (default: the benchmark's seed config)")
-    up_.add_argument("--tick-ms", type=int, default=1000)
-    up_.add_argument("--shards", type=int)
-    up_.add_argument("--metrics-port", type=int, default=0, help="worker i serves /metrics on this port + i (0: off)")
+    group.add_argument(
+        "--redis-url",
+        help="use this Redis (given to the workers by environment, not in their arguments) (default: start one)",
+    )
+    group.add_argument(
+        "--cluster",
+        action="store_true",
+        help="start a 3-master Redis Cluster with one replica each (default: one server)",
+    )
+    up_.add_argument("--tick-ms", type=int, default=1000, help="the workers' clock tick period (default: %(default)s)")
+    up_.add_argument("--shards", type=int, help="shard count (default: the deployment's, 16 for a new one)")
+    up_.add_argument(
+        "--metrics-port", type=int, default=0, help="worker i serves /metrics on this port + i (default: 0, off)"
+    )
+    up_.add_argument(
+        "--metrics-host", default="127.0.0.1", help="address the workers' metrics listen on (default: %(default)s)"
+    )
     up_.set_defaults(handler=_guarded(_up))

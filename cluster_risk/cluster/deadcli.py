@@ -101,6 +101,10 @@ def _dead(args: argparse.Namespace) -> int:
 def register_dead_command(commands: Any) -> None:
     dead = commands.add_parser("dead", help="every shard's dead letters (entries the workers rejected), oldest first")
     _common(dead)
-    dead.add_argument("--follow", action="store_true", help="keep printing new dead letters (Ctrl-C to stop)")
-    dead.add_argument("--json", action="store_true", help="JSON Lines: one dead letter per line")
+    dead.add_argument(
+        "--follow", action="store_true", help="keep printing new dead letters until Ctrl-C (default: print and exit)"
+    )
+    dead.add_argument(
+        "--json", action="store_true", help="JSON Lines, one dead letter per line (default: readable lines)"
+    )
     dead.set_defaults(handler=_guarded(_dead))

@@ -1,12 +1,16 @@
 """``cluster-risk up``: the docker-compose topology as local processes - redis-server (one, or
 a 3-master cluster with a replica each) on free loopback ports in a temporary folder, and N
 workers - for trying the cluster and for the fault tests.  Ctrl-C (or SIGTERM) stops the
-workers first (they release their leases), then Redis, and removes the folder.
+workers first (they release their leases), then Redis, and removes the folder.  It prints the
+engine config it runs (``--config`` is required) and the Redis URL with its password masked;
+the workers get the URL through their environment (``CLUSTER_RISK_REDIS_URL``), never in
+their arguments, which any local user can read (``ps``).  Exit 0 when stopped by a signal, 1
+when a worker died (the others are stopped too).
 """
 
 from __future__ import annotations
 
-import json
+import os
 import shutil
 import signal
 import socket
@@ -20,6 +24,7 @@ from typing import Any
 
 import redis
 
+from cluster_risk.settings import mask_url
 from cluster_risk.state.redis import SERVER_SETTINGS
 
 __all__ = ["LocalCluster", "RedisProcess", "free_port", "start_worker", "up", "wait_until_up"]
@@ -172,8 +177,11 @@ class LocalCluster:
 
 
 def start_worker(config: str, url: str, worker_id: str, *extra: str, **popen: Any) -> subprocess.Popen[bytes]:
-    """``cluster-risk worker`` as a child process (the same Python)."""
-    command = [sys.executable, "-m", "cluster_risk.cli", "worker", "--config", config, "--redis-url", url]
+    """``cluster-risk worker`` as a child process (the same Python), the Redis URL (which may
+    carry a password) in its environment, not in its arguments; ``popen["env"]``, if given,
+    is the rest of its environment (default: this process's)."""
+    command = [sys.executable, "-m", "cluster_risk.cli", "worker", "--config", config]
+    popen["env"] = {**(popen.get("env") or os.environ), "CLUSTER_RISK_REDIS_URL": url}
     return subprocess.Popen([*command, "--id", worker_id, *extra], **popen)
 
 
@@ -182,11 +190,15 @@ def up(
     workers: int = 2,
     redis_url: str | None = None,
     cluster: bool = False,
-    config: str | None = None,
+    config: str,
     tick_ms: int = 1000,
     shards: int | None = None,
     metrics_port: int = 0,
+    metrics_host: str = "127.0.0.1",
 ) -> int:
+    from cluster_risk.config import load_config
+
+    engine_config = load_config(config)  # refused (ConfigError) before anything starts
     folder = Path(tempfile.mkdtemp(prefix="cluster-risk-up-"))
     servers: list[RedisProcess | LocalCluster] = []
     children: list[subprocess.Popen[bytes]] = []
@@ -203,21 +215,21 @@ def up(
             server: RedisProcess | LocalCluster = LocalCluster(folder / "redis") if cluster else RedisProcess(folder)
             servers.append(server)
             redis_url = server.url
-        if config is None:
-            from cluster_risk.benchmark import SEED_CONFIG
-
-            config = str(folder / "config.json")
-            Path(config).write_text(json.dumps(SEED_CONFIG), encoding="utf-8")
         extra = ["--tick-ms", str(tick_ms)] + (["--shards", str(shards)] if shards else [])
         for i in range(workers):
-            metrics = ["--metrics-port", str(metrics_port + i)] if metrics_port else []
+            metrics = ["--metrics-port", str(metrics_port + i), "--metrics-host", metrics_host] if metrics_port else []
             children.append(start_worker(config, redis_url, f"up-{i}", *extra, *metrics))
-        print(f"redis: {redis_url}", flush=True)
+        rules = ", ".join(rule.name for rule in engine_config.rules)
+        print(f"config: {Path(config).resolve()} (rules: {rules or 'none'})", flush=True)
+        print(f"redis: {mask_url(redis_url)}", flush=True)
         print(f"workers: {' '.join(str(c.pid) for c in children)}  (Ctrl-C stops all)", flush=True)
         while not stopping:
-            if any(c.poll() is not None for c in children):
-                print("a worker exited; stopping", file=sys.stderr, flush=True)
-                break
+            dead = [(i, c) for i, c in enumerate(children) if c.poll() is not None]
+            if dead:
+                for i, child in dead:
+                    print(f"worker up-{i} (pid {child.pid}) exited with code {child.returncode}", file=sys.stderr)
+                print("cluster-risk up: stopping (exit 1)", file=sys.stderr, flush=True)
+                return 1
             time.sleep(0.2)
         return 0
     finally:

@@ -136,6 +136,13 @@ class Ops:
 
     # ------------------------------------------------------------------ kill switch
 
+    def seen(self, account: str) -> bool:
+        """Whether the account's shard holds its account record (written when a worker applies
+        any event of the account; it expires with the shard's other state after the id
+        retention), i.e. whether a pause of it is likely meant, not a typo."""
+        shard = self.keys.shard_of(account)
+        return bool(self.client.hexists(self.keys.base(shard) + "acct", account))
+
     def pause(self, scope: Mapping[str, str], reason: str, who: str, now_ns: int | None = None) -> ManualResult:
         return self._manual("pause", scope, reason, who, now_ns)
 

@@ -4,7 +4,10 @@ does the work).  A table for people, ``--json`` for scripts.
 
 Exit codes: 0 done; 1 refused because of the state, nothing changed (``pause`` of a scope
 already paused by hand, ``resume`` of one that is not, ``recover`` of a shard not lost);
-2 unusable arguments, config or Redis (one line on stderr), as the other commands.
+2 unusable arguments, config or Redis (one line on stderr), as the other commands, and
+``pause`` of an account the shard has no state of (never seen, or idle past the id
+retention: likely a typo) unless ``--force`` (a pre-emptive kill switch is legitimate:
+then a warning, and exit 0).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from cluster_risk.cluster.commands import _connect, _fail
+from cluster_risk.cluster.commands import _common, _connect, _fail
 from cluster_risk.errors import RiskError
 
 __all__ = ["register_ops_commands", "when"]
@@ -153,6 +156,11 @@ def _manual(args: argparse.Namespace) -> int:
         return _fail("--reason: must not be empty (it goes to the audit stream)")
     who = args.who or operator()
     ops = _ops(args)
+    if args.command == "pause" and not ops.seen(scope["account"]):
+        unknown = f"account {scope['account']!r} has no state on its shard (never seen, or idle past the id retention)"
+        if not args.force:
+            return _fail(f"{unknown}; nothing changed (--force pauses it anyway, e.g. a pre-emptive kill switch)")
+        print(f"cluster-risk: warning: {unknown}; pausing it anyway (--force)", file=sys.stderr)
     do = ops.pause if args.command == "pause" else ops.resume
     result = do(scope, args.reason, who)
     if args.json:
@@ -250,55 +258,56 @@ def _recover(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------- registration
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--redis-url", required=True, help="redis://, rediss://, unix:// or redis+sentinel://")
-    parser.add_argument("--prefix", default="risk", help="key prefix of the deployment (default risk)")
-
-
 def register_ops_commands(commands: Any) -> None:
     """Add inspect, pause, resume, audit and reset-daily to the ``cluster-risk`` subparsers."""
     inspect = commands.add_parser("inspect", help="one account: window counts, today's sums, pauses")
-    inspect.add_argument("--account", required=True)
+    inspect.add_argument("--account", required=True, help="the account id")
     _common(inspect)
     inspect.add_argument("--config", help="engine config (default: the rules the workers stored)")
     inspect.add_argument("--at", type=int, help="count the windows at this time, ns (default: now)")
-    inspect.add_argument("--json", action="store_true", help="one JSON document")
+    inspect.add_argument("--json", action="store_true", help="one JSON document (default: tables)")
     inspect.set_defaults(handler=_guarded(_inspect))
 
     for name, verb in (("pause", "pause an account's orders by hand (kill switch)"), ("resume", "lift a manual pause")):
         manual = commands.add_parser(name, help=verb)
-        manual.add_argument("--account", required=True)
+        manual.add_argument("--account", required=True, help="the account id")
         scope = manual.add_mutually_exclusive_group()
-        scope.add_argument("--contract", help="only this contract of the account")
-        scope.add_argument("--product", help="only this product of the account")
+        scope.add_argument("--contract", help="only this contract of the account (default: the whole account)")
+        scope.add_argument("--product", help="only this product of the account (default: the whole account)")
         manual.add_argument("--reason", required=True, help="why (recorded in the audit stream)")
         manual.add_argument("--who", help="who (default: $USER@hostname)")
         _common(manual)
-        manual.add_argument("--json", action="store_true", help="one JSON document")
+        manual.add_argument("--json", action="store_true", help="one JSON document (default: text)")
+        if name == "pause":
+            manual.add_argument(
+                "--force",
+                action="store_true",
+                help="pause an account its shard has no state of (default: refuse, exit 2: likely a typo)",
+            )
         manual.set_defaults(handler=_guarded(_manual))
 
     audit = commands.add_parser("audit", help="manual pauses, resumes and resets: who, why, when, what")
     _common(audit)
-    audit.add_argument("--account", help="only this account")
-    audit.add_argument("--json", action="store_true", help="JSON Lines")
+    audit.add_argument("--account", help="only this account (default: every account)")
+    audit.add_argument("--json", action="store_true", help="JSON Lines (default: a table)")
     audit.set_defaults(handler=_guarded(_audit))
 
     reset = commands.add_parser("reset-daily", help="publish a daily reset (every account, or --account)")
     _common(reset)
-    reset.add_argument("--config", help="engine config (checked; shows the trading day reset)")
-    reset.add_argument("--account", help="only this account (ops extension, not in the contract)")
+    reset.add_argument("--config", help="engine config (checked; shows the trading day reset) (default: none)")
+    reset.add_argument("--account", help="only this account, an ops extension (default: every account)")
     reset.add_argument("--at", type=int, help="the reset's timestamp, ns (default: now)")
-    reset.add_argument("--reason", default="", help="why (recorded in the audit stream)")
+    reset.add_argument("--reason", default="", help="why (recorded in the audit stream) (default: empty)")
     reset.add_argument("--who", help="who (default: $USER@hostname)")
-    reset.add_argument("--json", action="store_true", help="one JSON document")
+    reset.add_argument("--json", action="store_true", help="one JSON document (default: text)")
     reset.set_defaults(handler=_guarded(_reset_daily))
 
     recover = commands.add_parser("recover", help="start shards whose Redis state was lost afresh (audited)")
     which = recover.add_mutually_exclusive_group(required=True)
-    which.add_argument("--shard", type=int, help="this lost shard")
-    which.add_argument("--all", action="store_true", help="every lost shard")
-    recover.add_argument("--reason", required=True, help="why (recorded in the audit stream)")
+    which.add_argument("--shard", type=int, help="this lost shard (default: none; or --all)")
+    which.add_argument("--all", action="store_true", help="every lost shard (default: off; or --shard)")
+    recover.add_argument("--reason", required=True, help="why, recorded in the audit stream (required, no default)")
     recover.add_argument("--who", help="who (default: $USER@hostname)")
     _common(recover)
-    recover.add_argument("--json", action="store_true", help="one JSON document")
+    recover.add_argument("--json", action="store_true", help="one JSON document (default: text)")
     recover.set_defaults(handler=_guarded(_recover))

@@ -492,10 +492,9 @@ def _text(value: object) -> str:
 
 
 def _masked(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password:
-        return url.replace(f":{parts.password}@", ":***@", 1)
-    return url
+    from cluster_risk.settings import mask_url  # also a ?password= argument
+
+    return mask_url(url)
 
 
 def _sentinel_master(parts: Any, options: dict[str, Any]) -> Redis:

@@ -170,10 +170,13 @@ def test_gauges_follow_the_held_shards(server: RedisProcess) -> None:
         server_.close()
 
 
-def test_up_serves_each_workers_metrics(redis_binaries: None) -> None:
+def test_up_serves_each_workers_metrics(redis_binaries: None, tmp_path: Path) -> None:
     """`cluster-risk up --metrics-port P`: worker i serves /metrics on P + i."""
     port = free_port(2)
-    proc = subprocess.Popen([*CLI, "up", "--workers", "2", "--metrics-port", str(port)], stdout=subprocess.DEVNULL)
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(CONFIG), encoding="utf-8")
+    up = [*CLI, "up", "--config", str(config), "--workers", "2", "--metrics-port", str(port)]
+    proc = subprocess.Popen(up, stdout=subprocess.DEVNULL)
     try:
 
         def both_hold_shards() -> bool:

@@ -354,3 +354,28 @@ def test_no_rule_may_be_called_manual(server: RedisProcess) -> None:
     rules = [{"type": "OrderRateLimitRule", "name": "manual", "threshold": 3}]
     with pytest.raises(DeploymentError, match="reserved"):
         Deployment(connect(server.url)).store_rules(build_config({"rules": rules}).rules)
+
+
+def test_pausing_a_never_seen_account_needs_force(server: RedisProcess) -> None:
+    url = server.url
+    publish(url, [order(1, "A", T0)])
+    drain(url)
+    streams = (len(printed_actions(url)), len(audit(url)))
+    for typo in ("B", "a", "A "):
+        refused = cli("pause", "--account", typo, "--reason", "r", "--redis-url", url)
+        assert refused.returncode == 2, refused.stderr
+        assert "has no state on its shard" in refused.stderr and "--force" in refused.stderr
+        assert refused.stdout == ""
+    assert (len(printed_actions(url)), len(audit(url))) == streams  # nothing written
+    assert all(not manual_fields(url, account) for account in ("B", "a", "A "))
+
+    forced = cli("pause", "--account", "B", "--reason", "pre-emptive", "--redis-url", url, "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert "warning" in forced.stderr and "pausing it anyway" in forced.stderr
+    assert "paused account=B" in forced.stdout
+    assert list(manual_fields(url, "B")) == ["B"]
+
+    seen = cli("pause", "--account", "A", "--reason", "r", "--redis-url", url)  # no --force needed
+    assert seen.returncode == 0 and seen.stderr == "", seen.stderr
+    resume = cli("resume", "--account", "B", "--reason", "r", "--redis-url", url)  # resume never asks
+    assert resume.returncode == 0 and resume.stderr == "", resume.stderr

@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -176,3 +177,42 @@ def test_redis_url_value_semantics() -> None:
     assert RuntimeSettings(redis_url=RedisUrl(URL)).redis_url == RedisUrl(URL)
     with pytest.raises(ValueError, match="must be a URL with scheme"):
         RedisUrl("localhost:6379")
+
+
+# Shapes of a hostile 5 MB id (or a log line quoting one) that made the old URL pattern scan
+# the rest of the text from each position: quadratic, minutes of CPU for one line.
+HOSTILE_UNITS = ["a", "a://", "a://b:", "a://b:c/", "://:", "a:/", "password=", "p" * 99 + "://u:", "a://b:c:/"]
+
+
+@pytest.mark.parametrize("unit", HOSTILE_UNITS)
+def test_mask_secrets_is_linear_in_the_text(unit: str) -> None:
+    text = unit * (5_000_000 // len(unit))
+    started = time.perf_counter()
+    mask_secrets(text)
+    elapsed = time.perf_counter() - started
+    assert elapsed < 1.0, f"{elapsed:.2f} s to mask 5 MB of {unit!r}"
+
+
+def test_mask_secrets_many_credentials_in_one_text() -> None:
+    text = " ".join(f"redis://u{i}:{SECRET}@h{i}:6379/0?password={SECRET}" for i in range(20_000))
+    started = time.perf_counter()
+    masked = mask_secrets(text)
+    assert time.perf_counter() - started < 1.0
+    assert SECRET not in masked and masked.count("***") == 40_000
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        (f"a {URL} b", "a redis://risk:***@redis.internal:6380/2 b"),
+        (f"1://u:{SECRET}@h", "1://u:***@h"),  # any scheme-like word: masking more is safe
+        (f"x{URL}", "xredis://risk:***@redis.internal:6380/2"),
+        (f"redis://u:{SECRET}/x@h", "redis://u:***@h"),  # a raw "/" in a password
+        (f"{URL}\n{URL}", "redis://risk:***@redis.internal:6380/2\nredis://risk:***@redis.internal:6380/2"),
+        (f"redis://h:6379/0 and user:{SECRET}@x", f"redis://h:6379/0 and user:{SECRET}@x"),  # not a URL's
+        (f"PASSWORD={SECRET},next", "PASSWORD=***,next"),
+        (f"'password={SECRET}'", "'password=***'"),
+    ],
+)
+def test_mask_secrets_in_free_text(text: str, masked: str) -> None:
+    assert mask_secrets(text) == masked
