@@ -390,32 +390,6 @@ def test_ids_live_in_blocks_that_go_with_their_day(make_engine: Callable[..., En
 
 
 @pytest.mark.parametrize("backend", ["fakeredis", "redis"], indirect=True)
-def test_ids_of_the_one_hash_layout_are_still_read_then_deleted(make_engine: Callable[..., Engine]) -> None:
-    """A shard written by a version up to a129656 keeps a day's ids in one hash,
-    ids:<day>. Its ids stay seen (duplicates, the order index for enrichment) while the day is
-    in retention; the hash goes with the day."""
-    config = {"rules": [{"type": "AccountVolumeLimitRule", "daily_cap": 3}], "id_retention_days": 1}
-    engine = make_engine(config, num_shards=1)
-    assert isinstance(engine, RemoteEngine)
-    t0, day_ns = 1_795_000_000_000_000_000, 86_400_000_000_000
-    d = engine.calendar.day_range(t0)[0]
-    old = f"risk:{{s0}}:ids:{date.fromordinal(d).isoformat()}"
-    client = engine.store.client
-    client.hset(old, mapping={"o50": "1:AC", "t7": "1"})  # ids.index_value("A", "C")
-    client.hset("risk:{s0}:meta", mapping={"latest": d, "gens": str(d), "maxo": "o50", "maxt": "t7"})
-    fill = Trade(8, 50, 1.0, 5, t0 + 2)  # no account: enriched from the old hash, then over the cap
-    actions = engine.process_batch([fill])
-    assert [(a.type.value, a.scope) for a in actions] == [("PAUSE_ORDER", {"account": "A"})]
-    assert engine.process_batch([Trade(7, 50, 1.0, 5, t0 + 3)]) == []  # a seen tid: counts nothing
-    assert engine.process_batch([Order(50, "A", "C", "BID", 1.0, 1, t0 + 4)]) == []  # a seen oid
-    assert client.hget(f"risk:{{s0}}:day:{date.fromordinal(d).isoformat()}:AccountVolumeLimitRule", "A") == b"5"
-    assert client.hkeys(f"{old}:o") == []  # the old order was not added again
-    assert client.hget("risk:{s0}:meta", "blocks") == f"{d} - {date.fromordinal(d).isoformat()}:t ".encode()
-    engine.process_batch([Order(51, "B", "C", "BID", 1.0, 1, t0 + 2 * day_ns)])
-    assert not client.exists(old)
-
-
-@pytest.mark.parametrize("backend", ["fakeredis", "redis"], indirect=True)
 def test_every_id_block_is_listed_and_expires_though_only_its_first_write_says_so(
     make_engine: Callable[..., Engine],
 ) -> None:
