@@ -21,10 +21,9 @@ from cluster_risk.remote import RemoteEngine, replay_batched
 from cluster_risk.replay import replay_lines
 from cluster_risk.state.redis import RedisStore
 from tests.cluster.conform import by_scope, expected, fleet_output, with_final_tick
+from tests.helpers import DAY, T0
 from tests.redis.servers import RedisServer
 
-T = 1_795_000_000_000_000_000
-DAY = 86_400_000_000_000
 CONFIG: dict[str, Any] = {
     "contract_to_product": {"C": "\ud800", "\x1f": "P:1"},
     "rules": [
@@ -54,7 +53,7 @@ def _field(good: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
 
 
 def _events() -> st.SearchStrategy[list[dict[str, Any]]]:
-    ts = _field(st.integers(T, T + 2 * DAY))
+    ts = _field(st.integers(T0, T0 + 2 * DAY))
     price = st.one_of(st.integers(-(2**53) + 1, 2**53 - 1), st.floats(-1e308, 1e308), st.just(1e308))
     order = st.fixed_dictionaries(
         {

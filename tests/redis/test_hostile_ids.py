@@ -17,9 +17,9 @@ from cluster_risk import RiskEngine, build_config
 from cluster_risk.remote import RemoteEngine, replay_batched
 from cluster_risk.replay import replay_lines
 from cluster_risk.state.redis import RedisStore
+from tests.helpers import T0
 from tests.redis.servers import RedisServer
 
-T = 1_795_000_000_000_000_000
 CAP10 = {"rules": [{"type": "AccountVolumeLimitRule", "daily_cap": 10}]}
 BY_CONTRACT = {
     "contract_to_product": {"X17": "P{1}", "\x1f": "\ud800"},
@@ -86,10 +86,10 @@ def test_an_account_holding_u001f_does_not_charge_another_account(store: RedisSt
     """Issue 15 item 1: the order index joined ``account\\x1fcontract`` and split at the first
     U+001F, so fills of ``VICTIM\\x1fX17``'s order (8) were charged to ``VICTIM`` (8 + 5 > 10)."""
     events = [
-        _order(1, "VICTIM\x1fX17", "C", T),
-        _fill(1, 1, 8, T + 1),
-        _order(2, "VICTIM", "C", T + 2),
-        _fill(2, 2, 5, T + 3),
+        _order(1, "VICTIM\x1fX17", "C", T0),
+        _fill(1, 1, 8, T0 + 1),
+        _order(2, "VICTIM", "C", T0 + 2),
+        _fill(2, 2, 5, T0 + 3),
     ]
     want, got = _both(CAP10, _lines(events), store, batch_size=1)
     assert want == [] and got == want
@@ -117,7 +117,7 @@ def test_one_shard_function_that_takes_every_id(store: RedisStore) -> None:
 
 def test_a_lone_surrogate_id_gives_the_in_process_answer(store: RedisStore) -> None:
     """Issue 15 item 2: ``"\\ud800"`` is valid JSON; replay --redis-url died in shard_of."""
-    events = [_order(1, "\ud800", "\udc00", T), _fill(1, 1, 18, T + 1), _fill(2, 1, 1, T + 2)]
+    events = [_order(1, "\ud800", "\udc00", T0), _fill(1, 1, 18, T0 + 1), _fill(2, 1, 1, T0 + 2)]
     want, got = _both(CAP10, _lines(events), store, batch_size=1)
     assert [a["scope"] for a in want] == [{"account": "\ud800"}]
     assert got == want
@@ -128,7 +128,7 @@ def test_hostile_ids_give_the_in_process_answer(store: RedisStore, batch_size: i
     events: list[dict[str, Any]] = []
     contracts = ["X17", "\x1f", "C{1}", "\ud800"]
     oid = tid = 0
-    t = T
+    t = T0
     for round_ in range(3):
         for i, account in enumerate(HOSTILE):
             contract = contracts[(i + round_) % len(contracts)]
@@ -159,14 +159,14 @@ def test_replay_redis_url_prints_what_the_in_process_replay_prints(
     notional = {"type": "AccountVolumeLimitRule", "name": "n", "metric": "notional", "daily_cap": 10}
     config.write_text(json.dumps({**BY_CONTRACT, "rules": [*BY_CONTRACT["rules"], notional]}), encoding="utf-8")
     events = [
-        _order(1, "VICTIM\x1fX17", "C", T),
-        _fill(1, 1, 8, T + 1),
-        _order(2, "VICTIM", "C", T + 2),
-        _fill(2, 2, 5, T + 3),
+        _order(1, "VICTIM\x1fX17", "C", T0),
+        _fill(1, 1, 8, T0 + 1),
+        _order(2, "VICTIM", "C", T0 + 2),
+        _fill(2, 2, 5, T0 + 3),
     ]
     for n, account in enumerate(HOSTILE):
-        events += [_order(10 + n, account, "\x1f", T + 10 + n), _fill(10 + n, 10 + n, 11, T + 30 + n)]
-    events.append(_fill(99, 99, 100, T + 50, account_id="N", contract_id="C") | {"price": 1e308})
+        events += [_order(10 + n, account, "\x1f", T0 + 10 + n), _fill(10 + n, 10 + n, 11, T0 + 30 + n)]
+    events.append(_fill(99, 99, 100, T0 + 50, account_id="N", contract_id="C") | {"price": 1e308})
     path = tmp_path / "events.jsonl"
     path.write_text("".join(line + "\n" for line in _lines(events)), encoding="utf-8")
     command = [sys.executable, "-m", "cluster_risk.cli", "replay", "-q", "--config", str(config), str(path)]

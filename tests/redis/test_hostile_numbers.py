@@ -16,9 +16,9 @@ from cluster_risk.remote import RemoteEngine, replay_batched
 from cluster_risk.replay import replay_lines
 from cluster_risk.rules.base import DailyCapParams, DailyCapRule, RuleParams, register_rule
 from cluster_risk.state.redis import RedisStore
+from tests.helpers import T0
 from tests.redis.servers import RedisServer
 
-T = 1_795_000_000_000_000_000
 FLOAT_MAX = 1.7976931348623157e308
 SATURATED_SUM = (1 << 53) + 2  # cluster_risk.state.memory.SATURATED_SUM
 
@@ -41,7 +41,7 @@ def _fill(tid: int, volume: int, price: float = 1, account: str = "A") -> dict[s
         "oid": tid,
         "price": price,
         "volume": volume,
-        "timestamp": T + tid,
+        "timestamp": T0 + tid,
         "account_id": account,
         "contract_id": "C",
     }

@@ -20,8 +20,7 @@ from cluster_risk import build_config
 from cluster_risk.events import Order, Tick, Trade
 from cluster_risk.remote import RemoteEngine, replay_batched
 from cluster_risk.state.redis import RedisStore, StoreError
-from tests.helpers import views
-from tests.redis.conftest import Engine
+from tests.helpers import DAY, T0, EngineFactory, views
 from tests.redis.proxy import CuttingProxy
 from tests.redis.servers import RedisCluster3, RedisSentinel, RedisServer
 
@@ -62,11 +61,9 @@ def snapshot(store: RedisStore) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("backend", REMOTE, indirect=True)
-def test_a_batch_applied_twice_changes_nothing(
-    make_engine: Callable[..., Engine], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_batch_applied_twice_changes_nothing(backend_engine: EngineFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     data = case(3)
-    engine = make_engine(data["config"])
+    engine = backend_engine(**data["config"])
     assert isinstance(engine, RemoteEngine)
     calls: list[tuple[Any, Any]] = []
     apply, send = engine.store.apply, engine.store.send_apply
@@ -134,9 +131,9 @@ def _flush_scripts(store: RedisStore, nodes: RedisCluster3 | None) -> None:
 
 
 @pytest.mark.parametrize("backend", REMOTE, indirect=True)
-def test_script_cache_loss_is_transparent(make_engine: Callable[..., Engine], request: pytest.FixtureRequest) -> None:
+def test_script_cache_loss_is_transparent(backend_engine: EngineFactory, request: pytest.FixtureRequest) -> None:
     data = case(5)
-    engine = make_engine(data["config"])
+    engine = backend_engine(**data["config"])
     assert isinstance(engine, RemoteEngine)
     nodes = request.getfixturevalue("cluster") if engine.store.is_cluster else None
     events, got = data["events"], []
@@ -218,9 +215,9 @@ KEY = re.compile(
 
 
 @pytest.mark.parametrize("backend", ["redis", "cluster"], indirect=True)
-def test_key_layout_is_documented_and_everything_expires(make_engine: Callable[..., Engine]) -> None:
+def test_key_layout_is_documented_and_everything_expires(backend_engine: EngineFactory) -> None:
     data = case(6)
-    engine = make_engine(data["config"])
+    engine = backend_engine(**data["config"])
     assert isinstance(engine, RemoteEngine)
     run(engine, data["events"])
     store, ttl_ms = engine.store, (engine.id_retention_days + 1) * 86_400_000
@@ -349,14 +346,14 @@ def test_the_readmes_window_count_command_works_as_printed(standalone: RedisServ
 
 
 @pytest.mark.parametrize("backend", ["fakeredis", "redis"], indirect=True)
-def test_ids_live_in_blocks_that_go_with_their_day(make_engine: Callable[..., Engine]) -> None:
+def test_ids_live_in_blocks_that_go_with_their_day(backend_engine: EngineFactory) -> None:
     """A day's ids are kept in hashes of 1,000 (o1 holds o1000..o1999) listed in a set, a
     batch's ids split among their blocks whether they ascend or not; when the day leaves id
     retention, all of them go."""
     config = {"rules": [{"type": "AccountVolumeLimitRule", "daily_cap": 10_000}], "id_retention_days": 1}
-    engine = make_engine(config, num_shards=1)
+    engine = backend_engine(**config, num_shards=1)
     assert isinstance(engine, RemoteEngine)
-    t0, day_ns = 1_795_000_000_000_000_000, 86_400_000_000_000
+    t0, day_ns = T0, DAY
 
     def orders(*oids: int) -> list[Order]:
         return [Order(oid, "A", "C", "BID", 1.0, 1, t0 + oid) for oid in oids]
@@ -391,16 +388,16 @@ def test_ids_live_in_blocks_that_go_with_their_day(make_engine: Callable[..., En
 
 @pytest.mark.parametrize("backend", ["fakeredis", "redis"], indirect=True)
 def test_every_id_block_is_listed_and_expires_though_only_its_first_write_says_so(
-    make_engine: Callable[..., Engine],
+    backend_engine: EngineFactory,
 ) -> None:
     """A block is listed in its day's set and given its TTL by the call that writes it first
     (the meta field blocks remembers it), not by every call: blocks written in later calls,
     left and written again (an id below the maximum), or shared by both kinds' calls all end
     up listed, with a TTL, and all go with their day."""
     config = {"rules": [{"type": "AccountVolumeLimitRule", "daily_cap": 1000}], "id_retention_days": 1}
-    engine = make_engine(config, num_shards=1)
+    engine = backend_engine(**config, num_shards=1)
     assert isinstance(engine, RemoteEngine)
-    t0, day_ns = 1_795_000_000_000_000_000, 86_400_000_000_000
+    t0, day_ns = T0, DAY
     batches = [
         [Order(998, "A", "C", "BID", 1.0, 1, t0 + 1)],  # block o, first write
         [Order(999, "A", "C", "BID", 1.0, 1, t0 + 2), Trade(3, 999, 1.0, 1, t0 + 3)],  # o again; t
