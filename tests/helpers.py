@@ -5,8 +5,10 @@ servers live in tests/conftest.py."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable
 from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Any, overload
 from zoneinfo import ZoneInfo
 
@@ -23,6 +25,10 @@ EngineFactory = Callable[..., Engine]  # make_engine's arguments (tests/conftest
 
 # Conformance keys: the only ones compared (SEMANTICS.md / conformance README).
 KEYS = ("type", "rule", "scope", "timestamp", "value", "limit", "error", "field", "index")
+
+# The shared conformance vectors, case-1.json .. case-24.json, in number order.
+CASES_DIR = Path(__file__).parent / "conformance" / "cases"
+CASE_FILES = sorted(CASES_DIR.glob("case-*.json"), key=lambda p: int(p.stem.split("-")[1]))
 
 SHANGHAI_NIGHT = {"timezone": "Asia/Shanghai", "start": "21:00"}
 
@@ -88,6 +94,18 @@ def state_of(engine: Engine) -> Any:
     store = engine.store
     keys = [key for shard in range(store.num_shards) for key in store.shard_keys(shard)]
     return {key: store.client.dump(key) for key in keys}
+
+
+def load_case(which: int | Path) -> dict[str, Any]:
+    """A conformance vector (config, events, expected), by number or path."""
+    path = which if isinstance(which, Path) else CASES_DIR / f"case-{which}.json"
+    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return data
+
+
+def lines(events: Iterable[Any]) -> list[str]:
+    """Wire lines (json.dumps, ensure_ascii: a lone surrogate is a \\ud800 escape)."""
+    return [json.dumps(e) for e in events]
 
 
 def view(action: Action | dict[str, Any]) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 import redis
@@ -98,10 +98,4 @@ def threads() -> Iterator[Threads]:
     pool.stop_all()
 
 
-def lines(events: list[Any]) -> list[str]:
-    import json
-
-    return [json.dumps(e) for e in events]
-
-
-__all__ = ["Threads", "connect", "lines"]
+__all__ = ["Threads", "connect"]

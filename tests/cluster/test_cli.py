@@ -113,7 +113,8 @@ def test_actions_follow_prints_new_actions(server: RedisProcess, tmp_path: Path)
     from cluster_risk import build_config
     from cluster_risk.cluster.streams import Publisher
     from cluster_risk.cluster.worker import Worker
-    from tests.cluster.conftest import connect, lines
+    from tests.cluster.conftest import connect
+    from tests.helpers import lines
 
     config = build_config(CONFIG)
     publisher = Publisher(connect(server.url), shards=4)

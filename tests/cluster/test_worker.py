@@ -21,10 +21,10 @@ from cluster_risk.cluster.streams import Publisher
 from cluster_risk.cluster.worker import ShardLost, Worker
 from cluster_risk.state.redis import RedisStore
 from tests.cluster.conform import by_scope, expected, fleet_output, with_final_tick
-from tests.cluster.conftest import connect, lines
+from tests.cluster.conftest import connect
 from tests.cluster.workload import CONFIG
 from tests.cluster.workload import events as workload
-from tests.helpers import T0
+from tests.helpers import T0, lines
 from tests.redis.proxy import CuttingProxy
 
 SHARDS = 4

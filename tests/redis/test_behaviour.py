@@ -16,7 +16,7 @@ from cluster_risk.remote import BatchError, RemoteEngine, replay_batched, scope_
 from cluster_risk.replay import replay_events
 from cluster_risk.rules import OrderRateLimitRule
 from cluster_risk.state.redis import RedisStore, StoreError
-from tests.helpers import DAY, T0, EngineFactory, views
+from tests.helpers import DAY, T0, EngineFactory, lines, load_case, views
 from tests.redis import streams
 from tests.redis.servers import RedisServer
 
@@ -151,16 +151,14 @@ def test_scope_keys_split_back_exactly(values: tuple[str, ...]) -> None:
 
 def test_replay_batched_prints_what_the_cli_prints(standalone: RedisServer) -> None:
     """Lines in, JSON records out: the same as cluster_risk.replay.replay_lines, errors included."""
-    import json
-
     from cluster_risk.replay import replay_lines
 
     rules = streams.rules(3)
-    lines = [json.dumps(e) for e in streams.stream(3)] + ["", "{not json", '{"type": "tick"}']
-    expected = list(replay_lines(RiskEngine(rules, streams.CONTRACTS), lines))
+    text = [*lines(streams.stream(3)), "", "{not json", '{"type": "tick"}']
+    expected = list(replay_lines(RiskEngine(rules, streams.CONTRACTS), text))
     standalone.client().flushall()
     store = RedisStore.from_url(standalone.url, num_shards=3)
-    got = list(replay_batched(RemoteEngine(rules, streams.CONTRACTS, store=store), lines, 100))
+    got = list(replay_batched(RemoteEngine(rules, streams.CONTRACTS, store=store), text, 100))
     store.close()
     assert got == expected
 
@@ -168,12 +166,10 @@ def test_replay_batched_prints_what_the_cli_prints(standalone: RedisServer) -> N
 @pytest.mark.parametrize("backend", REMOTE, indirect=True)
 def test_apply_shard_with_the_callers_own_script_call(backend_engine: EngineFactory) -> None:
     """The hook a cluster worker uses: it plans, the caller sends (here: plain apply.lua)."""
-    import json
-    from pathlib import Path
 
     from cluster_risk.wire import decode_event
 
-    case = json.loads((Path(__file__).parents[1] / "conformance" / "cases" / "case-12.json").read_text())
+    case = load_case(12)
     engine = backend_engine(**case["config"], num_shards=1)
     assert isinstance(engine, RemoteEngine)
     store = engine.store

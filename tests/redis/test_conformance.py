@@ -11,9 +11,7 @@ import pytest
 
 from cluster_risk.remote import RemoteEngine, replay_batched
 from cluster_risk.replay import replay_events
-from tests.helpers import Engine, EngineFactory, views
-
-CASES = sorted((Path(__file__).parents[1] / "conformance" / "cases").glob("case-*.json"), key=lambda p: int(p.stem[5:]))
+from tests.helpers import CASE_FILES, Engine, EngineFactory, views
 
 
 def replay(engine: Engine, events: Iterable[object], batch_size: int) -> Iterator[dict[str, Any]]:
@@ -22,14 +20,14 @@ def replay(engine: Engine, events: Iterable[object], batch_size: int) -> Iterato
     return replay_events(engine, events)
 
 
-@pytest.mark.parametrize("path", CASES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", CASE_FILES, ids=lambda p: p.stem)
 def test_vector_in_batches(path: Path, backend_engine: EngineFactory) -> None:
     case = json.loads(path.read_text(encoding="utf-8"))
     engine = backend_engine(**case["config"])
     assert views(replay(engine, case["events"], 250)) == case["expected"]
 
 
-@pytest.mark.parametrize("path", CASES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", CASE_FILES, ids=lambda p: p.stem)
 def test_vector_event_by_event(path: Path, backend_engine: EngineFactory) -> None:
     case = json.loads(path.read_text(encoding="utf-8"))
     engine = backend_engine(**case["config"])

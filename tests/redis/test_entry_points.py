@@ -12,20 +12,13 @@ import pytest
 from cluster_risk import RiskEngine, RiskError, build_config
 from cluster_risk.replay import replay_events
 from cluster_risk.state.redis import RedisStore
-from tests.helpers import views
+from tests.helpers import load_case, views
 from tests.redis.servers import RedisServer
-
-CASES = Path(__file__).parents[1] / "conformance" / "cases"
-
-
-def _case(n: int) -> dict[str, object]:
-    case: dict[str, object] = json.loads((CASES / f"case-{n}.json").read_text(encoding="utf-8"))
-    return case
 
 
 def test_risk_engine_with_a_store_decides_as_in_memory(standalone: RedisServer) -> None:
     standalone.client().flushall()
-    case = _case(3)
+    case = load_case(3)
     config = build_config(case["config"])  # type: ignore[arg-type]
     store = RedisStore.from_url(standalone.url, num_shards=4)
     engine = RiskEngine.from_config(config, store=store)
@@ -39,7 +32,7 @@ def test_risk_engine_with_a_store_decides_as_in_memory(standalone: RedisServer) 
 
 def test_process_batch_is_the_same_in_memory_and_in_redis(standalone: RedisServer) -> None:
     standalone.client().flushall()
-    case = _case(9)
+    case = load_case(9)
     from cluster_risk.errors import EventError
     from cluster_risk.wire import decode_event
 
@@ -60,7 +53,7 @@ def test_process_batch_is_the_same_in_memory_and_in_redis(standalone: RedisServe
 
 def test_replay_cli_through_redis_prints_what_the_memory_replay_prints(standalone: RedisServer, tmp_path: Path) -> None:
     standalone.client().flushall()
-    case = _case(5)
+    case = load_case(5)
     config = tmp_path / "config.json"
     config.write_text(json.dumps(case["config"]), encoding="utf-8")
     events = tmp_path / "events.jsonl"
@@ -77,7 +70,7 @@ def test_replay_cli_through_redis_prints_what_the_memory_replay_prints(standalon
 
 def test_replay_cli_refuses_an_unreachable_redis_in_one_line(tmp_path: Path) -> None:
     config = tmp_path / "config.json"
-    config.write_text(json.dumps(_case(1)["config"]), encoding="utf-8")
+    config.write_text(json.dumps(load_case(1)["config"]), encoding="utf-8")
     run = subprocess.run(
         [
             sys.executable,

@@ -21,7 +21,7 @@ from cluster_risk.remote import RemoteEngine, replay_batched
 from cluster_risk.replay import replay_lines
 from cluster_risk.state.redis import RedisStore
 from tests.cluster.conform import by_scope, expected, fleet_output, with_final_tick
-from tests.helpers import DAY, T0
+from tests.helpers import DAY, T0, lines
 from tests.redis.servers import RedisServer
 
 CONFIG: dict[str, Any] = {
@@ -83,10 +83,6 @@ def _events() -> st.SearchStrategy[list[dict[str, Any]]]:
     return st.lists(st.one_of(order, order, trade, trade, trade, clock, reset), min_size=1, max_size=30)
 
 
-def _lines(events: list[dict[str, Any]]) -> list[str]:
-    return [json.dumps(e) for e in events]
-
-
 @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 @given(events=_events(), batch_size=st.sampled_from([1, 7, 1000]))
 def test_replay_through_redis_is_the_in_process_replay(
@@ -94,11 +90,11 @@ def test_replay_through_redis_is_the_in_process_replay(
 ) -> None:
     standalone.client().flushall()
     config = build_config(CONFIG)
-    lines = _lines(events)
-    want = list(replay_lines(RiskEngine.from_config(config), lines))
+    text = lines(events)
+    want = list(replay_lines(RiskEngine.from_config(config), text))
     store = RedisStore.from_url(standalone.url, num_shards=3)
     try:
-        got = list(replay_batched(RemoteEngine.from_config(config, store), lines, batch_size))
+        got = list(replay_batched(RemoteEngine.from_config(config, store), text, batch_size))
     finally:
         store.close()
     assert got == want
@@ -117,7 +113,7 @@ def test_publish_then_a_worker_applies_as_the_engine_decides(
     try:
         Deployment(client).ensure(3)
         publisher = Publisher(client, shards=3)
-        rejected = {(e.code, e.field, index) for index, e in publisher.publish_lines(_lines(events))}
+        rejected = {(e.code, e.field, index) for index, e in publisher.publish_lines(lines(events))}
         worker = Worker(build_config(CONFIG), client, worker_id="w", shards=3, tick_ms=0, lease_ms=2000, drain=True)
         worker.run()
         actions, dead, _ = fleet_output(client)

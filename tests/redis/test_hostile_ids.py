@@ -17,7 +17,7 @@ from cluster_risk import RiskEngine, build_config
 from cluster_risk.remote import RemoteEngine, replay_batched
 from cluster_risk.replay import replay_lines
 from cluster_risk.state.redis import RedisStore
-from tests.helpers import T0
+from tests.helpers import T0, lines
 from tests.redis.servers import RedisServer
 
 CAP10 = {"rules": [{"type": "AccountVolumeLimitRule", "daily_cap": 10}]}
@@ -63,10 +63,6 @@ def _fill(tid: int, oid: int, volume: int, t: int, **ids: str) -> dict[str, Any]
     return {"type": "trade", "tid": tid, "oid": oid, "price": 1, "volume": volume, "timestamp": t, **ids}
 
 
-def _lines(events: list[dict[str, Any]]) -> list[str]:
-    return [json.dumps(e) for e in events]  # ensure_ascii: a lone surrogate is a \ud800 escape
-
-
 @pytest.fixture
 def store(standalone: RedisServer) -> Iterator[RedisStore]:
     standalone.client().flushall()
@@ -91,7 +87,7 @@ def test_an_account_holding_u001f_does_not_charge_another_account(store: RedisSt
         _order(2, "VICTIM", "C", T0 + 2),
         _fill(2, 2, 5, T0 + 3),
     ]
-    want, got = _both(CAP10, _lines(events), store, batch_size=1)
+    want, got = _both(CAP10, lines(events), store, batch_size=1)
     assert want == [] and got == want
 
 
@@ -118,7 +114,7 @@ def test_one_shard_function_that_takes_every_id(store: RedisStore) -> None:
 def test_a_lone_surrogate_id_gives_the_in_process_answer(store: RedisStore) -> None:
     """Issue 15 item 2: ``"\\ud800"`` is valid JSON; replay --redis-url died in shard_of."""
     events = [_order(1, "\ud800", "\udc00", T0), _fill(1, 1, 18, T0 + 1), _fill(2, 1, 1, T0 + 2)]
-    want, got = _both(CAP10, _lines(events), store, batch_size=1)
+    want, got = _both(CAP10, lines(events), store, batch_size=1)
     assert [a["scope"] for a in want] == [{"account": "\ud800"}]
     assert got == want
 
@@ -141,7 +137,7 @@ def test_hostile_ids_give_the_in_process_answer(store: RedisStore, batch_size: i
             events.append(_fill(tid, oid, 1, t + 2, account_id=account, contract_id=contract))
     events.append({"type": "reset_daily", "timestamp": t + 10})
     events.append({"type": "tick", "timestamp": t + 10 * (1 << 20)})
-    want, got = _both(BY_CONTRACT, _lines(events), store, batch_size)
+    want, got = _both(BY_CONTRACT, lines(events), store, batch_size)
     assert any(a["scope"]["account"] == "\ud800" for a in want)
     assert got == want
     for record in got:  # every output record is valid JSON, and says what in-process says
@@ -168,7 +164,7 @@ def test_replay_redis_url_prints_what_the_in_process_replay_prints(
         events += [_order(10 + n, account, "\x1f", T0 + 10 + n), _fill(10 + n, 10 + n, 11, T0 + 30 + n)]
     events.append(_fill(99, 99, 100, T0 + 50, account_id="N", contract_id="C") | {"price": 1e308})
     path = tmp_path / "events.jsonl"
-    path.write_text("".join(line + "\n" for line in _lines(events)), encoding="utf-8")
+    path.write_text("".join(line + "\n" for line in lines(events)), encoding="utf-8")
     command = [sys.executable, "-m", "cluster_risk.cli", "replay", "-q", "--config", str(config), str(path)]
     local = subprocess.run(command, capture_output=True, timeout=120, check=False)
     remote = subprocess.run(

@@ -3,7 +3,6 @@ loss, a restart, the key layout with its TTLs, the three topologies."""
 
 from __future__ import annotations
 
-import json
 import re
 import shlex
 import subprocess
@@ -20,18 +19,12 @@ from cluster_risk import build_config
 from cluster_risk.events import Order, Tick, Trade
 from cluster_risk.remote import RemoteEngine, replay_batched
 from cluster_risk.state.redis import RedisStore, StoreError
-from tests.helpers import DAY, T0, EngineFactory, views
+from tests.helpers import DAY, T0, EngineFactory, load_case, views
 from tests.redis.proxy import CuttingProxy
 from tests.redis.servers import RedisCluster3, RedisSentinel, RedisServer
 
-CASES = Path(__file__).parents[1] / "conformance" / "cases"
 README = Path(__file__).parents[2] / "README.md"
 REMOTE = ["fakeredis", "redis", "cluster"]
-
-
-def case(n: int) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((CASES / f"case-{n}.json").read_text(encoding="utf-8"))
-    return data
 
 
 def run(engine: RemoteEngine, events: list[Any], batch_size: int = 100, start: int = 0) -> list[dict[str, Any]]:
@@ -62,7 +55,7 @@ def snapshot(store: RedisStore) -> dict[str, Any]:
 
 @pytest.mark.parametrize("backend", REMOTE, indirect=True)
 def test_a_batch_applied_twice_changes_nothing(backend_engine: EngineFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    data = case(3)
+    data = load_case(3)
     engine = backend_engine(**data["config"])
     assert isinstance(engine, RemoteEngine)
     calls: list[tuple[Any, Any]] = []
@@ -94,7 +87,7 @@ def test_a_batch_applied_twice_changes_nothing(backend_engine: EngineFactory, mo
 def test_lost_replies_are_retried_without_double_counting(standalone: RedisServer, hang: bool) -> None:
     """A proxy swallows replies after Redis ran the script; redis-py retries the pipeline; the
     script sees the same batch number and digest and returns the stored result."""
-    data = case(13)
+    data = load_case(13)
     config = build_config(data["config"])
     events = data["events"]
     standalone.client().flushall()
@@ -132,7 +125,7 @@ def _flush_scripts(store: RedisStore, nodes: RedisCluster3 | None) -> None:
 
 @pytest.mark.parametrize("backend", REMOTE, indirect=True)
 def test_script_cache_loss_is_transparent(backend_engine: EngineFactory, request: pytest.FixtureRequest) -> None:
-    data = case(5)
+    data = load_case(5)
     engine = backend_engine(**data["config"])
     assert isinstance(engine, RemoteEngine)
     nodes = request.getfixturevalue("cluster") if engine.store.is_cluster else None
@@ -150,7 +143,7 @@ def test_apply_runs_as_a_function_and_a_flush_is_what_happened(standalone: Redis
     standalone.client().flushall()
     standalone.client().function_flush()
     standalone.client().config_resetstat()
-    data = case(1)
+    data = load_case(1)
     store = RedisStore.from_url(standalone.url, num_shards=2)
     engine = RemoteEngine.from_config(build_config(data["config"]), store)
     got = run(engine, data["events"][:10])
@@ -182,7 +175,7 @@ def test_without_function_load_permission_apply_falls_back_to_evalsha(standalone
     )
     try:
         url = standalone.url.replace("redis://", "redis://nofunc:nofunc-pw@")
-        data = case(1)
+        data = load_case(1)
         store = RedisStore.from_url(url, num_shards=2)
         engine = RemoteEngine.from_config(build_config(data["config"]), store)
         assert run(engine, data["events"]) == data["expected"]
@@ -196,7 +189,7 @@ def test_without_function_load_permission_apply_falls_back_to_evalsha(standalone
 def test_restart_with_aof_keeps_state_and_reloads_scripts(redis_binaries: Any, tmp_path: Path) -> None:
     server = RedisServer(tmp_path, "--appendonly", "yes", "--appendfsync", "always")
     try:
-        data = case(7)
+        data = load_case(7)
         store = RedisStore.from_url(server.url, num_shards=4)
         engine = RemoteEngine.from_config(build_config(data["config"]), store)
         half = len(data["events"]) // 2
@@ -216,7 +209,7 @@ KEY = re.compile(
 
 @pytest.mark.parametrize("backend", ["redis", "cluster"], indirect=True)
 def test_key_layout_is_documented_and_everything_expires(backend_engine: EngineFactory) -> None:
-    data = case(6)
+    data = load_case(6)
     engine = backend_engine(**data["config"])
     assert isinstance(engine, RemoteEngine)
     run(engine, data["events"])
@@ -255,7 +248,7 @@ def test_a_cluster_refuses_a_script_touching_another_slot(cluster: RedisCluster3
 def test_sentinel_topology(redis_binaries: Any, tmp_path: Path) -> None:
     sentinel = RedisSentinel(tmp_path)
     try:
-        data = case(2)
+        data = load_case(2)
         store = RedisStore.from_url(sentinel.url, num_shards=2)
         assert not store.is_cluster
         assert run(RemoteEngine.from_config(build_config(data["config"]), store), data["events"]) == data["expected"]

@@ -3,9 +3,7 @@ outcomes as batch by batch, through aborts, lost replies and script cache loss."
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,12 +14,10 @@ from cluster_risk.events import Event, Order, Trade
 from cluster_risk.remote import RemoteEngine, replay_batched
 from cluster_risk.replay import replay_events
 from cluster_risk.state.redis import RedisStore
-from tests.helpers import DAY, T0, EngineFactory, views
+from tests.helpers import DAY, T0, EngineFactory, load_case, views
 from tests.redis import streams
 from tests.redis.proxy import CuttingProxy
 from tests.redis.servers import RedisCluster3, RedisServer
-
-CASE = Path(__file__).parents[1] / "conformance" / "cases" / "case-16.json"
 
 
 def every(events: list[Any], n: int, action: Callable[[], object]) -> Iterator[Any]:
@@ -34,7 +30,7 @@ def every(events: list[Any], n: int, action: Callable[[], object]) -> Iterator[A
 
 @pytest.mark.parametrize("backend", ["fakeredis", "redis", "cluster"], indirect=True)
 def test_script_cache_lost_mid_stream(backend_engine: EngineFactory, request: pytest.FixtureRequest) -> None:
-    data = json.loads(CASE.read_text(encoding="utf-8"))
+    data = load_case(16)
     engine = backend_engine(**data["config"])
     assert isinstance(engine, RemoteEngine)
     if engine.store.is_cluster:
@@ -53,7 +49,7 @@ def test_script_cache_lost_mid_stream(backend_engine: EngineFactory, request: py
 
 @pytest.mark.parametrize("hang", [False, True], ids=["cut", "timeout"])
 def test_lost_replies_mid_stream(standalone: RedisServer, hang: bool) -> None:
-    data = json.loads(CASE.read_text(encoding="utf-8"))
+    data = load_case(16)
     standalone.client().flushall()
     proxy = CuttingProxy(standalone.port)
     store = RedisStore.from_url(f"redis://127.0.0.1:{proxy.port}/0", num_shards=3, socket_timeout=0.5)
