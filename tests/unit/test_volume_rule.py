@@ -9,7 +9,22 @@ from typing import Any
 import pytest
 
 from cluster_risk import EventError
-from tests.helpers import DAY, MS, SHANGHAI_NIGHT, T0, Engine, EngineFactory, S, act, at, order, trade, views
+from tests.helpers import (
+    DAY,
+    MS,
+    SHANGHAI_NIGHT,
+    T0,
+    Engine,
+    EngineFactory,
+    S,
+    act,
+    at,
+    daily_sum,
+    order,
+    trade,
+    views,
+    window_count,
+)
 
 RULE = "AccountVolumeLimitRule"
 A = {"account": "A"}
@@ -35,12 +50,11 @@ def test_volume_cap_is_strict(vol_engine: EngineFactory) -> None:
     assert views(engine.process_trade(trade(3, T0 + 2, 1))) == [act("PAUSE", RULE, A, T0 + 2, 11, 10)]
 
 
-@pytest.mark.memory_only("daily_sum: in-process inspection only (no Redis executor call for it yet)")
 def test_paused_only_once_but_the_sum_keeps_growing(vol_engine: EngineFactory) -> None:
     engine = vol_engine(10)
     assert len(engine.process_trade(trade(1, T0, 11))) == 1
     assert engine.process_trade(trade(2, T0 + 1, 5)) == []
-    assert engine.daily_sum(RULE, A) == 16
+    assert daily_sum(engine, RULE, A) == 16
 
 
 def test_count_metric(vol_engine: EngineFactory) -> None:
@@ -77,14 +91,13 @@ def test_contract_dimension_spans_accounts(vol_engine: EngineFactory) -> None:
     assert views(out) == [act("PAUSE", RULE, {"contract": "C1"}, T0 + 1, 12, 10)]
 
 
-@pytest.mark.memory_only("daily_sum: in-process inspection only (no Redis executor call for it yet)")
 def test_late_trade_counts_toward_its_own_day_and_emits_nothing(vol_engine: EngineFactory) -> None:
     engine = vol_engine(10)
     assert engine.process_trade(trade(1, T0 + 1, 8)) == []
     assert engine.process_order(order(50, T0 + DAY + 1)) == []  # A is now on day 2
     assert engine.process_trade(trade(2, T0 + 2, 8)) == []  # day 1's sum is 16 > 10, but late
-    assert engine.daily_sum(RULE, A, date(2023, 3, 1)) == 16
-    assert engine.daily_sum(RULE, A) == 0
+    assert daily_sum(engine, RULE, A, date(2023, 3, 1)) == 16
+    assert daily_sum(engine, RULE, A) == 0
     assert engine.process_trade(trade(3, T0 + DAY + 2, 10)) == []  # day 2: 10, not 16 + 10
     assert views(engine.process_trade(trade(4, T0 + DAY + 3, 1))) == [act("PAUSE", RULE, A, T0 + DAY + 3, 11, 10)]
 
@@ -97,14 +110,13 @@ def test_trading_day_is_per_account(vol_engine: EngineFactory) -> None:
     assert views(out) == [act("PAUSE", RULE, B, T0 + 6, 11, 10)]
 
 
-@pytest.mark.memory_only("daily_sum: in-process inspection only (no Redis executor call for it yet)")
 def test_night_session_belongs_to_the_next_day(vol_engine: EngineFactory) -> None:
     engine = vol_engine(10, trading_day=SHANGHAI_NIGHT)
     sh = "Asia/Shanghai"
     engine.process_trade(trade(1, at(2023, 3, 26, 20, 30, tz=sh), 8))  # day 26
     assert engine.process_trade(trade(2, at(2023, 3, 26, 21, 30, tz=sh), 8)) == []  # day 27
-    assert engine.daily_sum(RULE, A, date(2023, 3, 26)) == 8
-    assert engine.daily_sum(RULE, A, date(2023, 3, 27)) == 8
+    assert daily_sum(engine, RULE, A, date(2023, 3, 26)) == 8
+    assert daily_sum(engine, RULE, A, date(2023, 3, 27)) == 8
     afternoon = at(2023, 3, 27, 14, 0, tz=sh)  # still day 27: 8 + 3 > 10
     assert views(engine.process_trade(trade(3, afternoon, 3))) == [act("PAUSE", RULE, A, afternoon, 11, 10)]
 
@@ -175,7 +187,6 @@ def test_accountless_scope_follows_the_latest_day_of_any_event(vol_engine: Engin
     assert views(out) == [act("RESUME", RULE, {"product": "C1"}, T0 + DAY, 0, 10)]
 
 
-@pytest.mark.memory_only("window_count, daily_sum: in-process inspection only (no Redis executor call for it yet)")
 def test_reset_daily_zeroes_the_day_and_lifts_daily_pauses_only(backend_engine: EngineFactory) -> None:
     rate = {"type": "OrderRateLimitRule", "threshold": 1}
     engine = backend_engine({"type": RULE, "daily_cap": 10}, rate)
@@ -189,8 +200,8 @@ def test_reset_daily_zeroes_the_day_and_lifts_daily_pauses_only(backend_engine: 
         act("RESUME", RULE, B, reset_at, 0, 10),
     ]
     assert engine.paused_scopes() == [("OrderRateLimitRule", A)]
-    assert engine.window_count("OrderRateLimitRule", A) == 2
-    assert engine.daily_sum(RULE, A) == 0
+    assert window_count(engine, "OrderRateLimitRule", A) == 2
+    assert daily_sum(engine, RULE, A) == 0
     assert engine.process_trade(trade(3, reset_at + 1, 10)) == []
     assert views(engine.process_trade(trade(4, reset_at + 2, 1))) == [act("PAUSE", RULE, A, reset_at + 2, 11, 10)]
 
