@@ -57,19 +57,14 @@ from redis.sentinel import Sentinel
 
 from cluster_risk.errors import RiskError
 from cluster_risk.state.functions import LuaOperation, is_missing
+from cluster_risk.state.server_settings import SERVER_SETTINGS
 
 __all__ = ["SERVER_SETTINGS", "RedisStore", "StoreError", "by_node", "load_lua", "script_pipeline"]
 
 _INCLUDE = "--@include "
 
-# Redis settings that the state's layout needs for speed (deploy/redis/*.conf, the servers that
-# `cluster-risk up`, the benchmark and the tests start). A shard's hashes grow to a field per
-# account or id; a hash stays a listpack, searched linearly, up to hash-max-listpack-entries
-# fields (512 in Debian's Redis 7.0 build), so at a few hundred fields each HGET/HSET cost
-# ~14k instructions instead of ~1.5k: 7% of all Redis work on the seed benchmark (callgrind).
-# Even at 64 fields (1,000 accounts over 16 shards) a worker's call of 5 events cost 764k
-# instructions against 703k at 16 (callgrind); memory is what a lower bound costs.
-SERVER_SETTINGS = {"hash-max-listpack-entries": "16"}
+# SERVER_SETTINGS (re-exported): the settings the state's layout needs for speed, applied by
+# capability to the servers the project starts (cluster_risk.state.server_settings).
 
 
 class StoreError(RiskError):
