@@ -39,12 +39,6 @@ def version_matches(version: str, expected: str) -> bool:
     return version == expected or version.startswith(expected + ".")
 
 
-def functions_expected(name: str, version: str) -> bool:
-    """Redis Functions exist from Redis 7.0 and in every Valkey."""
-    major = int(version.split(".", 1)[0] or 0)
-    return name == "valkey" or major >= 7
-
-
 @pytest.fixture(scope="session", autouse=True)
 def expected_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     wanted = os.environ.get(EXPECT_ENV, "")
@@ -53,6 +47,7 @@ def expected_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         return
     from cluster_risk.cluster.launcher import RedisProcess
     from cluster_risk.state.redis import RedisStore
+    from tests.redis.servers import has_functions
 
     try:
         name, version = parse_expected(wanted)
@@ -71,7 +66,7 @@ def expected_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
             pytest.fail("; ".join(server.setting_problems), pytrace=False)
         store = RedisStore.from_url(server.url, num_shards=1)
         try:
-            want_functions = functions_expected(got_name, got_version)
+            want_functions = has_functions(got_name, got_version)
             if store.uses_functions != want_functions:
                 path = "Redis Functions (FCALL)" if want_functions else "EVALSHA"
                 pytest.fail(f"{got_name} {got_version}: expected apply.lua to run by {path}", pytrace=False)

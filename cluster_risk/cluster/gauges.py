@@ -6,7 +6,8 @@ Read at scrape time, on the metrics thread, with a client of its own (one pipeli
 shard ``XINFO STREAM`` of the input, the lease's ``applied`` count, ``HLEN`` of each pause
 hash), so the worker's loop pays nothing for them.  Lag is exact (entries ever added minus
 entries applied, as in ``cluster-risk status``).  A shard this worker no longer holds loses
-its series, so summing over the fleet counts each shard once.  A failed read counts in
+its series, so summing over the fleet counts each shard once. (Redis 6.2 has no
+``entries-added``: there the lag is counted from the lease's cursor, see :func:`shard_lag`.)  A failed read counts in
 ``cluster_risk_redis_errors_total`` and leaves the last values.
 """
 
@@ -22,7 +23,7 @@ from redis.exceptions import RedisError, ResponseError
 from cluster_risk.cluster.shards import MANUAL, Client, Keys, text
 from cluster_risk.observability import WorkerMetrics
 
-__all__ = ["HeldShardGauges", "held_shard_state"]
+__all__ = ["HeldShardGauges", "held_shard_state", "shard_lag"]
 
 log = logging.getLogger("cluster_risk.cluster.gauges")
 
@@ -45,13 +46,7 @@ def held_shard_state(
     paused = 0
     for shard in order:
         info, applied = next(replies), next(replies)
-        if isinstance(info, ResponseError):  # no such stream: nothing published yet
-            added = 0
-        elif isinstance(info, Exception):
-            raise info
-        else:
-            added = int(_entries_added(info))
-        lags[shard] = added - (int(text(applied)) if applied else 0)
+        lags[shard] = shard_lag(client, keys, shard, info, applied)
         for _ in names:
             count = next(replies)
             if isinstance(count, Exception):
@@ -60,13 +55,46 @@ def held_shard_state(
     return lags, paused
 
 
+def shard_lag(client: Client, keys: Keys, shard: int, info: Any, applied: Any) -> int:
+    """A shard's lag from its input's ``XINFO STREAM`` reply (an error when there is no stream:
+    nothing published yet) and its lease's ``applied`` count: entries ever added minus entries
+    applied. Redis 6.2 has no ``entries-added``: there it is the entries after the lease's
+    cursor (``sid``, the last applied entry; applied entries only are ever trimmed), counted
+    in pages, so reading it costs in proportion to the lag."""
+    if isinstance(info, ResponseError):
+        added = 0
+    elif isinstance(info, Exception):
+        raise info
+    else:
+        found = _entries_added(info)
+        if found is None:
+            return _entries_after(client, keys.input(shard), client.hget(keys.lease(shard), "sid"))
+        added = int(found)
+    return added - (int(text(applied)) if applied else 0)
+
+
+_PAGE = 10_000
+
+
+def _entries_after(client: Client, stream: str, sid: Any) -> int:
+    start = "(" + text(sid) if sid else "-"
+    count = 0
+    while True:
+        page: list[Any] = client.xrange(stream, min=start, count=_PAGE) or []
+        count += len(page)
+        if len(page) < _PAGE:
+            return count
+        start = "(" + text(page[-1][0])
+
+
 def _entries_added(info: Any) -> Any:
-    """``entries-added`` of an ``XINFO STREAM`` reply (a dict, or a flat list from a pipeline)."""
+    """``entries-added`` of an ``XINFO STREAM`` reply (a dict, or a flat list from a pipeline);
+    None where the server does not report it (Redis < 7)."""
     pairs = info.items() if isinstance(info, dict) else zip(list(info)[::2], list(info)[1::2], strict=True)
     for key, value in pairs:
         if text(key) == "entries-added":
             return value
-    return 0
+    return None
 
 
 class HeldShardGauges:

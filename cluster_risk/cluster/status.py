@@ -3,15 +3,15 @@
 Lag is exact: a shard's input stream counts every entry ever added (``XINFO STREAM``
 ``entries-added``, Redis 7) and the apply script counts every entry it applied (``applied`` in
 the lease hash, written in the same atomic step), so ``added - applied`` is what was published
-and not yet applied, whatever was trimmed.
+and not yet applied, whatever was trimmed. (Redis 6.2 has no ``entries-added``: there it is
+the entries after the shard's cursor, ``cluster_risk.cluster.gauges.shard_lag``.)
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from redis.exceptions import ResponseError
-
+from cluster_risk.cluster.gauges import shard_lag
 from cluster_risk.cluster.ops import manual_scope
 from cluster_risk.cluster.shards import MANUAL, Client, Deployment, Keys, text
 from cluster_risk.remote import scope_values
@@ -25,17 +25,7 @@ def shard_lags(client: Client, keys: Keys) -> list[int]:
         pipe.execute_command("XINFO", "STREAM", keys.input(shard))
         pipe.hget(keys.lease(shard), "applied")
     replies = pipe.execute(raise_on_error=False)
-    lags = []
-    for shard in range(keys.shards):
-        info, applied = replies[2 * shard], replies[2 * shard + 1]
-        if isinstance(info, ResponseError):  # no such stream: nothing published yet
-            added = 0
-        elif isinstance(info, Exception):
-            raise info
-        else:
-            added = int(_field(info, "entries-added"))
-        lags.append(added - (int(text(applied)) if applied else 0))
-    return lags
+    return [shard_lag(client, keys, shard, replies[2 * shard], replies[2 * shard + 1]) for shard in range(keys.shards)]
 
 
 def total_lag(client: Client, keys: Keys) -> int:

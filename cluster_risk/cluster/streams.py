@@ -43,7 +43,7 @@ from redis.exceptions import NoScriptError, RedisError
 from cluster_risk.cluster.shards import Client, Deployment, Keys, text
 from cluster_risk.errors import EventError, invalid
 from cluster_risk.events import Event, Order, ResetDaily, Trade
-from cluster_risk.state.redis import RedisStore, StoreError, load_lua
+from cluster_risk.state.redis import RedisStore, StoreError, load_lua, takes_shebang
 from cluster_risk.wire import decode_line, encode_event
 
 __all__ = ["Publisher"]
@@ -85,8 +85,7 @@ class Publisher:
         self.store = RedisStore(client, prefix=prefix, num_shards=self.keys.shards)
         self.not_replicated = 0
         self.retry_s = retry_s
-        self._script = load_lua("publish.lua")
-        self._sha = hashlib.sha1(self._script.encode()).hexdigest()
+        self._script = self._sha = ""  # publish.lua in the form the server takes: at first use
         self._expiring: set[str] = set()  # route keys this publisher has given their TTL
         # Each publish.lua call carries this publisher's id and a sequence number per shard, so
         # a call sent again (a retry after a lost reply) is recognised and adds nothing.
@@ -188,7 +187,14 @@ class Publisher:
         args += [_route_json(pairs) for pairs in routes.values()]
         args += ["1" if key in fresh else "0" for key in routes]
         args += [_SEQ_TTL_S, self._route_ttl_s]
-        return ("EVALSHA", self._sha, len(keys), *keys, *args)
+        return ("EVALSHA", self._publish_sha(), len(keys), *keys, *args)
+
+    def _publish_sha(self) -> str:
+        if not self._sha:  # without its #!lua line where the server does not read it (Redis 6.2)
+            shebang = self._retrying(lambda: takes_shebang(self.client))
+            self._script = load_lua("publish.lua", shebang=shebang)
+            self._sha = hashlib.sha1(self._script.encode()).hexdigest()
+        return self._sha
 
     def _route(self, events: Sequence[tuple[int | None, Event]]) -> list[range | list[int]]:
         every = range(self.keys.shards)
@@ -336,6 +342,7 @@ class Publisher:
                         self.client.nodes_manager.initialize()
 
     def _load_script(self) -> None:
+        self._publish_sha()
         if isinstance(self.client, RedisCluster):
             for node in self.client.get_primaries():  # type: ignore[no-untyped-call]
                 self.client.get_redis_connection(node).script_load(self._script)

@@ -39,6 +39,7 @@ failover to a replica that never saw it).
 
 from __future__ import annotations
 
+import weakref
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
@@ -59,7 +60,7 @@ from cluster_risk.errors import RiskError
 from cluster_risk.state.functions import LuaOperation, is_missing
 from cluster_risk.state.server_settings import SERVER_SETTINGS
 
-__all__ = ["SERVER_SETTINGS", "RedisStore", "StoreError", "by_node", "load_lua", "script_pipeline"]
+__all__ = ["SERVER_SETTINGS", "RedisStore", "StoreError", "by_node", "load_lua", "script_pipeline", "takes_shebang"]
 
 _INCLUDE = "--@include "
 
@@ -111,6 +112,26 @@ def load_lua(name: str, *, shebang: bool = True, shims: Sequence[str] = (), fold
 
 
 Client = Redis | RedisCluster
+
+_SHEBANG: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+
+
+def takes_shebang(client: Client) -> bool:
+    """Whether the server reads a script's ``#!lua`` line (Redis 7+, Valkey), so the scripts keep
+    it (a cluster then refuses any key a script did not declare); Redis 6.2 and fakeredis take
+    it for Lua and refuse the script, so there they go without (``load_lua(shebang=False)``).
+    Asked once per client; a Redis error propagates (the caller's retry)."""
+    known = _SHEBANG.get(client)
+    if known is None:
+        try:
+            client.eval("#!lua\nreturn 1", 0)
+            known = True
+        except ResponseError as exc:
+            if "near '#'" not in str(exc):
+                raise
+            known = False
+        _SHEBANG[client] = known
+    return known
 
 
 def by_node(client: Client, keys: Sequence[str]) -> list[tuple[Any, list[int]]]:

@@ -10,10 +10,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import redis
 
 from cluster_risk.cluster.launcher import RedisProcess
 from tests.cluster.conform import by_scope, expected, with_final_tick
+from tests.cluster.conftest import read_line
 from tests.cluster.workload import CONFIG
 from tests.cluster.workload import events as workload
 
@@ -61,9 +63,12 @@ def test_up_starts_redis_and_workers_and_ctrl_c_stops_all(redis_binaries: None) 
     proc = subprocess.Popen([*CLI, "up", "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     client: redis.Redis | None = None
     try:
-        assert proc.stdout is not None
-        url = proc.stdout.readline().split("redis: ", 1)[1].strip()
-        pids = [int(p) for p in re.findall(r"\d+", proc.stdout.readline().split("(")[0])]
+        first = read_line(proc.stdout, "`cluster-risk up` to print its Redis URL")
+        if not first.startswith("redis: "):
+            proc.kill()
+            pytest.fail(f"`cluster-risk up` did not start: {first!r}\n{proc.communicate(timeout=30)[1][-2000:]}")
+        url = first.split("redis: ", 1)[1].strip()
+        pids = [int(p) for p in re.findall(r"\d+", read_line(proc.stdout, "the workers' pids").split("(")[0])]
         client = redis.Redis.from_url(url, socket_timeout=5)
         deadline = time.monotonic() + 30
         while len(client.zrange("risk:workers", 0, -1)) < 2:
@@ -83,7 +88,8 @@ def test_up_starts_redis_and_workers_and_ctrl_c_stops_all(redis_binaries: None) 
     finally:
         if proc.poll() is None:
             proc.kill()
-        proc.communicate(timeout=30)
+        if proc.stdout is not None and not proc.stdout.closed:
+            proc.communicate(timeout=30)
         if client is not None:
             client.close()
 
@@ -107,8 +113,7 @@ def test_actions_follow_prints_new_actions(server: RedisProcess, tmp_path: Path)
         ]
         assert not list(publisher.publish_lines(lines(burst)))
         Worker(config, connect(server.url), worker_id="w", tick_ms=0, drain=True).run()
-        assert follow.stdout is not None
-        first = json.loads(follow.stdout.readline())
+        first = json.loads(read_line(follow.stdout, "`cluster-risk actions --follow` to print an action"))
         assert first["type"] == "PAUSE_ORDER" and first["scope"] == {"account": "F"}
     finally:
         follow.terminate()
