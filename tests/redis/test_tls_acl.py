@@ -253,3 +253,10 @@ def test_acl_user_on_a_redis_cluster(redis_binaries: tuple[str, str], tmp_path: 
     finally:
         for node in nodes:
             node.stop()
+
+
+@pytest.mark.parametrize(("doc", "rules"), [("deploy/REDIS.md", ACL_RULES), ("docs/redis.md", ACL_RULES_6_2)])
+def test_the_documented_acl_lines_are_the_tested_ones(doc: str, rules: list[str]) -> None:
+    text = (Path(__file__).parents[2] / doc).read_text(encoding="utf-8")
+    (line,) = [line.strip() for line in text.splitlines() if line.strip().startswith("user risk ")]
+    assert line.split()[2:] == [f">{'CHANGE-ME'}" if rule == f">{PASSWORD}" else rule for rule in rules]
