@@ -85,7 +85,8 @@ class Publisher:
         self.store = RedisStore(client, prefix=prefix, num_shards=self.keys.shards)
         self.not_replicated = 0
         self.retry_s = retry_s
-        self._script = self._sha = ""  # publish.lua in the form the server takes: at first use
+        self._source = self._sha = ""  # publish.lua in the form the server takes: at first use
+        self._shebang: bool | None = None
         self._expiring: set[str] = set()  # route keys this publisher has given their TTL
         # Each publish.lua call carries this publisher's id and a sequence number per shard, so
         # a call sent again (a retry after a lost reply) is recognised and adds nothing.
@@ -164,7 +165,9 @@ class Publisher:
             self._send([self._call([part], {}, ()) for part in parts])
             if routes:  # after the entries: a fill finds a route only once its order is ahead of it
                 commands = [("HSET", key, *pairs) for key, pairs in routes.items()]
-                self._send(commands + [("EXPIRE", key, self._route_ttl_s, "NX") for key in fresh])
+                # NX (Redis 7, as #!lua): on 6.2 each publisher's first write of a key sets its TTL
+                nx = ("NX",) if self._takes_shebang() else ()
+                self._send(commands + [("EXPIRE", key, self._route_ttl_s, *nx) for key in fresh])
         elif parts or routes:
             self._send([self._call(parts, routes, fresh)])
         self._expiring.update(fresh)  # a route key's TTL is set once (NX), by its first writer
@@ -189,12 +192,22 @@ class Publisher:
         args += [_SEQ_TTL_S, self._route_ttl_s]
         return ("EVALSHA", self._publish_sha(), len(keys), *keys, *args)
 
+    def _takes_shebang(self) -> bool:
+        if self._shebang is None:
+            self._shebang = self._retrying(lambda: takes_shebang(self.client))
+        return self._shebang
+
     def _publish_sha(self) -> str:
         if not self._sha:  # without its #!lua line where the server does not read it (Redis 6.2)
-            shebang = self._retrying(lambda: takes_shebang(self.client))
-            self._script = load_lua("publish.lua", shebang=shebang)
-            self._sha = hashlib.sha1(self._script.encode()).hexdigest()
+            self._source = load_lua("publish.lua", shebang=self._takes_shebang())
+            self._sha = hashlib.sha1(self._source.encode()).hexdigest()
         return self._sha
+
+    @property
+    def _script(self) -> str:
+        """publish.lua as this publisher sends it."""
+        self._publish_sha()
+        return self._source
 
     def _route(self, events: Sequence[tuple[int | None, Event]]) -> list[range | list[int]]:
         every = range(self.keys.shards)
@@ -342,7 +355,6 @@ class Publisher:
                         self.client.nodes_manager.initialize()
 
     def _load_script(self) -> None:
-        self._publish_sha()
         if isinstance(self.client, RedisCluster):
             for node in self.client.get_primaries():  # type: ignore[no-untyped-call]
                 self.client.get_redis_connection(node).script_load(self._script)

@@ -49,6 +49,7 @@ def test_limits_events_0_skips_the_comparison(capsys: pytest.CaptureFixture[str]
 
 @pytest.mark.redis
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # Redis under valgrind, ~50x slower
 def test_callgrind_counts_the_scripts_instructions() -> None:
     assert shutil.which("valgrind"), "valgrind is needed (apt-get install valgrind; CI installs it)"
     counted = callgrind_run(orders=400, trades=100, accounts=50, batch_size=100, shards=1)
@@ -60,6 +61,7 @@ def test_callgrind_counts_the_scripts_instructions() -> None:
 
 @pytest.mark.redis
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # Redis under valgrind, ~50x slower
 def test_callgrind_counts_a_workers_calls() -> None:
     """``python -m cluster_risk.benchmark cluster --callgrind``: a worker drains a published
     stream in calls of at most --batch entries per shard, counted inside FCALL."""

@@ -355,7 +355,7 @@ def test_the_readmes_window_count_command_works_as_printed(standalone: RedisServ
     for n in range(1, 8):
         engine.process_batch([Order(n, "ACC002", "T2303", "BID", 1.0, 1, t0 + n * 50_000_000)])
         port = ["-p", str(standalone.port)]
-        out = subprocess.run([command[0], *port, *command[1:]], capture_output=True, text=True, check=True)
+        out = subprocess.run([command[0], *port, *command[1:]], capture_output=True, text=True, check=True, timeout=60)
         assert out.stdout.strip() == str(n)  # one order per 50 ms: every one is in the window
     store.close()
 
