@@ -8,7 +8,9 @@ the last entry applied).  While nobody deleted an entry (``XINFO STREAM``
 ``applied`` (the count the apply script keeps in the same atomic step), O(1) per shard.  Once an
 operator has deleted an entry (``XDEL``), that difference would count the deleted one forever,
 so the entries after the cursor are counted instead (``XRANGE``, 10,000 at a time): exact, and
-``worker --drain`` ends when everything present has been applied.
+``worker --drain`` ends when everything present has been applied.  Redis 6.2 reports no
+``entries-added``: there the entries after the cursor are always counted (costs in
+proportion to the lag).
 
 Lost state: ``state_lost`` lists the shards listed in ``<prefix>:state_lost`` by a worker, and
 those whose lease hash does not carry the deployment's id (found here, with or without a
@@ -54,9 +56,10 @@ def lags_of(client: Client, keys: Keys, shards: Iterable[int]) -> dict[int, int]
         if isinstance(lease, Exception):
             raise lease
         applied, sid = lease
-        if text(_field(info, "max-deleted-entry-id") or "0-0") == "0-0":
-            lags[shard] = int(_field(info, "entries-added")) - (int(text(applied)) if applied else 0)
-        else:  # an entry was deleted: count what is there
+        added = _field(info, "entries-added")  # None on Redis 6.2
+        if added is not None and text(_field(info, "max-deleted-entry-id") or "0-0") == "0-0":
+            lags[shard] = int(added) - (int(text(applied)) if applied else 0)
+        else:  # an entry was deleted, or the server does not count additions: count what is there
             lags[shard] = present_after(client, keys.input(shard), text(sid) if sid else "0-0")
     return lags
 

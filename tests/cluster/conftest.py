@@ -8,7 +8,7 @@ import shutil
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import pytest
 import redis
@@ -108,10 +108,23 @@ def threads() -> Iterator[Threads]:
     pool.stop_all()
 
 
+def read_line(stream: IO[str] | None, what: str, timeout: float = 60) -> str:
+    """One line from a child's pipe, or a failure naming ``what`` after ``timeout`` s (a blocked
+    ``readline`` would wait forever on a child that never prints; killing the child ends it)."""
+    assert stream is not None, f"no pipe to read {what} from"
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.append(stream.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if not got:
+        pytest.fail(f"timed out after {timeout} s waiting for {what}")
+    return got[0]
+
+
 def lines(events: list[Any]) -> list[str]:
     import json
 
     return [json.dumps(e) for e in events]
 
 
-__all__ = ["Threads", "connect", "lines"]
+__all__ = ["Threads", "connect", "lines", "read_line"]
