@@ -80,16 +80,13 @@ def total_lag(client: Client, keys: Keys) -> int:
 
 
 def _field(info: Any, name: str) -> Any:
-    if isinstance(info, dict):
-        for k, v in info.items():
-            if text(k) == name:
-                return v
-        return 0
-    items = list(info)
-    for k, v in zip(items[::2], items[1::2], strict=True):
-        if text(k) == name:
-            return v
-    return 0
+    """A field of an ``XINFO STREAM`` reply (a dict, or a flat list from a pipeline); None where
+    the server does not report it (Redis 6.2 has no ``entries-added``, ``max-deleted-entry-id``)."""
+    pairs = info.items() if isinstance(info, dict) else zip(list(info)[::2], list(info)[1::2], strict=True)
+    for key, value in pairs:
+        if text(key) == name:
+            return value
+    return None
 
 
 def fleet_status(client: Client, prefix: str = "risk") -> dict[str, Any]:
