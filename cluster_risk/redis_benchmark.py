@@ -38,13 +38,14 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from redis import Redis
+from redis import Redis, RedisError
 
 from cluster_risk.benchmark import SEED_CONFIG, make_workload
 from cluster_risk.config import build_config
 from cluster_risk.events import Order, Trade
 from cluster_risk.remote import RemoteEngine
-from cluster_risk.state.redis import SERVER_SETTINGS, RedisStore
+from cluster_risk.state.redis import RedisStore
+from cluster_risk.state.server_settings import apply_server_settings
 
 __all__ = ["callgrind_run", "callgrind_tool", "callgrind_total", "main", "private_redis", "run", "server_cpu"]
 
@@ -64,18 +65,19 @@ def private_redis(wrapper: Sequence[str] = ()) -> Iterator[str]:
         port = int(sock.getsockname()[1])
     with tempfile.TemporaryDirectory() as folder:
         args = [server, "--port", str(port), "--bind", "127.0.0.1", "--dir", folder, "--save", "", "--appendonly", "no"]
-        args += [arg for name, value in SERVER_SETTINGS.items() for arg in (f"--{name}", value)]
         process = subprocess.Popen([*wrapper, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             client = Redis(port=port)
-            for _ in range(3000 if wrapper else 500):
+            deadline = time.monotonic() + (300 if wrapper else 10)  # valgrind starts Redis ~50x slower
+            while True:
                 try:
                     client.ping()
                     break
-                except OSError:
+                except RedisError:  # ConnectionError while it starts, BusyLoadingError
+                    if process.poll() is not None or time.monotonic() > deadline:
+                        raise SystemExit(f"the private redis-server on port {port} did not start: {args}") from None
                     time.sleep(0.01)
-                except Exception:  # redis.ConnectionError while it starts
-                    time.sleep(0.01)
+            apply_server_settings(client, f"the private redis-server on port {port}")
             yield f"redis://127.0.0.1:{port}/0"
         finally:
             if wrapper:

@@ -69,6 +69,7 @@ for j = 1, m do
   for i = 1, #pairs_, 4000 do -- unpack() takes at most ~8000 values (LUAI_MAXCSTACK)
     redis.call('HSET', key, unpack(pairs_, i, math.min(i + 3999, #pairs_)))
   end
-  if ARGV[3 * n + m + 2 + j] == '1' then redis.call('EXPIRE', key, route_ttl, 'NX') end
+  -- the TTL only where the key has none: EXPIRE's NX, which Redis 6.2 lacks
+  if ARGV[3 * n + m + 2 + j] == '1' and redis.call('TTL', key) == -1 then redis.call('EXPIRE', key, route_ttl) end
 end
 return added

@@ -25,7 +25,7 @@ from typing import Any
 import redis
 
 from cluster_risk.settings import mask_url
-from cluster_risk.state.redis import SERVER_SETTINGS
+from cluster_risk.state.server_settings import apply_server_settings
 
 __all__ = ["LocalCluster", "RedisProcess", "free_port", "start_worker", "up", "wait_until_up"]
 
@@ -75,7 +75,8 @@ def wait_until_up(
 
 class RedisProcess:
     """One redis-server on 127.0.0.1, persistence off (``extra`` may turn it on: the last value
-    of an option wins), data and log in ``folder``."""
+    of an option wins), data and log in ``folder``; SERVER_SETTINGS applied by capability at
+    every start (``setting_problems``: what the server did not take, also logged)."""
 
     def __init__(
         self, folder: Path, *extra: str, cluster: bool = False, port: int | None = None, node_timeout_ms: int = 1000
@@ -85,12 +86,12 @@ class RedisProcess:
         self.port = port or free_port(bus=cluster)
         self.args = [_binary("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1"]
         self.args += ["--dir", str(folder), "--save", "", "--appendonly", "no", "--logfile", str(folder / "redis.log")]
-        self.args += [arg for name, value in SERVER_SETTINGS.items() for arg in (f"--{name}", value)]
         if cluster:
             self.args += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
             self.args += ["--cluster-node-timeout", str(node_timeout_ms)]
         self.args += list(extra)
         self.process: subprocess.Popen[bytes] | None = None
+        self.setting_problems: list[str] = []
         self.start()
 
     @property
@@ -102,7 +103,13 @@ class RedisProcess:
 
     def start(self) -> None:
         self.process = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until_up(self.process, self.client, self.folder / "redis.log", f"redis-server on port {self.port}")
+        where = f"redis-server on port {self.port}"
+        try:
+            wait_until_up(self.process, self.client, self.folder / "redis.log", where)
+            self.setting_problems = apply_server_settings(self.client(), where)
+        except BaseException:
+            self.stop()  # never leave a half-started server behind
+            raise
 
     def kill(self) -> None:
         """SIGKILL (a crash), for fault tests."""

@@ -58,7 +58,7 @@ from cluster_risk.ids import shard_of, to_bytes, to_text
 from cluster_risk.remote import scope_key
 from cluster_risk.rules.base import BaseRule, DailyCapRule, WindowRule
 from cluster_risk.state.functions import LuaOperation
-from cluster_risk.state.redis import by_node, load_lua, script_pipeline
+from cluster_risk.state.redis import by_node, load_lua, script_pipeline, takes_shebang
 
 __all__ = [
     "DEFAULT_SHARDS",
@@ -438,13 +438,16 @@ class Scripts:
     def _script(self, name: str) -> Script:
         script = self._scripts.get(name)
         if script is None:
-            script = self._scripts[name] = self.client.register_script(load_lua(name))
+            script = self._scripts[name] = self.client.register_script(
+                load_lua(name, shebang=takes_shebang(self.client))
+            )
         return script
 
     def _operation(self, name: str) -> LuaOperation:
         operation = self._operations.get(name)
         if operation is None:
-            operation = self._operations[name] = LuaOperation(name, load_lua(name), functions=False)
+            source = load_lua(name, shebang=takes_shebang(self.client))
+            operation = self._operations[name] = LuaOperation(name, source, functions=False)
         return operation
 
     def __call__(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:

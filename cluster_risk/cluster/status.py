@@ -8,7 +8,9 @@ the last entry applied).  While nobody deleted an entry (``XINFO STREAM``
 ``applied`` (the count the apply script keeps in the same atomic step), O(1) per shard.  Once an
 operator has deleted an entry (``XDEL``), that difference would count the deleted one forever,
 so the entries after the cursor are counted instead (``XRANGE``, 10,000 at a time): exact, and
-``worker --drain`` ends when everything present has been applied.
+``worker --drain`` ends when everything present has been applied.  Redis 6.2 reports no
+``entries-added``: there the entries after the cursor are always counted (costs in
+proportion to the lag).
 
 Lost state: ``state_lost`` lists the shards listed in ``<prefix>:state_lost`` by a worker, and
 those whose lease hash does not carry the deployment's id (found here, with or without a
@@ -54,9 +56,10 @@ def lags_of(client: Client, keys: Keys, shards: Iterable[int]) -> dict[int, int]
         if isinstance(lease, Exception):
             raise lease
         applied, sid = lease
-        if text(_field(info, "max-deleted-entry-id") or "0-0") == "0-0":
-            lags[shard] = int(_field(info, "entries-added")) - (int(text(applied)) if applied else 0)
-        else:  # an entry was deleted: count what is there
+        added = _field(info, "entries-added")  # None on Redis 6.2
+        if added is not None and text(_field(info, "max-deleted-entry-id") or "0-0") == "0-0":
+            lags[shard] = int(added) - (int(text(applied)) if applied else 0)
+        else:  # an entry was deleted, or the server does not count additions: count what is there
             lags[shard] = present_after(client, keys.input(shard), text(sid) if sid else "0-0")
     return lags
 
@@ -77,16 +80,13 @@ def total_lag(client: Client, keys: Keys) -> int:
 
 
 def _field(info: Any, name: str) -> Any:
-    if isinstance(info, dict):
-        for k, v in info.items():
-            if text(k) == name:
-                return v
-        return 0
-    items = list(info)
-    for k, v in zip(items[::2], items[1::2], strict=True):
-        if text(k) == name:
-            return v
-    return 0
+    """A field of an ``XINFO STREAM`` reply (a dict, or a flat list from a pipeline); None where
+    the server does not report it (Redis 6.2 has no ``entries-added``, ``max-deleted-entry-id``)."""
+    pairs = info.items() if isinstance(info, dict) else zip(list(info)[::2], list(info)[1::2], strict=True)
+    for key, value in pairs:
+        if text(key) == name:
+            return value
+    return None
 
 
 def fleet_status(client: Client, prefix: str = "risk") -> dict[str, Any]:

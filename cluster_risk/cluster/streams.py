@@ -45,7 +45,7 @@ from cluster_risk.config import EngineConfig
 from cluster_risk.errors import EventError
 from cluster_risk.events import Event, Order, ResetDaily, Trade
 from cluster_risk.ids import index_pair, to_bytes
-from cluster_risk.state.redis import RedisStore, StoreError, load_lua
+from cluster_risk.state.redis import RedisStore, StoreError, load_lua, takes_shebang
 from cluster_risk.wire import decode_line, encode_event
 
 __all__ = ["Publisher"]
@@ -95,8 +95,8 @@ class Publisher:
         self.store = RedisStore(client, prefix=prefix, num_shards=self.keys.shards)
         self.not_replicated = 0
         self.retry_s = retry_s
-        self._script = load_lua("publish.lua")
-        self._sha = hashlib.sha1(self._script.encode()).hexdigest()
+        self._source = self._sha = ""  # publish.lua in the form the server takes: at first use
+        self._shebang: bool | None = None
         self._expiring: set[str] = set()  # route keys this publisher has given their TTL
         # Each publish.lua call carries this publisher's id and a sequence number per shard, so
         # a call sent again (a retry after a lost reply) is recognised and adds nothing.
@@ -174,7 +174,9 @@ class Publisher:
             self._send([self._call([part], {}, ()) for part in parts])
             if routes:  # after the entries: a fill finds a route only once its order is ahead of it
                 commands = [("HSET", key, *map(to_bytes, pairs)) for key, pairs in routes.items()]
-                self._send(commands + [("EXPIRE", key, self._route_ttl_s, "NX") for key in fresh])
+                # NX (Redis 7, as #!lua): on 6.2 each publisher's first write of a key sets its TTL
+                nx = ("NX",) if self._takes_shebang() else ()
+                self._send(commands + [("EXPIRE", key, self._route_ttl_s, *nx) for key in fresh])
         elif parts or routes:
             self._send([self._call(parts, routes, fresh)])
         self._expiring.update(fresh)  # a route key's TTL is set once (NX), by its first writer
@@ -197,7 +199,24 @@ class Publisher:
         args += [to_bytes(_route_json(pairs)) for pairs in routes.values()]  # ids: ids.to_bytes
         args += ["1" if key in fresh else "0" for key in routes]
         args += [_SEQ_TTL_S, self._route_ttl_s]
-        return ("EVALSHA", self._sha, len(keys), *keys, *args)
+        return ("EVALSHA", self._publish_sha(), len(keys), *keys, *args)
+
+    def _takes_shebang(self) -> bool:
+        if self._shebang is None:
+            self._shebang = self._retrying(lambda: takes_shebang(self.client))
+        return self._shebang
+
+    def _publish_sha(self) -> str:
+        if not self._sha:  # without its #!lua line where the server does not read it (Redis 6.2)
+            self._source = load_lua("publish.lua", shebang=self._takes_shebang())
+            self._sha = hashlib.sha1(self._source.encode()).hexdigest()
+        return self._sha
+
+    @property
+    def _script(self) -> str:
+        """publish.lua as this publisher sends it."""
+        self._publish_sha()
+        return self._source
 
     def _route(self, events: Sequence[tuple[int | None, Event]]) -> list[range | list[int]]:
         every = range(self.keys.shards)

@@ -71,7 +71,7 @@ from cluster_risk.events import Event, Order, Tick, Trade, order_ok, trade_ok
 from cluster_risk.observability import WorkerMetrics
 from cluster_risk.remote import KnownIds, RemoteEngine, ShardBatch
 from cluster_risk.state.functions import LuaOperation
-from cluster_risk.state.redis import RedisStore, StoreError, by_node, load_lua, script_pipeline
+from cluster_risk.state.redis import RedisStore, StoreError, by_node, load_lua, script_pipeline, takes_shebang
 from cluster_risk.wire import decode_event, decode_line
 
 __all__ = ["Durability", "Retention", "ShardLost", "Worker", "WorkerStats", "decode_entries"]
@@ -395,7 +395,7 @@ class Worker:
         self.store.encode([])  # decide the codec (msgpack on a real server)
         if self.tune_gc:
             _tune_gc()
-        shebang = self.store.codec == "m"
+        shebang = takes_shebang(self.store.client)  # not on Redis 6.2 (nor fakeredis): EVALSHA there
         self._script = LuaOperation("apply.lua", load_lua("apply.lua", shebang=shebang), functions=shebang)
         next_tick = 0.0
         idle = 0

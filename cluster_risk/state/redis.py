@@ -40,6 +40,7 @@ failover to a replica that never saw it).
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
 from importlib.resources.abc import Traversable
@@ -58,19 +59,14 @@ from redis.sentinel import Sentinel
 from cluster_risk.errors import RiskError
 from cluster_risk.ids import UNICODE_ERRORS, shard_of, to_text
 from cluster_risk.state.functions import LuaOperation, is_missing
+from cluster_risk.state.server_settings import SERVER_SETTINGS
 
-__all__ = ["SERVER_SETTINGS", "RedisStore", "StoreError", "by_node", "load_lua", "script_pipeline"]
+__all__ = ["SERVER_SETTINGS", "RedisStore", "StoreError", "by_node", "load_lua", "script_pipeline", "takes_shebang"]
 
 _INCLUDE = "--@include "
 
-# Redis settings that the state's layout needs for speed (deploy/redis/*.conf, the servers that
-# `cluster-risk up`, the benchmark and the tests start). A shard's hashes grow to a field per
-# account or id; a hash stays a listpack, searched linearly, up to hash-max-listpack-entries
-# fields (512 in Debian's Redis 7.0 build), so at a few hundred fields each HGET/HSET cost
-# ~14k instructions instead of ~1.5k: 7% of all Redis work on the seed benchmark (callgrind).
-# Even at 64 fields (1,000 accounts over 16 shards) a worker's call of 5 events cost 764k
-# instructions against 703k at 16 (callgrind); memory is what a lower bound costs.
-SERVER_SETTINGS = {"hash-max-listpack-entries": "16"}
+# SERVER_SETTINGS (re-exported): the settings the state's layout needs for speed, applied by
+# capability to the servers the project starts (cluster_risk.state.server_settings).
 
 
 class StoreError(RiskError):
@@ -117,6 +113,26 @@ def load_lua(name: str, *, shebang: bool = True, shims: Sequence[str] = (), fold
 
 
 Client = Redis | RedisCluster
+
+_SHEBANG: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+
+
+def takes_shebang(client: Client) -> bool:
+    """Whether the server reads a script's ``#!lua`` line (Redis 7+, Valkey), so the scripts keep
+    it (a cluster then refuses any key a script did not declare); Redis 6.2 and fakeredis take
+    it for Lua and refuse the script, so there they go without (``load_lua(shebang=False)``).
+    Asked once per client; a Redis error propagates (the caller's retry)."""
+    known = _SHEBANG.get(client)
+    if known is None:
+        try:
+            client.eval("#!lua\nreturn 1", 0)
+            known = True
+        except ResponseError as exc:
+            if "near '#'" not in str(exc):
+                raise
+            known = False
+        _SHEBANG[client] = known
+    return known
 
 
 def by_node(client: Client, keys: Sequence[str]) -> list[tuple[Any, list[int]]]:

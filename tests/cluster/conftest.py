@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 import pytest
 import redis
@@ -98,4 +98,17 @@ def threads() -> Iterator[Threads]:
     pool.stop_all()
 
 
-__all__ = ["Threads", "connect"]
+def read_line(stream: IO[str] | None, what: str, timeout: float = 60) -> str:
+    """One line from a child's pipe, or a failure naming ``what`` after ``timeout`` s (a blocked
+    ``readline`` would wait forever on a child that never prints; killing the child ends it)."""
+    assert stream is not None, f"no pipe to read {what} from"
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.append(stream.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if not got:
+        pytest.fail(f"timed out after {timeout} s waiting for {what}")
+    return got[0]
+
+
+__all__ = ["Threads", "connect", "read_line"]

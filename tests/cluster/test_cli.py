@@ -14,12 +14,14 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 import yaml
 
 from cluster_risk.cluster.launcher import RedisProcess, free_port
 from cluster_risk.cluster.shards import Deployment, Keys
 from tests.cluster.conform import by_scope, expected, with_final_tick
+from tests.cluster.conftest import read_line
 from tests.cluster.fleet import wait_for
 from tests.cluster.workload import CONFIG
 from tests.cluster.workload import events as workload
@@ -84,9 +86,14 @@ def test_up_starts_redis_and_workers_and_ctrl_c_stops_all(redis_binaries: tuple[
     client: redis.Redis | None = None
     try:
         assert proc.stdout is not None
-        assert proc.stdout.readline().startswith(f"config: {config.resolve()} (rules: OrderRateLimitRule")
-        url = proc.stdout.readline().split("redis: ", 1)[1].strip()
-        pids = [int(p) for p in re.findall(r"\d+", proc.stdout.readline().split("(")[0])]
+        first = read_line(proc.stdout, "`cluster-risk up` to print its config")
+        assert first.startswith(f"config: {config.resolve()} (rules: OrderRateLimitRule"), first
+        second = read_line(proc.stdout, "`cluster-risk up` to print its Redis URL")
+        if not second.startswith("redis: "):
+            stop_up(proc)
+            pytest.fail(f"`cluster-risk up` did not start: {second!r}")
+        url = second.split("redis: ", 1)[1].strip()
+        pids = [int(p) for p in re.findall(r"\d+", read_line(proc.stdout, "the workers' pids").split("(")[0])]
         client = redis.Redis.from_url(url, socket_timeout=5)
         deadline = time.monotonic() + 30
         while len(client.zrange("risk:workers", 0, -1)) < 2:
@@ -129,8 +136,7 @@ def test_actions_follow_prints_new_actions(server: RedisProcess, tmp_path: Path)
         ]
         assert not list(publisher.publish_lines(lines(burst)))
         Worker(config, connect(server.url), worker_id="w", tick_ms=0, drain=True).run()
-        assert follow.stdout is not None
-        first = json.loads(follow.stdout.readline())
+        first = json.loads(read_line(follow.stdout, "`cluster-risk actions --follow` to print an action"))
         assert first["type"] == "PAUSE_ORDER" and first["scope"] == {"account": "F"}
     finally:
         follow.terminate()

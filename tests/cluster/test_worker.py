@@ -19,13 +19,15 @@ from cluster_risk.cluster.launcher import RedisProcess
 from cluster_risk.cluster.leases import Leases
 from cluster_risk.cluster.streams import Publisher
 from cluster_risk.cluster.worker import ShardLost, Worker
-from cluster_risk.state.redis import RedisStore
+from cluster_risk.state.functions import LuaOperation
+from cluster_risk.state.redis import RedisStore, load_lua
 from tests.cluster.conform import by_scope, expected, fleet_output, with_final_tick
 from tests.cluster.conftest import connect
 from tests.cluster.workload import CONFIG
 from tests.cluster.workload import events as workload
 from tests.helpers import T0, lines
 from tests.redis.proxy import CuttingProxy
+from tests.redis.servers import has_functions, server_version
 
 SHARDS = 4
 
@@ -111,19 +113,24 @@ def test_malformed_entries_are_dead_lettered_and_the_worker_goes_on(
 
 
 class EveryNthReply(CuttingProxy):
-    """Cuts every n-th reply (of any connection) and every m-th reply to an FCALL (apply.lua):
-    faults spread over the whole run, a reconnection (a few replies) is rarely hit again, and
-    some cuts are sure to lose a script's reply (counting replies alone left that to chance)."""
+    """Cuts every n-th reply (of any connection) and every m-th reply to an apply.lua call (an
+    FCALL; on Redis 6.2 an EVALSHA of its SHA-1): faults spread over the whole run, a
+    reconnection (a few replies) is rarely hit again, and some cuts are sure to lose a script's
+    reply (counting replies alone left that to chance)."""
 
     def __init__(self, upstream_port: int, n: int, m: int) -> None:
         super().__init__(upstream_port)
         self.n, self.m = n, m
         self.replies = self.fcall_replies = 0
+        if has_functions(*server_version()):
+            self.apply_call = b"FCALL"
+        else:
+            self.apply_call = LuaOperation("apply.lua", load_lua("apply.lua", shebang=False)).sha.encode()
 
     def _take_cut(self, request: bytes) -> str:
         with self._lock:
             self.replies += 1
-            fcall = b"FCALL" in request
+            fcall = self.apply_call in request
             self.fcall_replies += fcall
             if self.replies % self.n and not (fcall and self.fcall_replies % self.m == 0):
                 return ""
@@ -199,6 +206,7 @@ def test_a_lost_script_cache_is_loaded_again_by_publisher_and_worker(server: Red
     worker = make_worker(server.url, batch=40)
     rejected: set[tuple[str, str, int]] = set()
     flushes = 0
+    functions = has_functions(*server_version())
     guard = threading.Timer(90, worker.stop)  # a worker that cannot apply would never get on
     guard.start()
     for start in range(0, len(text), 150):
@@ -206,8 +214,9 @@ def test_a_lost_script_cache_is_loaded_again_by_publisher_and_worker(server: Red
         rejected |= {(e.code, e.field, start + i) for i, e in publisher.publish_lines(chunk)}
         worker.max_events = worker.stats.entries + 1  # a round or two, then stop
         worker.run()
-        client.function_flush()  # apply.lua: a Redis Function
-        if flushes % 2:  # publish.lua and lookup_ids.lua (whose reload loads apply.lua as well)
+        if functions:
+            client.function_flush()  # apply.lua: a Redis Function
+        if flushes % 2 or not functions:  # publish.lua and lookup_ids.lua (and apply.lua on Redis 6.2)
             client.script_flush()
         flushes += 1
     worker.max_events, worker.drain = None, True

@@ -14,6 +14,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.path.is_relative_to(Path(__file__).parent):
             item.add_marker(pytest.mark.redis)
+            if "tls_server" in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.tls)
 
 
 @pytest.fixture(params=BACKENDS)

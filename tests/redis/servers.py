@@ -3,6 +3,7 @@ loopback ports, in temporary directories, never on 6379 and never anything we di
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import time
@@ -12,7 +13,7 @@ import redis
 
 from cluster_risk.cluster.launcher import RedisProcess, free_port
 
-__all__ = ["RedisCluster3", "RedisSentinel", "RedisServer", "binaries", "free_port"]
+__all__ = ["RedisCluster3", "RedisSentinel", "RedisServer", "binaries", "free_port", "has_functions", "server_version"]
 
 _STARTUP_S = 10.0
 
@@ -22,10 +23,25 @@ def binaries() -> tuple[str, str]:
     server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
     if server is None or cli is None:
         raise RuntimeError(
-            "redis-server and redis-cli (Redis >= 7) must be on PATH for tests/redis; "
+            "redis-server and redis-cli (Redis >= 6.2 or Valkey) must be on PATH for tests/redis; "
             "install them (Debian: apt-get install redis-server) - these tests never skip"
         )
     return server, cli
+
+
+def server_version() -> tuple[str, str]:
+    """(``redis`` or ``valkey``, version) of the redis-server on PATH, from ``--version``."""
+    server, _ = binaries()
+    out = subprocess.run([server, "--version"], capture_output=True, text=True, timeout=30, check=True).stdout
+    match = re.match(r"(\w+) server v=(\S+)", out)
+    if match is None:
+        raise RuntimeError(f"cannot read the version of {server}: {out!r}")
+    return match.group(1).lower(), match.group(2)
+
+
+def has_functions(name: str, version: str) -> bool:
+    """Redis Functions (FUNCTION LOAD, FCALL): Redis 7.0+, every Valkey."""
+    return name == "valkey" or int(version.split(".", 1)[0]) >= 7
 
 
 class RedisServer(RedisProcess):

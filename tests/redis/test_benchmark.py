@@ -3,6 +3,7 @@ engine's decisions) and the callgrind count (valgrind inside the private redis-s
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -49,6 +50,7 @@ def test_limits_events_0_skips_the_comparison(capsys: pytest.CaptureFixture[str]
 
 @pytest.mark.redis
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # Redis under valgrind, ~50x slower
 def test_callgrind_counts_the_scripts_instructions() -> None:
     assert shutil.which("valgrind"), "valgrind is needed (apt-get install valgrind; CI installs it)"
     counted = callgrind_run(orders=400, trades=100, accounts=50, batch_size=100, shards=1)
@@ -60,6 +62,7 @@ def test_callgrind_counts_the_scripts_instructions() -> None:
 
 @pytest.mark.redis
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # Redis under valgrind, ~50x slower
 def test_callgrind_counts_a_workers_calls() -> None:
     """``python -m cluster_risk.benchmark cluster --callgrind``: a worker drains a published
     stream in calls of at most --batch entries per shard, counted inside FCALL."""
@@ -94,3 +97,19 @@ def test_compare_lua_measures_two_versions_side_by_side(tmp_path: Path) -> None:
         compare_run(changed, **sizes, rounds=1)
     with pytest.raises(SystemExit, match=r"has no apply\.lua"):
         compare_run(tmp_path, **sizes, rounds=1)
+
+
+@pytest.mark.redis
+def test_a_private_server_that_does_not_start_is_a_failure_not_a_dead_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A redis-server that exits at once (as Redis 6.2 did when given hash-max-listpack-entries)
+    fails the benchmark with the reason; it was handed out as a URL nobody answered, and the
+    run then waited forever on it."""
+    fake = tmp_path / "bin" / "redis-server"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho 'Bad directive or wrong number of arguments' >&2\nexit 1\n", encoding="utf-8")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    with pytest.raises(SystemExit, match="did not start"), private_redis() as url:
+        pytest.fail(f"private_redis handed out {url}")

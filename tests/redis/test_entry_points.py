@@ -59,9 +59,12 @@ def test_replay_cli_through_redis_prints_what_the_memory_replay_prints(standalon
     events = tmp_path / "events.jsonl"
     events.write_text("".join(json.dumps(e) + "\n" for e in case["events"]), encoding="utf-8")  # type: ignore[attr-defined]
     cli = [sys.executable, "-m", "cluster_risk.cli", "replay", "--config", str(config)]
-    memory = subprocess.run([*cli, str(events)], capture_output=True, check=True)
+    memory = subprocess.run([*cli, str(events)], capture_output=True, check=True, timeout=120)
     redis_run = subprocess.run(
-        [*cli, "--redis-url", standalone.url, "--batch-size", "64", str(events)], capture_output=True, check=True
+        [*cli, "--redis-url", standalone.url, "--batch-size", "64", str(events)],
+        capture_output=True,
+        check=True,
+        timeout=120,
     )
     assert redis_run.stdout == memory.stdout
     got = [json.loads(line) for line in redis_run.stdout.splitlines()]
@@ -86,6 +89,7 @@ def test_replay_cli_refuses_an_unreachable_redis_in_one_line(tmp_path: Path) -> 
         check=False,
         input=b"",
         capture_output=True,
+        timeout=60,
     )
     assert run.returncode == 2
     assert len(run.stderr.decode().strip().splitlines()) == 1

@@ -31,6 +31,7 @@ def _run(client: redis.Redis, op: LuaOperation, n: int) -> list[object]:
     return script_pipeline(client, calls, lambda _: op.load(client))
 
 
+@pytest.mark.redis7
 def test_a_missing_function_is_loaded_and_the_calls_sent_again(admin: redis.Redis) -> None:
     op = LuaOperation("demo.lua", SOURCE)
     assert _run(admin, op, 3) == [b"fn:k00fn:k00", b"fn:k11fn:k11", b"fn:k22fn:k22"]
@@ -41,6 +42,7 @@ def test_a_missing_function_is_loaded_and_the_calls_sent_again(admin: redis.Redi
     assert admin.info("commandstats")["cmdstat_fcall"]["calls"] >= 5
 
 
+@pytest.mark.redis7
 def test_refused_function_load_falls_back_to_evalsha(admin: redis.Redis, standalone: RedisServer) -> None:
     admin.acl_setuser("nofn", enabled=True, passwords=["+nofn-pw"], keys=["fn:*"], commands=["+@all", "-function"])
     try:
@@ -54,6 +56,7 @@ def test_refused_function_load_falls_back_to_evalsha(admin: redis.Redis, standal
         admin.acl_deluser("nofn")
 
 
+@pytest.mark.redis7
 def test_a_script_error_is_not_taken_for_a_missing_function(admin: redis.Redis) -> None:
     op = LuaOperation("bad.lua", "#!lua\n--@body\nreturn redis.call('NO_SUCH_COMMAND')\n")
     [reply] = _run(admin, op, 1)
@@ -70,6 +73,7 @@ def _builtins_library() -> str:
 
 
 @pytest.mark.parametrize("bind", [True, False])
+@pytest.mark.redis7
 def test_builtins_are_bound_by_the_first_call_of_a_function(admin: redis.Redis, bind: bool) -> None:
     """builtins.lua's locals stand for the standard libraries: a Function's top level runs at
     FUNCTION LOAD without them, so the body binds them first (the first call binds, later calls
@@ -103,6 +107,7 @@ def test_every_script_with_libraries_includes_builtins_first(tmp_path: Path) -> 
         load_lua("bad.lua", folder=tmp_path)
 
 
+@pytest.mark.redis7
 def test_constants_are_decoded_once_per_server_and_shared_read_only(admin: redis.Redis) -> None:
     """constants.lua: a Function's library keeps what a blob decoded to across calls (the
     same table again: this test marks it to see that), for at most KEEP blobs; by EVALSHA

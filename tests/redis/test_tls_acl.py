@@ -24,7 +24,7 @@ from cluster_risk.replay import replay_events
 from cluster_risk.settings import load_settings
 from cluster_risk.state.redis import RedisStore, StoreError
 from tests.helpers import load_case, views
-from tests.redis.servers import RedisServer, binaries, free_port
+from tests.redis.servers import RedisServer, binaries, free_port, has_functions, server_version
 
 PASSWORD = "tls-Acl-pa55-QX7"  # a throwaway for a throwaway server
 
@@ -59,6 +59,18 @@ ACL_RULES = [
     "+cluster|myid",
     "+readonly",
 ]
+
+
+# Redis 6.2 has no FUNCTION command and cannot take one subcommand away (``-script|flush`` is an
+# error there): the same user takes all of SCRIPT away and gives SCRIPT LOAD back (docs/redis.md).
+ACL_RULES_6_2 = [
+    rule for rule in ACL_RULES if rule not in {"-script|flush", "-script|kill", "-function", "+function|load"}
+] + ["-script", "+script|load"]
+
+
+def acl_rules() -> list[str]:
+    """The documented ACL line for the redis-server on PATH (by capability: Functions or not)."""
+    return ACL_RULES if has_functions(*server_version()) else ACL_RULES_6_2
 
 
 def openssl(*args: str, cwd: Path) -> None:
@@ -98,7 +110,7 @@ class TlsServer:
              "--tls-cert-file", str(self.pki["server.crt"]), "--tls-key-file", str(self.pki["server.key"]),
              "--tls-ca-cert-file", str(self.pki["ca.crt"]), "--tls-auth-clients", "yes",
              "--user", "default", "off",
-             "--user", "risk", *ACL_RULES],
+             "--user", "risk", *acl_rules()],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
@@ -148,7 +160,7 @@ def test_conformance_vector_over_tls_as_acl_user(tls_server: TlsServer) -> None:
         remote = list(replay_batched(RemoteEngine.from_config(config, store), case["events"], 100, decoded=True))
         local = list(replay_events(RiskEngine.from_config(config), case["events"]))
         assert views(remote) == views(local) == case["expected"]
-        assert store.uses_functions  # the documented ACL line allows FUNCTION LOAD
+        assert store.uses_functions == has_functions(*server_version())  # the ACL line allows FUNCTION LOAD
         assert any(key.startswith("risk:{s") for shard in range(4) for key in store.shard_keys(shard))
         assert_hidden(repr(store), repr(store.client), str(store.client.connection_pool), repr(settings))
     finally:
@@ -209,7 +221,8 @@ def test_plain_text_is_refused(tls_server: TlsServer) -> None:
 def test_acl_user_on_a_redis_cluster(redis_binaries: tuple[str, str], tmp_path: Path) -> None:
     """The documented ACL line is enough for the cluster client and for one Lua call per slot."""
     _, cli = redis_binaries
-    nodes = [RedisServer(tmp_path / f"node{i}", "--user", "risk", *ACL_RULES, cluster=True) for i in range(3)]
+    rules = acl_rules()
+    nodes = [RedisServer(tmp_path / f"node{i}", "--user", "risk", *rules, cluster=True) for i in range(3)]
     try:
         addresses = [f"127.0.0.1:{node.port}" for node in nodes]  # joined by the default user
         create = [cli, "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"]
@@ -226,11 +239,22 @@ def test_acl_user_on_a_redis_cluster(redis_binaries: tuple[str, str], tmp_path: 
             config = build_config(case["config"])
             remote = replay_batched(RemoteEngine.from_config(config, store), case["events"], 100, decoded=True)
             assert views(remote) == case["expected"]
-            assert store.uses_functions
-            assert all(node.client().function_list() for node in nodes)  # loaded on every primary
+            if has_functions(*server_version()):
+                assert store.uses_functions
+                assert all(node.client().function_list() for node in nodes)  # loaded on every primary
+            else:  # Redis 6.2: by EVALSHA
+                assert not store.uses_functions
+                assert any(node.client().info("commandstats").get("cmdstat_evalsha") for node in nodes)
             assert_hidden(repr(store), repr(store.client))
         finally:
             store.close()
     finally:
         for node in nodes:
             node.stop()
+
+
+@pytest.mark.parametrize(("doc", "rules"), [("deploy/REDIS.md", ACL_RULES), ("docs/redis.md", ACL_RULES_6_2)])
+def test_the_documented_acl_lines_are_the_tested_ones(doc: str, rules: list[str]) -> None:
+    text = (Path(__file__).parents[2] / doc).read_text(encoding="utf-8")
+    (line,) = [line.strip() for line in text.splitlines() if line.strip().startswith("user risk ")]
+    assert line.split()[2:] == [f">{'CHANGE-ME'}" if rule == f">{PASSWORD}" else rule for rule in rules]
