@@ -26,6 +26,7 @@ hot path).
 ]]
 
 --@include builtins.lua
+--@include codes.lua
 --@include keys.lua
 --@include window.lua
 
