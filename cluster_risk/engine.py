@@ -18,14 +18,13 @@ from datetime import date
 from typing import TYPE_CHECKING, Any
 
 from cluster_risk.calendar import TradingCalendar, calendar_for
-from cluster_risk.errors import UNKNOWN_ORDER, BatchError, ConfigError, EventError, RiskError
+from cluster_risk.errors import BatchError, ConfigError, EventError, RiskError
 from cluster_risk.events import (
     MAX_ID,
     MAX_INT_PRICE,
     MAX_TIMESTAMP,
     MAX_VOLUME,
     Action,
-    ActionType,
     Direction,
     Event,
     Order,
@@ -36,7 +35,18 @@ from cluster_risk.events import (
     check_timestamp,
     check_trade,
 )
-from cluster_risk.rules.base import BaseRule, DailyCapRule, Scope, StatelessRule, WindowRule
+from cluster_risk.front import (
+    DAILY,
+    WINDOW,
+    CompiledRule,
+    DayMemo,
+    compile_rules,
+    enriched_ids,
+    rule_action,
+    verdict_action,
+)
+from cluster_risk.rules.base import BaseRule, DailyCapRule, Scope, WindowRule
+from cluster_risk.state.codes import PAUSE, RESET_RESUME, RESUME, ROLLOVER
 from cluster_risk.state.memory import PAUSED, RESUMED, DailySum, IdRetention, SlidingWindow
 
 if TYPE_CHECKING:
@@ -57,55 +67,29 @@ _DELEGATED = (
 
 __all__ = ["RiskEngine"]
 
-_WINDOW, _DAILY, _STATELESS = 0, 1, 2
 _BID, _ASK = Direction.BID, Direction.ASK
 _SIDES = frozenset(("BID", "ASK"))
 _SMALL = (1 << 30) - 1  # CPython compares ints up to this bound on its fastest path
 _NO_DAY = -1
 
 
-class _RuleSlot:
-    """A rule plus the engine's bookkeeping for it: its groups and which are paused."""
+class _RuleSlot(CompiledRule):
+    """A compiled rule plus this executor's state for it: its groups and which are paused."""
 
-    __slots__ = ("counts_every_order", "groups", "index", "judges_trades", "kind", "on_orders", "paused", "rule")
+    __slots__ = ("groups", "paused")
 
     def __init__(self, index: int, rule: BaseRule) -> None:
-        self.index = index
-        self.rule = rule
+        super().__init__(index, rule)
         self.groups: dict[tuple[str, ...], Any] = {}
         self.paused: set[Any] = set()
-        if isinstance(rule, WindowRule):
-            self.kind = _WINDOW
-        elif isinstance(rule, DailyCapRule):
-            self.kind = _DAILY
-        elif isinstance(rule, StatelessRule):
-            self.kind = _STATELESS
-        else:
-            raise ConfigError(f"rule {rule.name!r}: subclass StatelessRule, WindowRule or DailyCapRule")
-        cls = type(rule)
-        # Built-in behaviour needs no call per event; an override does.
-        self.counts_every_order = getattr(cls, "counts_order", None) is WindowRule.counts_order
-        overrides_order_amount = (
-            getattr(cls, "order_amount", DailyCapRule.order_amount) is not DailyCapRule.order_amount
-        )
-        judges_orders = getattr(cls, "evaluate_order", StatelessRule.evaluate_order) is not StatelessRule.evaluate_order
-        self.on_orders = self.kind == _WINDOW or overrides_order_amount or judges_orders
-        self.judges_trades = (
-            getattr(cls, "evaluate_trade", StatelessRule.evaluate_trade) is not StatelessRule.evaluate_trade
-        )
-
-    def scope_of(self, key: tuple[str, ...]) -> dict[str, str]:
-        return dict(zip(self.rule.dimensions, key, strict=True))
 
 
-class _Account:
-    __slots__ = ("account_id", "contexts", "daily_paused", "day", "day_hi", "day_lo")
+class _Account(DayMemo):
+    __slots__ = ("account_id", "contexts", "daily_paused")
 
     def __init__(self, account_id: str) -> None:
+        super().__init__(_NO_DAY)
         self.account_id = account_id
-        self.day = _NO_DAY
-        self.day_lo = 0  # [day_lo, day_hi): the instants of trading day `day`
-        self.day_hi = 0
         self.contexts: dict[str, _Context] = {}
         self.daily_paused: list[tuple[_RuleSlot, DailySum]] = []
 
@@ -161,14 +145,10 @@ class RiskEngine:
             self.remote = None
         if id_retention_days < 1:
             raise ConfigError("id_retention_days: must be at least 1 (the contract keeps the previous day)")
-        names = [rule.name for rule in rules]
-        duplicates = sorted({name for name in names if names.count(name) > 1})
-        if duplicates:
-            raise ConfigError(f"rule names must be unique; repeated: {', '.join(duplicates)}")
         self.rules: tuple[BaseRule, ...] = tuple(rules)
         self.contract_to_product: dict[str, str] = dict(contract_to_product or {})
         self.calendar = calendar_for(trading_day)
-        self._slots = [_RuleSlot(i, rule) for i, rule in enumerate(self.rules)]
+        self._slots = compile_rules(self.rules, _RuleSlot)
         self._accounts: dict[str, _Account] = {}
         self._contexts: dict[str, dict[str, _Context]] = {}  # account -> contract -> context
         # oid -> context (dedup and trade enrichment) and seen tids, forgotten after
@@ -237,7 +217,7 @@ class RiskEngine:
         try:
             ctx: _Context | None = self._contexts[order.account_id][order.contract_id]
             account = ctx.account  # type: ignore[union-attr]
-            in_day = account.day_lo <= t < account.day_hi
+            in_day = account.lo <= t < account.hi
         except (KeyError, TypeError):
             check_order(order)
             ctx = None
@@ -249,7 +229,7 @@ class RiskEngine:
         if ctx is None:
             ctx = self._context(order.account_id, order.contract_id)
             account = ctx.account
-            in_day = account.day_lo <= t < account.day_hi
+            in_day = account.lo <= t < account.hi
         actions = [] if in_day else self._advance(account, t)[1]
         self._orders[oid] = ctx
         window = ctx.window
@@ -271,22 +251,22 @@ class RiskEngine:
         """Rules other than plain window counters: user rules with per-order hooks."""
         account = ctx.account
         t = order.timestamp
-        day = account.day if account.day_lo <= t < account.day_hi else self.calendar.day_of(t)
+        day = account.day if account.lo <= t < account.hi else self.calendar.day_of(t)
         for slot, group in ctx.order_steps:
             kind = slot.kind
-            if kind == _WINDOW:
+            if kind == WINDOW:
                 if slot.counts_every_order or slot.rule.counts_order(order):  # type: ignore[attr-defined]
                     code = group.hit(t)
                     if code:
                         actions.append(self._window_action(slot, group, code, t))
-            elif kind == _DAILY:
+            elif kind == DAILY:
                 amount = slot.rule.order_amount(order)  # type: ignore[attr-defined]
                 if amount is not None:
                     self._add_daily(slot, group, account, day, amount, t, actions)
             else:
                 verdict = slot.rule.evaluate_order(order, ctx.scope)  # type: ignore[attr-defined]
                 if verdict is not None:
-                    actions.append(self._verdict_action(slot, ctx.scope, verdict, t))
+                    actions.append(verdict_action(slot, ctx.scope, verdict, t))
 
     def process_trade(self, trade: Trade) -> list[Action]:
         tid = trade.tid
@@ -315,7 +295,7 @@ class RiskEngine:
         ctx = self._orders.get(oid) if account_id is None and contract_id is None else None
         if ctx is not None:
             account = ctx.account
-            in_day = account.day_lo <= t < account.day_hi
+            in_day = account.lo <= t < account.hi
         else:
             in_day = False
         if not in_day and not 0 <= t < MAX_TIMESTAMP:
@@ -325,7 +305,7 @@ class RiskEngine:
         if ctx is None:
             ctx = self._enrich(trade)  # read-only until here; may raise unknown_order
             account = ctx.account
-            in_day = account.day_lo <= t < account.day_hi
+            in_day = account.lo <= t < account.hi
         if in_day:
             actions: list[Action] = []
             day = account.day
@@ -350,14 +330,14 @@ class RiskEngine:
         for slot, _ in ctx.trade_steps:
             verdict = slot.rule.evaluate_trade(trade, ctx.scope)  # type: ignore[attr-defined]
             if verdict is not None:
-                actions.append(self._verdict_action(slot, ctx.scope, verdict, trade.timestamp))
+                actions.append(verdict_action(slot, ctx.scope, verdict, trade.timestamp))
 
     def tick(self, now_ns: int | None = None) -> list[Action]:
         """Time-driven checks at ``now_ns`` (default: the wall clock): rollover, then resumes."""
         now = time.time_ns() if now_ns is None else check_timestamp(now_ns)
         actions = self._advance_clock(now)
         for slot in self._slots:
-            if slot.kind != _WINDOW or not slot.paused:
+            if slot.kind != WINDOW or not slot.paused:
                 continue
             for group in sorted(slot.paused, key=_group_key):
                 if group.try_resume(now) == RESUMED:
@@ -380,13 +360,13 @@ class RiskEngine:
         actions = self._advance_clock(now)
         day = self.calendar.day_of(now)
         for slot in self._slots:
-            if slot.kind != _DAILY:
+            if slot.kind != DAILY:
                 continue
             for group in slot.groups.values():
                 group.zero(day)
             for group in sorted(slot.paused, key=_group_key):
                 group.paused = False
-                actions.append(self._daily_action(slot, group, RESUMED, now, 0, "manual daily reset"))
+                actions.append(rule_action(slot, RESET_RESUME, slot.scope_of(group.key), now, 0))
             slot.paused.clear()
         for known in self._accounts.values():
             known.daily_paused.clear()
@@ -400,7 +380,7 @@ class RiskEngine:
         actions = self._advance(account, now)[1]
         day = self.calendar.day_of(now)
         for slot in self._slots:
-            if slot.kind != _DAILY:
+            if slot.kind != DAILY:
                 continue
             for group in slot.groups.values():
                 if group.account == account_id:
@@ -408,7 +388,7 @@ class RiskEngine:
             for group in sorted((g for g in slot.paused if g.account == account_id), key=_group_key):
                 group.paused = False
                 slot.paused.discard(group)
-                actions.append(self._daily_action(slot, group, RESUMED, now, 0, "manual daily reset"))
+                actions.append(rule_action(slot, RESET_RESUME, slot.scope_of(group.key), now, 0))
         account.daily_paused.clear()
         return actions
 
@@ -507,15 +487,8 @@ class RiskEngine:
             self._contexts[account_id] = account.contexts
         return account
 
-    @staticmethod
-    def _set_range(account: _Account, day: int, lo: int, hi: int) -> None:
-        # Clamped to the valid timestamps, so "inside the range" also proves "valid".
-        account.day = day
-        account.day_lo = max(lo, 0)
-        account.day_hi = min(hi, MAX_TIMESTAMP)
-
     def _set_day(self, account: _Account, day: int) -> None:
-        self._set_range(account, day, self.calendar.start_of(day), self.calendar.start_of(day + 1))
+        account.set_range(day, self.calendar.start_of(day), self.calendar.start_of(day + 1))
 
     def _new_context(self, account: _Account, contract: str) -> _Context:
         scope = Scope(account.account_id, contract, self.contract_to_product.get(contract, contract))
@@ -532,7 +505,7 @@ class RiskEngine:
             if slot.judges_trades:
                 trade_steps.append((slot, group))
         first = order_steps[0][0] if order_steps else None
-        if first is not None and first.kind == _WINDOW and first.counts_every_order:
+        if first is not None and first.kind == WINDOW and first.counts_every_order:
             # The first rule on orders is a plain window counter: process_order inlines it.
             ctx.window_slot, ctx.window = order_steps.pop(0)
         ctx.daily_adds = tuple(daily_adds)
@@ -560,17 +533,10 @@ class RiskEngine:
     def _enrich(self, trade: Trade) -> _Context:
         """The trade's (account, contract): explicit fields win over the order index."""
         indexed = self._orders.get(trade.oid)
-        account_id = trade.account_id
-        contract = trade.contract_id
-        if indexed is not None:
-            if account_id is None and contract is None:
-                return indexed
-            account_id = account_id or indexed.account.account_id
-            contract = contract or indexed.scope.contract
-        if account_id is None or contract is None:
-            missing = "account_id" if account_id is None else "contract_id"
-            raise EventError(UNKNOWN_ORDER, "oid", f"oid {trade.oid} was never seen and the trade has no {missing}")
-        return self._context(account_id, contract)
+        if indexed is not None and trade.account_id is None and trade.contract_id is None:
+            return indexed
+        pair = None if indexed is None else (indexed.account.account_id, indexed.scope.contract)
+        return self._context(*enriched_ids(trade, pair))
 
     def _advance(self, account: _Account, t: int) -> tuple[int, list[Action]]:
         """Slow path: ``t`` is outside the account's current day.  Returns the event's day and
@@ -583,7 +549,7 @@ class RiskEngine:
             self._new_latest_day(day, lifted)
         lifted.extend(account.daily_paused)
         account.daily_paused.clear()
-        self._set_range(account, day, lo, hi)
+        account.set_range(day, lo, hi)
         return day, self._rollover_actions(lifted, day, lo)
 
     def _new_latest_day(self, day: int, lifted: list[tuple[_RuleSlot, DailySum]]) -> None:
@@ -618,8 +584,7 @@ class RiskEngine:
         for slot, group in lifted:
             group.paused = False
             slot.paused.discard(group)
-            reason = f"trading day rolled over to {date.fromordinal(day).isoformat()}"
-            actions.append(self._daily_action(slot, group, RESUMED, start_ns, group.sum_on(day), reason))
+            actions.append(rule_action(slot, ROLLOVER, slot.scope_of(group.key), start_ns, group.sum_on(day), day))
         return actions
 
     def _add_daily(
@@ -636,31 +601,15 @@ class RiskEngine:
             account.daily_paused.append((slot, group))
         else:
             self._floating_paused.append((slot, group))
-        reason = f"daily {getattr(slot.rule, 'metric', 'sum')} {group.total} > cap {group.cap}"
-        return self._daily_action(slot, group, PAUSED, t, group.total, reason)
+        return rule_action(slot, PAUSE, slot.scope_of(group.key), t, group.total)
 
-    def _window_action(self, slot: _RuleSlot, group: SlidingWindow, code: int, t: int) -> Action:
-        n = group.count_at(t) if code == RESUMED else group.count()
-        rule = slot.rule
-        assert isinstance(rule, WindowRule)
+    @staticmethod
+    def _window_action(slot: _RuleSlot, group: SlidingWindow, code: int, t: int) -> Action:
         if code == PAUSED:
             slot.paused.add(group)
-            kind, reason = ActionType.PAUSE_ORDER, f"{n} orders in {rule.window_ns} ns > threshold {rule.threshold}"
-        else:
-            slot.paused.discard(group)
-            kind = ActionType.RESUME_ORDER
-            reason = f"{n} orders in {rule.window_ns} ns <= resume threshold {rule.resume_threshold}"
-        return Action(kind, rule.name, slot.scope_of(group.key), t, n, rule.threshold, reason)
-
-    @staticmethod
-    def _daily_action(slot: _RuleSlot, group: DailySum, code: int, t: int, value: float, reason: str) -> Action:
-        kind = ActionType.PAUSE_ORDER if code == PAUSED else ActionType.RESUME_ORDER
-        return Action(kind, slot.rule.name, slot.scope_of(group.key), t, value, group.cap, reason)
-
-    @staticmethod
-    def _verdict_action(slot: _RuleSlot, scope: Scope, verdict: Any, t: int) -> Action:
-        key = slot.rule.scope_key(scope)
-        return Action(verdict.type, slot.rule.name, slot.scope_of(key), t, verdict.value, verdict.limit, verdict.reason)
+            return rule_action(slot, PAUSE, slot.scope_of(group.key), t, group.count())
+        slot.paused.discard(group)
+        return rule_action(slot, RESUME, slot.scope_of(group.key), t, group.count_at(t))
 
 
 def _group_key(group: Any) -> tuple[str, ...]:
