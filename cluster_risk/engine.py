@@ -18,7 +18,7 @@ from datetime import date
 from typing import TYPE_CHECKING, Any
 
 from cluster_risk.calendar import TradingCalendar, calendar_for
-from cluster_risk.errors import BatchError, ConfigError, EventError, RiskError
+from cluster_risk.errors import BatchError, ConfigError, EventError
 from cluster_risk.events import (
     MAX_ID,
     MAX_INT_PRICE,
@@ -43,6 +43,7 @@ from cluster_risk.front import (
     compile_rules,
     enriched_ids,
     rule_action,
+    rule_and_key,
     verdict_action,
 )
 from cluster_risk.rules.base import BaseRule, DailyCapRule, Scope, WindowRule
@@ -51,19 +52,6 @@ from cluster_risk.state.memory import PAUSED, RESUMED, DailySum, IdRetention, Sl
 
 if TYPE_CHECKING:
     from cluster_risk.config import TradingDay
-    from cluster_risk.state.redis import RedisStore
-
-# With a store, these methods are the store-backed engine's (same results, state in Redis).
-_DELEGATED = (
-    "process",
-    "process_order",
-    "process_trade",
-    "tick",
-    "reset_daily",
-    "process_many",
-    "process_batch",
-    "apply_batch",
-)
 
 __all__ = ["RiskEngine"]
 
@@ -127,22 +115,10 @@ class RiskEngine:
         trading_day: TradingDay | TradingCalendar | None = None,
         *,
         id_retention_days: int = 7,
-        store: RedisStore | None = None,
     ) -> None:
-        """``store=RedisStore.from_url(url)`` keeps the state in Redis instead of this process
-        (:class:`cluster_risk.remote.RemoteEngine` does the work; the API and the actions are
-        the same, plus one script call per shard for :meth:`process_batch`)."""
-        self.store = store
-        if store is not None:
-            from cluster_risk.remote import RemoteEngine
-
-            self.remote: RemoteEngine | None = RemoteEngine(
-                rules, contract_to_product, trading_day, store=store, id_retention_days=id_retention_days
-            )
-            for name in _DELEGATED:  # instance attributes win over the in-memory methods: no cost per call
-                setattr(self, name, getattr(self.remote, name))
-        else:
-            self.remote = None
+        """With the state in Redis instead: :func:`cluster_risk.engines.open_engine` (the
+        same API and the same actions, plus one script call per shard for
+        :meth:`process_batch`)."""
         if id_retention_days < 1:
             raise ConfigError("id_retention_days: must be at least 1 (the contract keeps the previous day)")
         self.rules: tuple[BaseRule, ...] = tuple(rules)
@@ -168,14 +144,14 @@ class RiskEngine:
         }
 
     @classmethod
-    def from_config(cls, config: Any, store: RedisStore | None = None) -> RiskEngine:
-        """Build from :func:`cluster_risk.config.build_config`'s result."""
+    def from_config(cls, config: Any) -> RiskEngine:
+        """Build from :func:`cluster_risk.config.build_config`'s result (in process; any
+        executor: :func:`cluster_risk.engines.open_engine`)."""
         return cls(
             config.rules,
             config.contract_to_product,
             config.trading_day,
             id_retention_days=config.id_retention_days,
-            store=store,
         )
 
     # ------------------------------------------------------------------ events
@@ -420,8 +396,6 @@ class RiskEngine:
 
     def paused_scopes(self) -> list[tuple[str, dict[str, str]]]:
         """Every (rule name, scope) currently paused, in rule order then scope order."""
-        if self.remote is not None:
-            return self.remote.paused_scopes()
         return [
             (slot.rule.name, slot.scope_of(group.key))
             for slot in self._slots
@@ -430,14 +404,12 @@ class RiskEngine:
 
     def window_count(self, rule: str, scope: Mapping[str, str]) -> int:
         """A window rule's count for ``scope`` at the group's own high-water time."""
-        self._in_memory_only()
         slot, key = self._slot_and_key(rule, scope)
         group = slot.groups.get(key)
         return 0 if group is None else int(group.count())
 
     def daily_sum(self, rule: str, scope: Mapping[str, str], day: date | None = None) -> float:
         """A daily rule's sum for ``scope`` on ``day`` (default: that scope's current day)."""
-        self._in_memory_only()
         slot, key = self._slot_and_key(rule, scope)
         group = slot.groups.get(key)
         if group is None:
@@ -450,7 +422,6 @@ class RiskEngine:
 
     def memory_entries(self) -> dict[str, int]:
         """Sizes of the structures that grow with traffic (for tests and ops)."""
-        self._in_memory_only()
         return {
             "orders": len(self._orders),
             "trades": len(self._trades),
@@ -460,18 +431,8 @@ class RiskEngine:
 
     # ------------------------------------------------------------------ internals
 
-    def _in_memory_only(self) -> None:
-        if self.remote is not None:
-            raise RiskError("this inspection reads in-process state; with a Redis store read the keys (README)")
-
     def _slot_and_key(self, rule: str, scope: Mapping[str, str]) -> tuple[_RuleSlot, tuple[str, ...]]:
-        for slot in self._slots:
-            if slot.rule.name == rule:
-                try:
-                    return slot, tuple(scope[dim] for dim in slot.rule.dimensions)
-                except KeyError as exc:
-                    raise KeyError(f"rule {rule!r} needs scope values for {slot.rule.dimensions}") from exc
-        raise KeyError(f"no rule named {rule!r}")
+        return rule_and_key(self._slots, rule, scope)
 
     def _context(self, account_id: str, contract: str) -> _Context:
         account = self._accounts.get(account_id) or self._account(account_id)

@@ -14,16 +14,17 @@ Result codes and the rule-independent reason texts are in :mod:`cluster_risk.sta
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import date
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from cluster_risk.errors import UNKNOWN_ORDER, ConfigError, EventError
-from cluster_risk.events import MAX_TIMESTAMP, Action, ActionType, Trade
+from cluster_risk.events import MAX_TIMESTAMP, Action, ActionType, Event, Order, Trade
 from cluster_risk.rules.base import BaseRule, DailyCapRule, Scope, StatelessRule, Verdict, WindowRule
 from cluster_risk.state.codes import PAUSE, RESET_REASON, RESET_RESUME, ROLLOVER, ROLLOVER_REASON
 
 __all__ = [
+    "Engine",
     "WINDOW",
     "DAILY",
     "STATELESS",
@@ -32,6 +33,7 @@ __all__ = [
     "compile_rules",
     "rule_action",
     "verdict_action",
+    "rule_and_key",
     "enriched_ids",
     "unknown_order",
 ]
@@ -39,6 +41,39 @@ __all__ = [
 WINDOW, DAILY, STATELESS = 0, 1, 2  # CompiledRule.kind
 
 _PAUSE_ORDER, _RESUME_ORDER = ActionType.PAUSE_ORDER, ActionType.RESUME_ORDER
+
+
+class Engine(Protocol):
+    """What every executor offers (open one with :func:`cluster_risk.engines.open_engine`):
+    the in-process :class:`~cluster_risk.engine.RiskEngine` and the Redis-backed
+    :class:`~cluster_risk.remote.RemoteEngine` decide the same actions for the same events.
+    Inspection reads the state where the executor keeps it."""
+
+    rules: tuple[BaseRule, ...]
+
+    def process(self, event: Event) -> list[Action]: ...
+
+    def process_order(self, order: Order) -> list[Action]: ...
+
+    def process_trade(self, trade: Trade) -> list[Action]: ...
+
+    def tick(self, now_ns: int | None = None) -> list[Action]: ...
+
+    def reset_daily(self, now_ns: int | None = None, account: str | None = None) -> list[Action]: ...
+
+    def process_many(self, events: Iterable[Event]) -> list[Action]: ...
+
+    def apply_batch(self, events: Sequence[Event]) -> list[list[Action] | EventError]: ...
+
+    def process_batch(self, events: Sequence[Event]) -> list[Action]: ...
+
+    def paused_scopes(self) -> list[tuple[str, dict[str, str]]]: ...
+
+    def window_count(self, rule: str, scope: Mapping[str, str]) -> int: ...
+
+    def daily_sum(self, rule: str, scope: Mapping[str, str], day: date | None = None) -> float: ...
+
+    def memory_entries(self) -> dict[str, int]: ...
 
 
 class CompiledRule:
@@ -142,6 +177,17 @@ def verdict_action(rule: CompiledRule, scope: Scope, verdict: Verdict, t: int) -
     """A stateless rule's verdict on an event of ``scope``, as an action."""
     values = rule.scope_of(rule.rule.scope_key(scope))
     return Action(verdict.type, rule.name, values, t, verdict.value, verdict.limit, verdict.reason)
+
+
+def rule_and_key(rules: Iterable[CompiledRule], name: str, scope: Mapping[str, str]) -> tuple[Any, tuple[str, ...]]:
+    """The rule named ``name`` and the group key of ``scope`` for it (inspection)."""
+    for rule in rules:
+        if rule.name == name:
+            try:
+                return rule, tuple(scope[dim] for dim in rule.dimensions)
+            except KeyError as exc:
+                raise KeyError(f"rule {name!r} needs scope values for {rule.dimensions}") from exc
+    raise KeyError(f"no rule named {name!r}")
 
 
 def enriched_ids(trade: Trade, indexed: tuple[str, str] | None) -> tuple[str, str]:
