@@ -206,14 +206,14 @@ local function insert(w, b)
 end
 
 -- The pause flag after a hit that left n in the window (SEMANTICS.md, step 3): p and the
--- code 0 | 1 paused | 2 resumed.
+-- code NO_CHANGE | PAUSED | RESUMED (codes.lua).
 local function crossing(p, n, threshold, resume)
   if p == 1 then
-    if n <= resume then return 0, 2 end
+    if n <= resume then return 0, RESUMED end
   elseif n > threshold then
-    return 1, 1
+    return 1, PAUSED
   end
-  return p, 0
+  return p, NO_CHANGE
 end
 
 function window.hit(w, b, K, threshold, resume)
@@ -270,11 +270,11 @@ function window.hit_raw(s, b, K, threshold, resume)
   else
     s, kept, n, p, hb, lc, fb, hc = NO_COLD, 12, 1, 0, b, 1, b, 0
   end
-  local code = 0 -- the pause flag after the hit, as crossing() (inline on the hot path)
+  local code = NO_CHANGE -- the pause flag after the hit, as crossing() (inline on the hot path)
   if p == 1 then
-    if n <= resume then p, code = 0, 2 end
+    if n <= resume then p, code = 0, RESUMED end
   elseif n > threshold then
-    p, code = 1, 1
+    p, code = 1, PAUSED
   end
   local f = pack_format[kept]
   if not f then

@@ -296,7 +296,7 @@ class RedisStore:
         has_msgpack, has_struct = (_text(kind) == "table" for kind in kinds)
         self.codec = "m" if has_msgpack else "j"
         shims = () if has_struct else ("struct_shim.lua",)
-        for name, functions in (("apply.lua", shebang), ("lookup_ids.lua", False)):
+        for name, functions in (("apply.lua", shebang), ("lookup_ids.lua", False), ("inspect.lua", False)):
             source = load_lua(name, shebang=shebang, shims=shims, folder=self.lua_folder)
             self._scripts[name] = LuaOperation(name, source, functions=functions)
         self.load_scripts()
@@ -475,6 +475,16 @@ class RedisStore:
                 if value and field not in found:
                     found[field] = _text(value)
         return found
+
+    def inspect(self, shard: int, spec: Mapping[str, Any]) -> list[Any]:
+        """``lua/inspect.lua`` on ``shard`` (read only; ``spec`` is its ARGV[1]): the account's
+        current day, then per rule its scopes' values and pauses, then its manual pauses."""
+        import json
+
+        # UTF-8 as is: cjson refuses a lone surrogate's \u escape (cluster_risk/ids.py)
+        payload = json.dumps(spec, ensure_ascii=False, separators=(",", ":")).encode("utf-8", UNICODE_ERRORS)
+        reply: list[Any] = self._run("inspect.lua", [(shard, [payload])])[0]
+        return reply
 
     def close(self) -> None:
         self._stream.drop()
