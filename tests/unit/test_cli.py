@@ -265,7 +265,7 @@ def test_settings_precedence_flag_environment_file_default(
     monkeypatch.setenv("CLUSTER_RISK_TICK_MS", "7")
     monkeypatch.setenv("CLUSTER_RISK_WORKER_ID", "pod-1")
 
-    from cluster_risk.cluster.commands import apply_runtime_settings
+    from cluster_risk.cli.common import apply_runtime_settings
 
     def resolved(*flags: str) -> argparse.Namespace:
         args = build_parser().parse_args(["worker", "--config", "c.json", *flags])
