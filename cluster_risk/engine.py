@@ -36,6 +36,7 @@ from cluster_risk.events import (
     check_timestamp,
     check_trade,
 )
+from cluster_risk.remote import RemoteEngine
 from cluster_risk.rules.base import BaseRule, DailyCapRule, Scope, StatelessRule, WindowRule
 from cluster_risk.state.memory import PAUSED, RESUMED, DailySum, IdRetention, SlidingWindow
 
@@ -150,8 +151,6 @@ class RiskEngine:
         the same, plus one script call per shard for :meth:`process_batch`)."""
         self.store = store
         if store is not None:
-            from cluster_risk.remote import RemoteEngine
-
             self.remote: RemoteEngine | None = RemoteEngine(
                 rules, contract_to_product, trading_day, store=store, id_retention_days=id_retention_days
             )

@@ -111,10 +111,10 @@ def _engine_run(
 
 
 def _limits_run(url: str, events: Sequence[Order | Trade]) -> dict[str, Any] | None:
-    try:
-        from limits import RateLimitItemPerSecond
-        from limits.storage import RedisStorage
-        from limits.strategies import MovingWindowRateLimiter
+    try:  # an optional dependency (the bench extra)
+        from limits import RateLimitItemPerSecond  # noqa: PLC0415
+        from limits.storage import RedisStorage  # noqa: PLC0415
+        from limits.strategies import MovingWindowRateLimiter  # noqa: PLC0415
     except ImportError:
         return None
     client = Redis.from_url(url)

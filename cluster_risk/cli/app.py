@@ -111,7 +111,7 @@ def _replay_through_redis(args: argparse.Namespace, config: EngineConfig) -> int
 
 def _bench(args: argparse.Namespace) -> int:
     # Run, not imported: the product never imports the benchmarks (pyproject's import contracts).
-    from cluster_risk.benchmark.commands import main as bench
+    from cluster_risk.benchmark.commands import main as bench  # noqa: PLC0415 - only when asked
 
     return bench(args.bench_args)
 

@@ -53,7 +53,7 @@ from redis.commands.core import Script
 from redis.exceptions import ResponseError
 
 from cluster_risk.config import EngineConfig
-from cluster_risk.errors import RiskError
+from cluster_risk.errors import ConfigDrift, DeploymentError
 from cluster_risk.ids import shard_of, to_bytes, to_text
 from cluster_risk.remote import scope_key
 from cluster_risk.rules.base import BaseRule, DailyCapRule, WindowRule
@@ -77,14 +77,6 @@ __all__ = [
 DEFAULT_SHARDS = 16
 MANUAL = "manual"  # the rule name of manual pauses; no configured rule may take it in the cluster
 Client = Redis | RedisCluster
-
-
-class DeploymentError(RiskError):
-    """This process disagrees with the deployment stored in Redis (e.g. another shard count)."""
-
-
-class ConfigDrift(DeploymentError):
-    """This process's engine config is not the one the deployment stored at its first start."""
 
 
 def text(value: object) -> str:

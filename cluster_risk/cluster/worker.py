@@ -65,8 +65,9 @@ from redis.exceptions import RedisError, ResponseError, TimeoutError
 from cluster_risk.cluster.leases import Leases
 from cluster_risk.cluster.render import DeadLetter, Renderer, dead_letter
 from cluster_risk.cluster.shards import Client, Deployment, DeploymentError, Keys, Scripts, check_eviction, text
+from cluster_risk.cluster.status import total_lag
 from cluster_risk.config import EngineConfig
-from cluster_risk.errors import EventError
+from cluster_risk.errors import EventError, ShardLost
 from cluster_risk.events import Event, Order, Tick, Trade, order_ok, trade_ok
 from cluster_risk.observability import WorkerMetrics
 from cluster_risk.remote import KnownIds, RemoteEngine, ShardBatch
@@ -86,15 +87,6 @@ _scan: Callable[[str, int], tuple[Any, int]] = _json_scanner.c_make_scanner(json
 _NONE = object()
 SCRIPT_ERROR = "script_error"  # a dead letter's error when apply.lua failed on that entry alone
 INTERNAL_ERROR = "internal_error"  # a dead letter's error when an entry met a bug (logged with its traceback)
-
-
-class ShardLost(RedisError):
-    """The apply script refused a batch (``lost``, ``fenced``, ``gap``, ``stale``, ``conflict``)."""
-
-    def __init__(self, shard: int, status: str, detail: str) -> None:
-        super().__init__(f"shard {shard}: batch refused ({status}, {detail})")
-        self.shard = shard
-        self.status = status
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -932,8 +924,6 @@ class Worker:
             log.debug("cluster map refresh failed: %s", exc)
 
     def _deployment_lag(self) -> int:
-        from cluster_risk.cluster.status import total_lag
-
         try:
             return total_lag(self.client, self.keys)
         except RedisError:

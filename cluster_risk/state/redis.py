@@ -40,6 +40,7 @@ failover to a replica that never saw it).
 
 from __future__ import annotations
 
+import json
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
@@ -56,8 +57,9 @@ from redis.exceptions import RedisError, ResponseError
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
-from cluster_risk.errors import RiskError
+from cluster_risk.errors import StoreError
 from cluster_risk.ids import UNICODE_ERRORS, shard_of, to_text
+from cluster_risk.settings import mask_url
 from cluster_risk.state.functions import LuaOperation, is_missing
 from cluster_risk.state.server_settings import SERVER_SETTINGS
 
@@ -67,10 +69,6 @@ _INCLUDE = "--@include "
 
 # SERVER_SETTINGS (re-exported): the settings the state's layout needs for speed, applied by
 # capability to the servers the project starts (cluster_risk.state.server_settings).
-
-
-class StoreError(RiskError):
-    """Redis failed or refused a batch; the message says which shard and what to do."""
 
 
 def _lua_text(name: str, folder: Path | None = None) -> str:
@@ -334,7 +332,6 @@ class RedisStore:
                 return cast(bytes, msgpack.packb(plan, use_bin_type=True))
             except UnicodeEncodeError:  # a lone surrogate in some id (cluster_risk/ids.py)
                 return cast(bytes, msgpack.packb(plan, use_bin_type=True, unicode_errors=UNICODE_ERRORS))
-        import json
 
         return json.dumps(plan, separators=(",", ":")).encode()
 
@@ -344,7 +341,6 @@ class RedisStore:
                 return cast(list[Any], msgpack.unpackb(blob, raw=False))
             except UnicodeDecodeError:  # a lone surrogate in some id (cluster_risk/ids.py)
                 return cast(list[Any], msgpack.unpackb(blob, raw=False, unicode_errors=UNICODE_ERRORS))
-        import json
 
         out = json.loads(blob)
         return out if isinstance(out, list) else []  # cjson encodes an empty table as {}
@@ -508,8 +504,6 @@ def _text(value: object) -> str:
 
 
 def _masked(url: str) -> str:
-    from cluster_risk.settings import mask_url  # also a ?password= argument
-
     return mask_url(url)
 
 

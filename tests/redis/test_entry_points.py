@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 
 from cluster_risk import RiskEngine, RiskError, build_config
+from cluster_risk.errors import EventError
 from cluster_risk.replay import replay_events
 from cluster_risk.state.redis import RedisStore
+from cluster_risk.wire import decode_event
 from tests.helpers import views
 from tests.redis.servers import RedisServer
 
@@ -40,8 +42,6 @@ def test_risk_engine_with_a_store_decides_as_in_memory(standalone: RedisServer) 
 def test_process_batch_is_the_same_in_memory_and_in_redis(standalone: RedisServer) -> None:
     standalone.client().flushall()
     case = _case(9)
-    from cluster_risk.errors import EventError
-    from cluster_risk.wire import decode_event
 
     events = []
     for obj in case["events"]:  # type: ignore[attr-defined]
