@@ -44,6 +44,7 @@ INVALID_FIELD = "invalid_field"
 UNKNOWN_ORDER = "unknown_order"
 UNKNOWN_TYPE = "unknown_type"
 INVALID_JSON = "invalid_json"
+INTERNAL_ERROR = "internal_error"  # a worker's dead letter for an entry that met a bug (logged with its traceback)
 
 
 class RiskError(Exception):

@@ -59,8 +59,7 @@ from cluster_risk.cluster.shards import (
 from cluster_risk.cluster.streams import Publisher
 from cluster_risk.config import EngineConfig
 from cluster_risk.events import ResetDaily
-from cluster_risk.ids import to_bytes
-from cluster_risk.remote import scope_key, scope_values
+from cluster_risk.keys import scope_key, scope_values, to_bytes
 from cluster_risk.state.redis import RedisStore
 
 __all__ = ["ManualResult", "Ops", "manual_field", "manual_scope", "operator"]

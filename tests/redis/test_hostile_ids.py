@@ -15,7 +15,7 @@ import pytest
 
 from cluster_risk import RiskEngine, build_config
 from cluster_risk.cluster.shards import Keys
-from cluster_risk.ids import index_pair, index_value, shard_of
+from cluster_risk.keys import index_pair, index_value, shard_of
 from cluster_risk.remote import RemoteEngine, replay_batched
 from cluster_risk.replay import replay_lines
 from cluster_risk.state.redis import RedisStore
