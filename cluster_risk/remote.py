@@ -51,7 +51,6 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import date
 from itertools import islice
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
 
 from cluster_risk.calendar import TradingCalendar, calendar_for
 from cluster_risk.errors import UNKNOWN_TYPE, BatchError, ConfigError, EventError, RiskError
@@ -81,7 +80,7 @@ from cluster_risk.front import (
     unknown_order,
     verdict_action,
 )
-from cluster_risk.ids import index_pair, index_value, to_text
+from cluster_risk.keys import index_pair, index_value, scope_key, scope_values, to_text
 from cluster_risk.rules.base import BaseRule, DailyCapRule, Scope, WindowRule
 from cluster_risk.state.codes import DUPLICATE, RESET_RESUME, ROLLOVER, TICK_RESUME
 from cluster_risk.state.memory import SATURATED_SUM
@@ -102,16 +101,6 @@ WRONG_SHARD = "wrong_shard"  # a worker's dead letter: the event's account lives
 _MAX_BUCKET = 1 << 53
 _DAY_MS = 86_400_000
 _ERA = 1 << 22  # _Account.seen: era * _ERA + day (day ordinals stay below 2^22)
-_ESCAPE = {c: f"%{c:02X}" for c in [*range(32), 127, ord("%"), ord(":")]}
-
-
-def scope_key(values: Iterable[str]) -> str:
-    """The scope part of a key or field: values joined by ``:``, each percent-escaped."""
-    return ":".join(v.translate(_ESCAPE) for v in values)
-
-
-def scope_values(key: str) -> tuple[str, ...]:
-    return tuple(unquote(part) for part in key.split(":"))
 
 
 class _Rule(CompiledRule):

@@ -34,7 +34,7 @@ plan = {1, 0, accounts, pairs, groups, events, retention_days, ttl_ms, t0[, hint
               orders feed it, A}; A = 1 when the rule groups by account only
   accounts[a] account id
   pairs       flat, per (account, contract) pair p: a, its order-index value
-              "<#account>:<account><contract>" (opaque here: cluster_risk/ids.py), then its group g
+              "<#account>:<account><contract>" (opaque here: cluster_risk/keys.py), then its group g
               for each rule r; no groups when every rule groups by account only (A = 1): then
               each rule's group is the account's own, g = a
   groups[g]   a scope key, listed once even when several rules group by it: a pair's entry

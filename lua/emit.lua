@@ -58,7 +58,7 @@ local function scope_lt(p, q) -- p = {config index, values, ...}
 end
 
 -- an id's JSON string: cjson passes bytes >= 0x80 through, so a lone surrogate (sent by
--- Python as UTF-8 with surrogatepass: ED A0..BF 80..BF, cluster_risk/ids.py) would make the
+-- Python as UTF-8 with surrogatepass: ED A0..BF 80..BF, cluster_risk/keys.py) would make the
 -- action invalid UTF-8; it is written as the \uXXXX escape Python's json writes
 local function surrogate(b, c)
   return string.format('\\u%04x', 53248 + (string.byte(b) - 128) * 64 + string.byte(c) - 128) -- 0xD000 + ...

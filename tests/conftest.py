@@ -15,6 +15,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from cluster_risk.cluster.launcher import RedisProcess
+from cluster_risk.state.redis import RedisStore
+from tests.redis.servers import has_functions
+
 EXPECT_ENV = "CLUSTER_RISK_EXPECT_SERVER"
 
 
@@ -45,9 +49,6 @@ def expected_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     if not wanted:
         yield
         return
-    from cluster_risk.cluster.launcher import RedisProcess
-    from cluster_risk.state.redis import RedisStore
-    from tests.redis.servers import has_functions
 
     try:
         name, version = parse_expected(wanted)

@@ -4,6 +4,7 @@ threads (conformance) or processes (faults).  A missing redis-server fails, neve
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 from collections.abc import Callable, Iterator
@@ -122,8 +123,6 @@ def read_line(stream: IO[str] | None, what: str, timeout: float = 60) -> str:
 
 
 def lines(events: list[Any]) -> list[str]:
-    import json
-
     return [json.dumps(e) for e in events]
 
 

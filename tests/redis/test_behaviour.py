@@ -4,19 +4,23 @@ the in-memory engine (the executable spec), retention, duplicates, big ids, refu
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import fakeredis
 import pytest
 
 from cluster_risk import ConfigError, RiskEngine, build_config
+from cluster_risk.benchmark import SEED_CONFIG
 from cluster_risk.errors import EventError
 from cluster_risk.events import Order, Trade
 from cluster_risk.remote import BatchError, RemoteEngine, replay_batched, scope_key, scope_values
-from cluster_risk.replay import replay_events
+from cluster_risk.replay import replay_events, replay_lines
 from cluster_risk.rules import OrderRateLimitRule
 from cluster_risk.state.redis import RedisStore, StoreError
+from cluster_risk.wire import decode_event
 from tests.helpers import views
 from tests.redis import streams
 from tests.redis.conftest import Engine
@@ -155,10 +159,6 @@ def test_scope_keys_split_back_exactly(values: tuple[str, ...]) -> None:
 
 def test_replay_batched_prints_what_the_cli_prints(standalone: RedisServer) -> None:
     """Lines in, JSON records out: the same as cluster_risk.replay.replay_lines, errors included."""
-    import json
-
-    from cluster_risk.replay import replay_lines
-
     rules = streams.rules(3)
     lines = [json.dumps(e) for e in streams.stream(3)] + ["", "{not json", '{"type": "tick"}']
     expected = list(replay_lines(RiskEngine(rules, streams.CONTRACTS), lines))
@@ -172,11 +172,6 @@ def test_replay_batched_prints_what_the_cli_prints(standalone: RedisServer) -> N
 @pytest.mark.parametrize("backend", REMOTE, indirect=True)
 def test_apply_shard_with_the_callers_own_script_call(make_engine: Callable[..., Engine]) -> None:
     """The hook a cluster worker uses: it plans, the caller sends (here: plain apply.lua)."""
-    import json
-    from pathlib import Path
-
-    from cluster_risk.wire import decode_event
-
     case = json.loads((Path(__file__).parents[1] / "conformance" / "cases" / "case-12.json").read_text())
     engine = make_engine(case["config"], num_shards=1)
     assert isinstance(engine, RemoteEngine)
@@ -215,8 +210,6 @@ def test_a_scope_key_shared_by_rules_is_planned_once() -> None:
     key once, and its pairs list no group (each rule's group is the pair's account). With a
     rule that groups otherwise, a pair lists each rule's group; rules that share a scope key
     point at one entry (the script tells the rules apart)."""
-    from cluster_risk.benchmark import SEED_CONFIG
-
     engine = RemoteEngine.from_config(build_config(SEED_CONFIG), RedisStore(fakeredis.FakeRedis(), num_shards=1))
     orders = [Order(i + 1, f"A{i % 3}", "T2303", "BID", 1.0, 1, 1_795_000_000_000_000_000 + i) for i in range(6)]
     plan = engine.plan_shard(0, orders).plan

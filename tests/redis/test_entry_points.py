@@ -9,9 +9,11 @@ from pathlib import Path
 
 from cluster_risk import RiskEngine, build_config
 from cluster_risk.engines import open_engine
+from cluster_risk.errors import EventError
 from cluster_risk.remote import RemoteEngine
 from cluster_risk.replay import replay_events
 from cluster_risk.state.redis import RedisStore
+from cluster_risk.wire import decode_event
 from tests.helpers import views
 from tests.redis.servers import RedisServer
 
@@ -61,8 +63,6 @@ def test_risk_engine_with_a_store_decides_as_in_memory(standalone: RedisServer) 
 def test_process_batch_is_the_same_in_memory_and_in_redis(standalone: RedisServer) -> None:
     standalone.client().flushall()
     case = _case(9)
-    from cluster_risk.errors import EventError
-    from cluster_risk.wire import decode_event
 
     events = []
     for obj in case["events"]:  # type: ignore[attr-defined]
