@@ -56,12 +56,12 @@ local OLD_HEADER = '<BI7I4I7I4I4I4I4' -- the earlier format's, after "<n>|": p, 
 local ENTRY = '^(%d+):?(%d*),()'
 -- A spill moves HOT_MAX - HOT_KEEP = 32 entries; a small HOT_KEEP keeps the hot value short
 -- between spills (Redis's Lua hashes every byte of every string it makes: each hit makes the
--- value three times over). 40/8 against 48/16: -1% instructions per event on the seed workload.
+-- value three times over); 40/8 makes fewer instructions per event than larger bounds.
 local HOT_MAX, HOT_KEEP = 40, 8
 
 -- The text of a one-hit bucket for small gaps (formatting a number is slow in Lua: sprintf).
--- Written out, since this file runs on every script call: a loop of 64 concatenations cost
--- ~130k instructions per call, a sixth of a one-event batch.
+-- Written out, since this file runs on every script call: a loop of 64 concatenations would be
+-- a large share of a one-event call.
 local GAP = {
   '1,', '2,', '3,', '4,', '5,', '6,', '7,', '8,', '9,', '10,', '11,', '12,', '13,', '14,', '15,',
   '16,', '17,', '18,', '19,', '20,', '21,', '22,', '23,', '24,', '25,', '26,', '27,', '28,',

@@ -208,8 +208,8 @@ class _Batch:
 
 def _tune_gc() -> None:
     """Every batch allocates thousands of short-lived objects; with the default thresholds the
-    collector ran every 700 of them and often walked the engine's long-lived state (about 40%
-    of a worker's CPU here).  The objects of start-up are frozen, and collections are rarer."""
+    collector ran every 700 of them and often walked the engine's long-lived state (then the
+    largest share of a worker's CPU).  The objects of start-up are frozen, and collections are rarer."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(max(gc.get_threshold()[0], 20_000), 20, 100)
