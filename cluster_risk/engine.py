@@ -18,14 +18,13 @@ from datetime import date
 from typing import TYPE_CHECKING, Any
 
 from cluster_risk.calendar import TradingCalendar, calendar_for
-from cluster_risk.errors import UNKNOWN_ORDER, BatchError, ConfigError, EventError, RiskError
+from cluster_risk.errors import BatchError, ConfigError, EventError
 from cluster_risk.events import (
     MAX_ID,
     MAX_INT_PRICE,
     MAX_TIMESTAMP,
     MAX_VOLUME,
     Action,
-    ActionType,
     Direction,
     Event,
     Order,
@@ -36,76 +35,49 @@ from cluster_risk.events import (
     check_timestamp,
     check_trade,
 )
-from cluster_risk.rules.base import BaseRule, DailyCapRule, Scope, StatelessRule, WindowRule
+from cluster_risk.front import (
+    DAILY,
+    WINDOW,
+    CompiledRule,
+    DayMemo,
+    compile_rules,
+    enriched_ids,
+    rule_action,
+    rule_and_key,
+    verdict_action,
+)
+from cluster_risk.rules.base import BaseRule, DailyCapRule, Scope, WindowRule
+from cluster_risk.state.codes import PAUSE, RESET_RESUME, RESUME, ROLLOVER
 from cluster_risk.state.memory import PAUSED, RESUMED, DailySum, IdRetention, SlidingWindow
 
 if TYPE_CHECKING:
     from cluster_risk.config import TradingDay
-    from cluster_risk.state.redis import RedisStore
-
-# With a store, these methods are the store-backed engine's (same results, state in Redis).
-_DELEGATED = (
-    "process",
-    "process_order",
-    "process_trade",
-    "tick",
-    "reset_daily",
-    "process_many",
-    "process_batch",
-    "apply_batch",
-)
 
 __all__ = ["RiskEngine"]
 
-_WINDOW, _DAILY, _STATELESS = 0, 1, 2
 _BID, _ASK = Direction.BID, Direction.ASK
 _SIDES = frozenset(("BID", "ASK"))
 _SMALL = (1 << 30) - 1  # CPython compares ints up to this bound on its fastest path
 _NO_DAY = -1
 
 
-class _RuleSlot:
-    """A rule plus the engine's bookkeeping for it: its groups and which are paused."""
+class _RuleSlot(CompiledRule):
+    """A compiled rule plus this executor's state for it: its groups and which are paused."""
 
-    __slots__ = ("counts_every_order", "groups", "index", "judges_trades", "kind", "on_orders", "paused", "rule")
+    __slots__ = ("groups", "paused")
 
     def __init__(self, index: int, rule: BaseRule) -> None:
-        self.index = index
-        self.rule = rule
+        super().__init__(index, rule)
         self.groups: dict[tuple[str, ...], Any] = {}
         self.paused: set[Any] = set()
-        if isinstance(rule, WindowRule):
-            self.kind = _WINDOW
-        elif isinstance(rule, DailyCapRule):
-            self.kind = _DAILY
-        elif isinstance(rule, StatelessRule):
-            self.kind = _STATELESS
-        else:
-            raise ConfigError(f"rule {rule.name!r}: subclass StatelessRule, WindowRule or DailyCapRule")
-        cls = type(rule)
-        # Built-in behaviour needs no call per event; an override does.
-        self.counts_every_order = getattr(cls, "counts_order", None) is WindowRule.counts_order
-        overrides_order_amount = (
-            getattr(cls, "order_amount", DailyCapRule.order_amount) is not DailyCapRule.order_amount
-        )
-        judges_orders = getattr(cls, "evaluate_order", StatelessRule.evaluate_order) is not StatelessRule.evaluate_order
-        self.on_orders = self.kind == _WINDOW or overrides_order_amount or judges_orders
-        self.judges_trades = (
-            getattr(cls, "evaluate_trade", StatelessRule.evaluate_trade) is not StatelessRule.evaluate_trade
-        )
-
-    def scope_of(self, key: tuple[str, ...]) -> dict[str, str]:
-        return dict(zip(self.rule.dimensions, key, strict=True))
 
 
-class _Account:
-    __slots__ = ("account_id", "contexts", "daily_paused", "day", "day_hi", "day_lo")
+class _Account(DayMemo):
+    __slots__ = ("account_id", "contexts", "daily_paused")
 
     def __init__(self, account_id: str) -> None:
+        super().__init__(_NO_DAY)
         self.account_id = account_id
-        self.day = _NO_DAY
-        self.day_lo = 0  # [day_lo, day_hi): the instants of trading day `day`
-        self.day_hi = 0
         self.contexts: dict[str, _Context] = {}
         self.daily_paused: list[tuple[_RuleSlot, DailySum]] = []
 
@@ -143,32 +115,16 @@ class RiskEngine:
         trading_day: TradingDay | TradingCalendar | None = None,
         *,
         id_retention_days: int = 7,
-        store: RedisStore | None = None,
     ) -> None:
-        """``store=RedisStore.from_url(url)`` keeps the state in Redis instead of this process
-        (:class:`cluster_risk.remote.RemoteEngine` does the work; the API and the actions are
-        the same, plus one script call per shard for :meth:`process_batch`)."""
-        self.store = store
-        if store is not None:
-            from cluster_risk.remote import RemoteEngine
-
-            self.remote: RemoteEngine | None = RemoteEngine(
-                rules, contract_to_product, trading_day, store=store, id_retention_days=id_retention_days
-            )
-            for name in _DELEGATED:  # instance attributes win over the in-memory methods: no cost per call
-                setattr(self, name, getattr(self.remote, name))
-        else:
-            self.remote = None
+        """With the state in Redis instead: :func:`cluster_risk.engines.open_engine` (the
+        same API and the same actions, plus one script call per shard for
+        :meth:`process_batch`)."""
         if id_retention_days < 1:
             raise ConfigError("id_retention_days: must be at least 1 (the contract keeps the previous day)")
-        names = [rule.name for rule in rules]
-        duplicates = sorted({name for name in names if names.count(name) > 1})
-        if duplicates:
-            raise ConfigError(f"rule names must be unique; repeated: {', '.join(duplicates)}")
         self.rules: tuple[BaseRule, ...] = tuple(rules)
         self.contract_to_product: dict[str, str] = dict(contract_to_product or {})
         self.calendar = calendar_for(trading_day)
-        self._slots = [_RuleSlot(i, rule) for i, rule in enumerate(self.rules)]
+        self._slots = compile_rules(self.rules, _RuleSlot)
         self._accounts: dict[str, _Account] = {}
         self._contexts: dict[str, dict[str, _Context]] = {}  # account -> contract -> context
         # oid -> context (dedup and trade enrichment) and seen tids, forgotten after
@@ -188,14 +144,14 @@ class RiskEngine:
         }
 
     @classmethod
-    def from_config(cls, config: Any, store: RedisStore | None = None) -> RiskEngine:
-        """Build from :func:`cluster_risk.config.build_config`'s result."""
+    def from_config(cls, config: Any) -> RiskEngine:
+        """Build from :func:`cluster_risk.config.build_config`'s result (in process; any
+        executor: :func:`cluster_risk.engines.open_engine`)."""
         return cls(
             config.rules,
             config.contract_to_product,
             config.trading_day,
             id_retention_days=config.id_retention_days,
-            store=store,
         )
 
     # ------------------------------------------------------------------ events
@@ -237,7 +193,7 @@ class RiskEngine:
         try:
             ctx: _Context | None = self._contexts[order.account_id][order.contract_id]
             account = ctx.account  # type: ignore[union-attr]
-            in_day = account.day_lo <= t < account.day_hi
+            in_day = account.lo <= t < account.hi
         except (KeyError, TypeError):
             check_order(order)
             ctx = None
@@ -249,7 +205,7 @@ class RiskEngine:
         if ctx is None:
             ctx = self._context(order.account_id, order.contract_id)
             account = ctx.account
-            in_day = account.day_lo <= t < account.day_hi
+            in_day = account.lo <= t < account.hi
         actions = [] if in_day else self._advance(account, t)[1]
         self._orders[oid] = ctx
         window = ctx.window
@@ -271,22 +227,22 @@ class RiskEngine:
         """Rules other than plain window counters: user rules with per-order hooks."""
         account = ctx.account
         t = order.timestamp
-        day = account.day if account.day_lo <= t < account.day_hi else self.calendar.day_of(t)
+        day = account.day if account.lo <= t < account.hi else self.calendar.day_of(t)
         for slot, group in ctx.order_steps:
             kind = slot.kind
-            if kind == _WINDOW:
+            if kind == WINDOW:
                 if slot.counts_every_order or slot.rule.counts_order(order):  # type: ignore[attr-defined]
                     code = group.hit(t)
                     if code:
                         actions.append(self._window_action(slot, group, code, t))
-            elif kind == _DAILY:
+            elif kind == DAILY:
                 amount = slot.rule.order_amount(order)  # type: ignore[attr-defined]
                 if amount is not None:
                     self._add_daily(slot, group, account, day, amount, t, actions)
             else:
                 verdict = slot.rule.evaluate_order(order, ctx.scope)  # type: ignore[attr-defined]
                 if verdict is not None:
-                    actions.append(self._verdict_action(slot, ctx.scope, verdict, t))
+                    actions.append(verdict_action(slot, ctx.scope, verdict, t))
 
     def process_trade(self, trade: Trade) -> list[Action]:
         tid = trade.tid
@@ -315,7 +271,7 @@ class RiskEngine:
         ctx = self._orders.get(oid) if account_id is None and contract_id is None else None
         if ctx is not None:
             account = ctx.account
-            in_day = account.day_lo <= t < account.day_hi
+            in_day = account.lo <= t < account.hi
         else:
             in_day = False
         if not in_day and not 0 <= t < MAX_TIMESTAMP:
@@ -325,7 +281,7 @@ class RiskEngine:
         if ctx is None:
             ctx = self._enrich(trade)  # read-only until here; may raise unknown_order
             account = ctx.account
-            in_day = account.day_lo <= t < account.day_hi
+            in_day = account.lo <= t < account.hi
         if in_day:
             actions: list[Action] = []
             day = account.day
@@ -350,14 +306,14 @@ class RiskEngine:
         for slot, _ in ctx.trade_steps:
             verdict = slot.rule.evaluate_trade(trade, ctx.scope)  # type: ignore[attr-defined]
             if verdict is not None:
-                actions.append(self._verdict_action(slot, ctx.scope, verdict, trade.timestamp))
+                actions.append(verdict_action(slot, ctx.scope, verdict, trade.timestamp))
 
     def tick(self, now_ns: int | None = None) -> list[Action]:
         """Time-driven checks at ``now_ns`` (default: the wall clock): rollover, then resumes."""
         now = time.time_ns() if now_ns is None else check_timestamp(now_ns)
         actions = self._advance_clock(now)
         for slot in self._slots:
-            if slot.kind != _WINDOW or not slot.paused:
+            if slot.kind != WINDOW or not slot.paused:
                 continue
             for group in sorted(slot.paused, key=_group_key):
                 if group.try_resume(now) == RESUMED:
@@ -380,13 +336,13 @@ class RiskEngine:
         actions = self._advance_clock(now)
         day = self.calendar.day_of(now)
         for slot in self._slots:
-            if slot.kind != _DAILY:
+            if slot.kind != DAILY:
                 continue
             for group in slot.groups.values():
                 group.zero(day)
             for group in sorted(slot.paused, key=_group_key):
                 group.paused = False
-                actions.append(self._daily_action(slot, group, RESUMED, now, 0, "manual daily reset"))
+                actions.append(rule_action(slot, RESET_RESUME, slot.scope_of(group.key), now, 0))
             slot.paused.clear()
         for known in self._accounts.values():
             known.daily_paused.clear()
@@ -400,7 +356,7 @@ class RiskEngine:
         actions = self._advance(account, now)[1]
         day = self.calendar.day_of(now)
         for slot in self._slots:
-            if slot.kind != _DAILY:
+            if slot.kind != DAILY:
                 continue
             for group in slot.groups.values():
                 if group.account == account_id:
@@ -408,7 +364,7 @@ class RiskEngine:
             for group in sorted((g for g in slot.paused if g.account == account_id), key=_group_key):
                 group.paused = False
                 slot.paused.discard(group)
-                actions.append(self._daily_action(slot, group, RESUMED, now, 0, "manual daily reset"))
+                actions.append(rule_action(slot, RESET_RESUME, slot.scope_of(group.key), now, 0))
         account.daily_paused.clear()
         return actions
 
@@ -440,8 +396,6 @@ class RiskEngine:
 
     def paused_scopes(self) -> list[tuple[str, dict[str, str]]]:
         """Every (rule name, scope) currently paused, in rule order then scope order."""
-        if self.remote is not None:
-            return self.remote.paused_scopes()
         return [
             (slot.rule.name, slot.scope_of(group.key))
             for slot in self._slots
@@ -450,14 +404,12 @@ class RiskEngine:
 
     def window_count(self, rule: str, scope: Mapping[str, str]) -> int:
         """A window rule's count for ``scope`` at the group's own high-water time."""
-        self._in_memory_only()
         slot, key = self._slot_and_key(rule, scope)
         group = slot.groups.get(key)
         return 0 if group is None else int(group.count())
 
     def daily_sum(self, rule: str, scope: Mapping[str, str], day: date | None = None) -> float:
         """A daily rule's sum for ``scope`` on ``day`` (default: that scope's current day)."""
-        self._in_memory_only()
         slot, key = self._slot_and_key(rule, scope)
         group = slot.groups.get(key)
         if group is None:
@@ -470,7 +422,6 @@ class RiskEngine:
 
     def memory_entries(self) -> dict[str, int]:
         """Sizes of the structures that grow with traffic (for tests and ops)."""
-        self._in_memory_only()
         return {
             "orders": len(self._orders),
             "trades": len(self._trades),
@@ -480,18 +431,8 @@ class RiskEngine:
 
     # ------------------------------------------------------------------ internals
 
-    def _in_memory_only(self) -> None:
-        if self.remote is not None:
-            raise RiskError("this inspection reads in-process state; with a Redis store read the keys (README)")
-
     def _slot_and_key(self, rule: str, scope: Mapping[str, str]) -> tuple[_RuleSlot, tuple[str, ...]]:
-        for slot in self._slots:
-            if slot.rule.name == rule:
-                try:
-                    return slot, tuple(scope[dim] for dim in slot.rule.dimensions)
-                except KeyError as exc:
-                    raise KeyError(f"rule {rule!r} needs scope values for {slot.rule.dimensions}") from exc
-        raise KeyError(f"no rule named {rule!r}")
+        return rule_and_key(self._slots, rule, scope)
 
     def _context(self, account_id: str, contract: str) -> _Context:
         account = self._accounts.get(account_id) or self._account(account_id)
@@ -507,15 +448,8 @@ class RiskEngine:
             self._contexts[account_id] = account.contexts
         return account
 
-    @staticmethod
-    def _set_range(account: _Account, day: int, lo: int, hi: int) -> None:
-        # Clamped to the valid timestamps, so "inside the range" also proves "valid".
-        account.day = day
-        account.day_lo = max(lo, 0)
-        account.day_hi = min(hi, MAX_TIMESTAMP)
-
     def _set_day(self, account: _Account, day: int) -> None:
-        self._set_range(account, day, self.calendar.start_of(day), self.calendar.start_of(day + 1))
+        account.set_range(day, self.calendar.start_of(day), self.calendar.start_of(day + 1))
 
     def _new_context(self, account: _Account, contract: str) -> _Context:
         scope = Scope(account.account_id, contract, self.contract_to_product.get(contract, contract))
@@ -532,7 +466,7 @@ class RiskEngine:
             if slot.judges_trades:
                 trade_steps.append((slot, group))
         first = order_steps[0][0] if order_steps else None
-        if first is not None and first.kind == _WINDOW and first.counts_every_order:
+        if first is not None and first.kind == WINDOW and first.counts_every_order:
             # The first rule on orders is a plain window counter: process_order inlines it.
             ctx.window_slot, ctx.window = order_steps.pop(0)
         ctx.daily_adds = tuple(daily_adds)
@@ -560,17 +494,10 @@ class RiskEngine:
     def _enrich(self, trade: Trade) -> _Context:
         """The trade's (account, contract): explicit fields win over the order index."""
         indexed = self._orders.get(trade.oid)
-        account_id = trade.account_id
-        contract = trade.contract_id
-        if indexed is not None:
-            if account_id is None and contract is None:
-                return indexed
-            account_id = account_id or indexed.account.account_id
-            contract = contract or indexed.scope.contract
-        if account_id is None or contract is None:
-            missing = "account_id" if account_id is None else "contract_id"
-            raise EventError(UNKNOWN_ORDER, "oid", f"oid {trade.oid} was never seen and the trade has no {missing}")
-        return self._context(account_id, contract)
+        if indexed is not None and trade.account_id is None and trade.contract_id is None:
+            return indexed
+        pair = None if indexed is None else (indexed.account.account_id, indexed.scope.contract)
+        return self._context(*enriched_ids(trade, pair))
 
     def _advance(self, account: _Account, t: int) -> tuple[int, list[Action]]:
         """Slow path: ``t`` is outside the account's current day.  Returns the event's day and
@@ -583,7 +510,7 @@ class RiskEngine:
             self._new_latest_day(day, lifted)
         lifted.extend(account.daily_paused)
         account.daily_paused.clear()
-        self._set_range(account, day, lo, hi)
+        account.set_range(day, lo, hi)
         return day, self._rollover_actions(lifted, day, lo)
 
     def _new_latest_day(self, day: int, lifted: list[tuple[_RuleSlot, DailySum]]) -> None:
@@ -618,8 +545,7 @@ class RiskEngine:
         for slot, group in lifted:
             group.paused = False
             slot.paused.discard(group)
-            reason = f"trading day rolled over to {date.fromordinal(day).isoformat()}"
-            actions.append(self._daily_action(slot, group, RESUMED, start_ns, group.sum_on(day), reason))
+            actions.append(rule_action(slot, ROLLOVER, slot.scope_of(group.key), start_ns, group.sum_on(day), day))
         return actions
 
     def _add_daily(
@@ -636,31 +562,15 @@ class RiskEngine:
             account.daily_paused.append((slot, group))
         else:
             self._floating_paused.append((slot, group))
-        reason = f"daily {getattr(slot.rule, 'metric', 'sum')} {group.total} > cap {group.cap}"
-        return self._daily_action(slot, group, PAUSED, t, group.total, reason)
+        return rule_action(slot, PAUSE, slot.scope_of(group.key), t, group.total)
 
-    def _window_action(self, slot: _RuleSlot, group: SlidingWindow, code: int, t: int) -> Action:
-        n = group.count_at(t) if code == RESUMED else group.count()
-        rule = slot.rule
-        assert isinstance(rule, WindowRule)
+    @staticmethod
+    def _window_action(slot: _RuleSlot, group: SlidingWindow, code: int, t: int) -> Action:
         if code == PAUSED:
             slot.paused.add(group)
-            kind, reason = ActionType.PAUSE_ORDER, f"{n} orders in {rule.window_ns} ns > threshold {rule.threshold}"
-        else:
-            slot.paused.discard(group)
-            kind = ActionType.RESUME_ORDER
-            reason = f"{n} orders in {rule.window_ns} ns <= resume threshold {rule.resume_threshold}"
-        return Action(kind, rule.name, slot.scope_of(group.key), t, n, rule.threshold, reason)
-
-    @staticmethod
-    def _daily_action(slot: _RuleSlot, group: DailySum, code: int, t: int, value: float, reason: str) -> Action:
-        kind = ActionType.PAUSE_ORDER if code == PAUSED else ActionType.RESUME_ORDER
-        return Action(kind, slot.rule.name, slot.scope_of(group.key), t, value, group.cap, reason)
-
-    @staticmethod
-    def _verdict_action(slot: _RuleSlot, scope: Scope, verdict: Any, t: int) -> Action:
-        key = slot.rule.scope_key(scope)
-        return Action(verdict.type, slot.rule.name, slot.scope_of(key), t, verdict.value, verdict.limit, verdict.reason)
+            return rule_action(slot, PAUSE, slot.scope_of(group.key), t, group.count())
+        slot.paused.discard(group)
+        return rule_action(slot, RESUME, slot.scope_of(group.key), t, group.count_at(t))
 
 
 def _group_key(group: Any) -> tuple[str, ...]:

@@ -1,30 +1,50 @@
-"""Every error this package raises derives from one root, :class:`RiskError`.
+"""Every error this package raises derives from one root, :class:`RiskError`, and every one is
+defined here.
 
 ::
 
     RiskError
     ├── ConfigError          an unusable engine config (names the place: ``rules[1].daily_cap``)
-    └── EventError           a rejected event; carries the contract's ``code`` and ``field``
-        │                    (codes: invalid_field, unknown_order, unknown_type, invalid_json)
-        └── BatchError       some events of a batch were rejected; the valid ones were applied
+    ├── EventError           a rejected event; carries the contract's ``code`` and ``field``
+    │   │                    (codes: invalid_field, unknown_order, unknown_type, invalid_json)
+    │   └── BatchError       some events of a batch were rejected; the valid ones were applied
+    ├── StoreError           Redis failed or refused a store's batch (names the shard, what to do)
+    ├── DeploymentError      this process disagrees with the deployment stored in Redis
+    │   └── ConfigDrift      ... about the engine config (not the one the deployment stored)
+    └── ShardLost            a worker's apply script refused a batch (lost, fenced, gap, ...);
+                             also a ``redis.RedisError``, which the worker's loop catches
 
 ``ConfigError`` and ``EventError`` are also ``ValueError`` so that callers who only know the
 standard library still catch them.  A rejected event never changes engine state.
+``StoreError`` is raised by :mod:`cluster_risk.state.redis`, ``DeploymentError`` and
+``ConfigDrift`` by :mod:`cluster_risk.cluster.shards`, ``ShardLost`` by
+:mod:`cluster_risk.cluster.worker` (those modules re-export them).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any, TypeVar
 
-if TYPE_CHECKING:
-    from cluster_risk.events import Action
+from redis.exceptions import RedisError
 
-__all__ = ["BatchError", "ConfigError", "EventError", "RiskError"]
+__all__ = [
+    "BatchError",
+    "ConfigDrift",
+    "ConfigError",
+    "DeploymentError",
+    "EventError",
+    "RiskError",
+    "ShardLost",
+    "StoreError",
+]
+
+_Action = TypeVar("_Action")  # cluster_risk.events.Action (errors imports no other module of the package)
 
 INVALID_FIELD = "invalid_field"
 UNKNOWN_ORDER = "unknown_order"
 UNKNOWN_TYPE = "unknown_type"
 INVALID_JSON = "invalid_json"
+INTERNAL_ERROR = "internal_error"  # a worker's dead letter for an entry that met a bug (logged with its traceback)
 
 
 class RiskError(Exception):
@@ -65,16 +85,16 @@ class BatchError(EventError):
     ``errors`` lists ``(index, EventError)``; ``actions`` holds every action of the batch.
     The code and field are those of the first rejected event."""
 
-    def __init__(self, errors: list[tuple[int, EventError]], actions: list[Action]) -> None:
+    def __init__(self, errors: list[tuple[int, EventError]], actions: list[Any]) -> None:
         index, first = errors[0]
         super().__init__(first.code, first.field, f"event {index}: {first.detail}")
         self.errors = errors
-        self.actions = actions
+        self.actions = actions  # cluster_risk.events.Action
 
     @classmethod
-    def collect(cls, outcomes: list[list[Action] | EventError]) -> list[Action]:
+    def collect(cls, outcomes: list[list[_Action] | EventError]) -> list[_Action]:
         """Every action of a batch's outcomes, in order; raise this error if any were rejected."""
-        actions: list[Action] = []
+        actions: list[_Action] = []
         errors: list[tuple[int, EventError]] = []
         for index, outcome in enumerate(outcomes):
             if isinstance(outcome, EventError):
@@ -84,3 +104,27 @@ class BatchError(EventError):
         if errors:
             raise cls(errors, actions)
         return actions
+
+
+class StoreError(RiskError):
+    """Redis failed or refused a batch; the message says which shard and what to do."""
+
+
+class DeploymentError(RiskError):
+    """This process disagrees with the deployment stored in Redis (e.g. another shard count)."""
+
+
+class ConfigDrift(DeploymentError):
+    """This process's engine config is not the one the deployment stored at its first start."""
+
+
+class ShardLost(RiskError, RedisError):
+    """The apply script refused a batch (``lost``, ``fenced``, ``gap``, ``stale``, ``conflict``).
+
+    Also a :class:`redis.RedisError`: the worker's loop handles it where it handles Redis
+    failures (the shard is released and retried)."""
+
+    def __init__(self, shard: int, status: str, detail: str) -> None:
+        super().__init__(f"shard {shard}: batch refused ({status}, {detail})")
+        self.shard = shard
+        self.status = status

@@ -51,13 +51,11 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import date
 from itertools import islice
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
 
 from cluster_risk.calendar import TradingCalendar, calendar_for
-from cluster_risk.errors import UNKNOWN_ORDER, UNKNOWN_TYPE, BatchError, ConfigError, EventError, RiskError
+from cluster_risk.errors import UNKNOWN_TYPE, BatchError, ConfigError, EventError, RiskError
 from cluster_risk.events import (
     Action,
-    ActionType,
     Event,
     Order,
     ResetDaily,
@@ -69,8 +67,22 @@ from cluster_risk.events import (
     order_ok,
     trade_ok,
 )
-from cluster_risk.ids import index_pair, index_value, to_text
-from cluster_risk.rules.base import BaseRule, DailyCapRule, Scope, StatelessRule, WindowRule
+from cluster_risk.front import (
+    DAILY,
+    STATELESS,
+    WINDOW,
+    CompiledRule,
+    DayMemo,
+    compile_rules,
+    enriched_ids,
+    rule_action,
+    rule_and_key,
+    unknown_order,
+    verdict_action,
+)
+from cluster_risk.keys import index_pair, index_value, scope_key, scope_values, to_text
+from cluster_risk.rules.base import BaseRule, DailyCapRule, Scope, WindowRule
+from cluster_risk.state.codes import DUPLICATE, RESET_RESUME, ROLLOVER, TICK_RESUME
 from cluster_risk.state.memory import SATURATED_SUM
 from cluster_risk.state.redis import RedisStore, StoreError
 from cluster_risk.wire import decode_event, decode_line
@@ -85,42 +97,22 @@ KnownIds = tuple[set[str], dict[str, str]]  # index fields asked, and the values
 ShardSender = Callable[[bytes, Sequence[int], Mapping[int, Scope], Sequence[Outcome]], tuple[str, Any]]
 _Item = tuple[int, Event, "_Context | None", str]  # (batch index, event, context, oid to verify)
 
-_DUP, _PAUSE, _RESUME, _ROLL, _TICK, _RESET = 1, 2, 3, 4, 5, 6
 WRONG_SHARD = "wrong_shard"  # a worker's dead letter: the event's account lives on another shard
 _MAX_BUCKET = 1 << 53
 _DAY_MS = 86_400_000
 _ERA = 1 << 22  # _Account.seen: era * _ERA + day (day ordinals stay below 2^22)
-_ESCAPE = {c: f"%{c:02X}" for c in [*range(32), 127, ord("%"), ord(":")]}
 
 
-def scope_key(values: Iterable[str]) -> str:
-    """The scope part of a key or field: values joined by ``:``, each percent-escaped."""
-    return ":".join(v.translate(_ESCAPE) for v in values)
+class _Rule(CompiledRule):
+    """A compiled rule as the script sees it: stateful ones get ``lua``, their index in the
+    script's rules (from 1, in config order)."""
 
+    __slots__ = ("bucket_ns", "lua")
 
-def scope_values(key: str) -> tuple[str, ...]:
-    return tuple(unquote(part) for part in key.split(":"))
-
-
-class _Rule:
-    """A stateful rule as the script sees it (index ``lua`` from 1, in config order)."""
-
-    __slots__ = ("bucket_ns", "every_order", "index", "kind", "lua", "order_amount", "rule")
-
-    def __init__(self, index: int, lua: int, rule: WindowRule | DailyCapRule) -> None:
-        self.index = index
-        self.lua = lua
-        self.rule = rule
-        self.kind = "w" if isinstance(rule, WindowRule) else "d"
+    def __init__(self, index: int, rule: BaseRule) -> None:
+        super().__init__(index, rule)
+        self.lua = 0
         self.bucket_ns = rule.bucket_ns if isinstance(rule, WindowRule) else 0
-        cls = type(rule)
-        self.every_order = getattr(cls, "counts_order", None) is WindowRule.counts_order
-        self.order_amount = getattr(cls, "order_amount", DailyCapRule.order_amount) is not DailyCapRule.order_amount
-
-    @property
-    def by_account(self) -> bool:
-        """Whether the rule's group is the account's own."""
-        return tuple(self.rule.dimensions) == ("account",)
 
     def header(self, escaped_name: str) -> list[Any]:
         rule = self.rule
@@ -129,16 +121,16 @@ class _Rule:
             K = rule.window_ns // rule.bucket_ns  # the contract's name
             return ["w", escaped_name, K, rule.threshold, rule.resume_threshold, 1, by_account]
         assert isinstance(rule, DailyCapRule)
-        return ["d", escaped_name, rule.daily_cap, 0, 0, 1 if self.order_amount else 0, by_account]
+        return ["d", escaped_name, rule.daily_cap, 0, 0, 1 if self.overrides_order_amount else 0, by_account]
 
 
-class _Account:
-    __slots__ = ("day", "hi", "id", "lo", "local", "seen", "shard", "stamp")
+class _Account(DayMemo):
+    __slots__ = ("id", "local", "seen", "shard", "stamp")
 
     def __init__(self, account_id: str, shard: int) -> None:
+        super().__init__(0)  # the trading-day memo
         self.id = account_id
         self.shard = shard
-        self.day = self.lo = self.hi = 0  # [lo, hi): the instants of trading day `day` (a memo)
         self.stamp = -1  # plan the account was last entered in, and its index there
         self.local = 0
         # era * _ERA + a day the account had an event on, in a batch of this engine's that
@@ -274,13 +266,9 @@ class RemoteEngine:
         self.store = store
         self.id_retention_days = id_retention_days
         self._stateful: list[_Rule] = []
-        self._stateless: list[tuple[int, StatelessRule]] = []
-        names = [rule.name for rule in self.rules]
-        duplicates = sorted({name for name in names if names.count(name) > 1})
-        if duplicates:
-            raise ConfigError(f"rule names must be unique; repeated: {', '.join(duplicates)}")
-        for i, rule in enumerate(self.rules):
-            self._add_rule(i, rule)
+        self._stateless: list[_Rule] = []
+        for compiled in compile_rules(self.rules, _Rule):
+            self._add_rule(compiled)
         self._header = [r.header(scope_key([r.rule.name])) for r in self._stateful]
         self._by_account = all(r.by_account for r in self._stateful)
         self._constants: bytes | None = None  # constants(), encoded on first use (the codec is the server's)
@@ -293,11 +281,11 @@ class RemoteEngine:
         self._groups: dict[str, _Group] = {}
         # The rules an order / a trade feeds, in the order the plan lists their values
         # (apply.lua's header); the same for every context.
-        self._order_rules = [r for r in self._stateful if r.kind == "w" or r.order_amount]
+        self._order_rules = [r for r in self._stateful if r.kind == WINDOW or r.overrides_order_amount]
         self._trade_rules = [r.rule for r in self._stateful if isinstance(r.rule, DailyCapRule)]
         # When the only order rule is a window counting every order (the usual case), an
         # order's one value is its bucket: planned inline, without per-rule dispatch.
-        plain = [r.bucket_ns for r in self._order_rules if r.kind == "w" and r.every_order]
+        plain = [r.bucket_ns for r in self._order_rules if r.kind == WINDOW and r.counts_every_order]
         self._order_bucket = plain[0] if len(plain) == len(self._order_rules) == 1 else None
         self._next: dict[int, int] | None = None  # per shard: the number of its next batch
         # apply.lua's account hints (_hints): what this engine's applied batches showed, valid
@@ -307,25 +295,23 @@ class RemoteEngine:
         self._known: KnownIds | None = None  # look-ups done beforehand (plan_shard)
         self._stamp = 0
 
-    def _add_rule(self, i: int, rule: BaseRule) -> None:
+    def _add_rule(self, compiled: _Rule) -> None:
+        i, rule = compiled.index, compiled.rule
         if "account" not in rule.dimensions:
             raise ConfigError(
                 f"rules[{i}].dimensions: must include 'account' with a Redis store "
                 f"(events are sharded by account); rule {rule.name!r} has {list(rule.dimensions)}"
             )
-        if isinstance(rule, WindowRule):
-            if rule.bucket_ns < 1024:
-                raise ConfigError(
-                    f"rules[{i}].bucket_ns: must be at least 1024 with a Redis store "
-                    f"(bucket indices must be exact in Lua's doubles); got {rule.bucket_ns}"
-                )
-            self._stateful.append(_Rule(i, len(self._stateful) + 1, rule))
-        elif isinstance(rule, DailyCapRule):
-            self._stateful.append(_Rule(i, len(self._stateful) + 1, rule))
-        elif isinstance(rule, StatelessRule):
-            self._stateless.append((i, rule))
+        if isinstance(rule, WindowRule) and rule.bucket_ns < 1024:
+            raise ConfigError(
+                f"rules[{i}].bucket_ns: must be at least 1024 with a Redis store "
+                f"(bucket indices must be exact in Lua's doubles); got {rule.bucket_ns}"
+            )
+        if compiled.kind == STATELESS:
+            self._stateless.append(compiled)
         else:
-            raise ConfigError(f"rule {rule.name!r}: subclass StatelessRule, WindowRule or DailyCapRule")
+            self._stateful.append(compiled)
+            compiled.lua = len(self._stateful)
 
     @classmethod
     def from_config(cls, config: Any, store: RedisStore) -> RemoteEngine:
@@ -474,7 +460,7 @@ class RemoteEngine:
         index = batch.plan.positions[pos - 1]
         trade = next(item[1] for item in batch.items if item[0] == index)
         assert isinstance(trade, Trade)
-        batch.outcomes[index] = _unknown_order(trade)
+        batch.outcomes[index] = unknown_order(trade)
         batch.items = [item for item in batch.items if item[0] != index]
         self._replan(batch)
 
@@ -543,6 +529,45 @@ class RemoteEngine:
             out += [(rule.name, dict(zip(rule.dimensions, key, strict=True))) for key in sorted(keys)]
         out.sort(key=lambda item: self._rule_index[item[0]])
         return out
+
+    def window_count(self, rule: str, scope: Mapping[str, str]) -> int:
+        """A window rule's count for ``scope`` at the group's own high-water time (read
+        from its shard by ``lua/inspect.lua``)."""
+        compiled, key = rule_and_key(self._stateful, rule, scope)
+        if compiled.kind != WINDOW:
+            raise KeyError(f"rule {rule!r} is not a window rule")
+        _, value = self._inspect(compiled, key)
+        return 0 if value is None else int(_str(value))
+
+    def daily_sum(self, rule: str, scope: Mapping[str, str], day: date | None = None) -> float:
+        """A daily rule's sum for ``scope`` on ``day`` (default: that scope's current day:
+        the account's, or the shard's clock day when later), read from its shard."""
+        compiled, key = rule_and_key(self._stateful, rule, scope)
+        if compiled.kind != DAILY:
+            raise KeyError(f"rule {rule!r} is not a daily rule")
+        if day is None:
+            _, value = self._inspect(compiled, key)
+        else:
+            shard = self.store.shard_of(scope["account"])
+            hash_key = self.store.key(shard, f"day:{day.isoformat()}:{scope_key([compiled.name])}")
+            value = self.store.client.hget(hash_key, scope_key(key))
+        return 0.0 if value is None else float(_number(_str(value)))
+
+    def memory_entries(self) -> dict[str, int]:
+        """Sizes of what this process keeps for the state in Redis (memos that grow with the
+        accounts, pairs and groups it has seen; the state itself is in Redis)."""
+        return {"accounts": len(self._accounts), "contexts": len(self._contexts), "groups": len(self._groups)}
+
+    def _inspect(self, rule: _Rule, key: tuple[str, ...]) -> tuple[int, object]:
+        """The scope's current day and its value for ``rule`` (None: none), by inspect.lua."""
+        account = key[rule.dimensions.index("account")]
+        spec: dict[str, Any] = {"kind": "w" if rule.kind == WINDOW else "d", "name": scope_key([rule.name])}
+        spec |= {"exact": scope_key(key), "match": ""}  # no "c": a window counts at its own latest bucket
+        if isinstance(rule.rule, WindowRule):
+            spec["K"] = rule.rule.window_ns // rule.rule.bucket_ns
+        reply = self.store.inspect(self.store.shard_of(account), {"account": account, "rules": [spec], "manual": ""})
+        values = reply[1]
+        return int(_str(reply[0])), (values[1] if len(values) >= 2 else None)
 
     # ------------------------------------------------------------------ validate and enrich
 
@@ -623,13 +648,13 @@ class RemoteEngine:
                 outcomes[index] = []  # a duplicate: changes nothing, emits nothing
                 items[k] = (index, trade, None, "dup")
             else:
-                outcomes[index] = _unknown_order(trade)
+                outcomes[index] = unknown_order(trade)
         return [item for item in items if item[3] != "dup" and not isinstance(outcomes[item[0]], EventError)]
 
     def _enriched(self, index: int, trade: Trade, indexed: tuple[str, str]) -> _Item:
         """Explicit fields win over the index; the script re-checks the oid if it is in the
         trade's own shard (SEMANTICS.md: enrichment)."""
-        ctx = self._context(trade.account_id or indexed[0], trade.contract_id or indexed[1])
+        ctx = self._context(*enriched_ids(trade, indexed))
         same_shard = self.store.shard_of(indexed[0]) == ctx.account.shard
         return (index, trade, ctx, f"o{trade.oid}" if same_shard else "")
 
@@ -758,7 +783,7 @@ class RemoteEngine:
                 index = batch.plans[shard].positions[payload - 1]
                 trade = next(item[1] for item in batch.items if item[0] == index)
                 assert isinstance(trade, Trade)
-                batch.outcomes[index] = _unknown_order(trade)
+                batch.outcomes[index] = unknown_order(trade)
                 batch.items = [item for item in batch.items if item[0] != index]
                 batch.plans[shard] = self._plan(batch.items, {shard}).get(shard, _Plan())
                 batch.calls[shard] = self._encode(batch.plans[shard], seq)
@@ -801,7 +826,7 @@ class RemoteEngine:
             # The event's values, appended to the plan's flat event list.
             t = event.timestamp
             if not account.lo <= t < account.hi:
-                account.day, account.lo, account.hi = day_range(t)
+                account.set_range(*day_range(t))
             if t0 < 0:
                 t0 = plan.t0 = t  # event times travel as t - t0 (exact in Lua's doubles)
             if account.day != day:  # the day goes once per run of events on it, not per event
@@ -844,9 +869,9 @@ class RemoteEngine:
         """An order's value per order rule, unless the only one is a plain window counter."""
         t = order.timestamp
         for r in self._order_rules:
-            if r.kind == "d":
-                _add_amount(events, r.rule.order_amount(order))  # type: ignore[union-attr]
-            elif r.every_order or r.rule.counts_order(order):  # type: ignore[union-attr]
+            if r.kind == DAILY:
+                _add_amount(events, r.rule.order_amount(order))  # type: ignore[attr-defined]
+            elif r.counts_every_order or r.rule.counts_order(order):  # type: ignore[attr-defined]
                 events.append(t // r.bucket_ns)
             else:
                 events.append(-1)
@@ -855,7 +880,7 @@ class RemoteEngine:
         t = event.timestamp
         day = self.calendar.day_range(t)[0]
         if isinstance(event, Tick):
-            return [3, day, *(t // r.bucket_ns if r.kind == "w" else 0 for r in self._stateful)]
+            return [3, day, *(t // r.bucket_ns if r.kind == WINDOW else 0 for r in self._stateful)]
         account_id = _reset_account(event)
         if account_id is None:
             return [4, day]
@@ -870,25 +895,25 @@ class RemoteEngine:
         t = event.timestamp
         if ctx is None:  # tick / reset: records of every shard, each kind sorted
             day, lo, _ = self.calendar.day_range(t)
-            last = _TICK if isinstance(event, Tick) else _RESET
-            rolled = [self._action(r, _ROLL, t, lo, day) for r in self._sorted(records, _ROLL)]
+            last = TICK_RESUME if isinstance(event, Tick) else RESET_RESUME
+            rolled = [self._action(r, ROLLOVER, t, lo, day) for r in self._sorted(records, ROLLOVER)]
             return rolled + [self._action(r, last, t, lo, day) for r in self._sorted(records, last)]
-        if any(record[1] == _DUP for record in records):
+        if any(record[1] == DUPLICATE for record in records):
             return []  # a duplicate changes nothing and emits nothing
         out: list[Action] = []
-        if any(record[1] == _ROLL for record in records):
+        if any(record[1] == ROLLOVER for record in records):
             day, lo, _ = self.calendar.day_range(t)
-            out = [self._action(r, _ROLL, t, lo, day) for r in self._sorted(records, _ROLL)]
-        own = [(self._stateful[r[2] - 1].index, self._action(r, r[1], t, 0, 0)) for r in records if r[1] != _ROLL]
-        for i, rule in self._stateless:
+            out = [self._action(r, ROLLOVER, t, lo, day) for r in self._sorted(records, ROLLOVER)]
+        own = [(self._stateful[r[2] - 1].index, self._action(r, r[1], t, 0, 0)) for r in records if r[1] != ROLLOVER]
+        for compiled in self._stateless:
+            rule: Any = compiled.rule
             if isinstance(event, Order):
                 verdict = rule.evaluate_order(event, ctx.scope)
             else:
                 assert isinstance(event, Trade)
                 verdict = rule.evaluate_trade(event, ctx.scope)
             if verdict is not None:
-                scope: dict[str, str] = dict(zip(rule.dimensions, rule.scope_key(ctx.scope), strict=True))
-                own.append((i, Action(verdict.type, rule.name, scope, t, verdict.value, verdict.limit, verdict.reason)))
+                own.append((compiled.index, verdict_action(compiled, ctx.scope, verdict, t)))
         own.sort(key=lambda pair: pair[0])
         out.extend(action for _, action in own)
         return out
@@ -900,24 +925,14 @@ class RemoteEngine:
         return chosen
 
     def _action(self, record: list[Any], code: int, t: int, day_start: int, day: int) -> Action:
-        rule = self._stateful[record[2] - 1].rule
-        scope: dict[str, str] = dict(zip(rule.dimensions, scope_values(_str(record[3])), strict=True))
-        if isinstance(rule, WindowRule):
-            n = int(record[4])
-            if code == _PAUSE:
-                reason = f"{n} orders in {rule.window_ns} ns > threshold {rule.threshold}"
-                return Action(ActionType.PAUSE_ORDER, rule.name, scope, t, n, rule.threshold, reason)
-            reason = f"{n} orders in {rule.window_ns} ns <= resume threshold {rule.resume_threshold}"
-            return Action(ActionType.RESUME_ORDER, rule.name, scope, t, n, rule.threshold, reason)
-        assert isinstance(rule, DailyCapRule)
-        value = _number(_str(record[4]))
-        if code == _PAUSE:
-            reason = f"daily {getattr(rule, 'metric', 'sum')} {value} > cap {rule.daily_cap}"
-            return Action(ActionType.PAUSE_ORDER, rule.name, scope, t, value, rule.daily_cap, reason)
-        if code == _ROLL:
-            reason = f"trading day rolled over to {date.fromordinal(day).isoformat()}"
-            return Action(ActionType.RESUME_ORDER, rule.name, scope, day_start, value, rule.daily_cap, reason)
-        return Action(ActionType.RESUME_ORDER, rule.name, scope, t, 0, rule.daily_cap, "manual daily reset")
+        rule = self._stateful[record[2] - 1]
+        scope = rule.scope_of(scope_values(_str(record[3])))
+        value = int(record[4]) if rule.kind == WINDOW else _number(_str(record[4]))
+        if code == ROLLOVER:
+            return rule_action(rule, ROLLOVER, scope, day_start, value, day)
+        if code == RESET_RESUME:
+            return rule_action(rule, RESET_RESUME, scope, t, 0)
+        return rule_action(rule, code, scope, t, value)
 
 
 def _check_clock(event: Tick | ResetDaily) -> None:
@@ -985,11 +1000,6 @@ def _number(text: str) -> float:
 
 def _str(value: object) -> str:
     return to_text(value)
-
-
-def _unknown_order(trade: Trade) -> EventError:
-    missing = "account_id" if trade.account_id is None else "contract_id"
-    return EventError(UNKNOWN_ORDER, "oid", f"oid {trade.oid} was never seen and the trade has no {missing}")
 
 
 def _stale(shard: int, seq: int, hwm: int) -> str:

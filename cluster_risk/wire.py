@@ -1,5 +1,9 @@
 """JSON Lines wire format of the contract: one JSON object per line, ``type`` first.
 
+Every decoder is here: :func:`decode_line` (one line), :func:`decode_event` (one parsed
+object) and :func:`decode_entries` (a worker's batch of stream entries, with a fast path that
+gives the same answers).
+
 ``decode_event`` checks presence and JSON types of every field and builds the event; the
 engine's own checks (:func:`cluster_risk.events.check_order`) then apply the ranges, so one
 set of rules decides for wire input and API input alike.
@@ -8,9 +12,11 @@ set of rules decides for wire input and API input alike.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
+from json import scanner as _json_scanner
 from typing import Any
 
-from cluster_risk.errors import INVALID_JSON, UNKNOWN_TYPE, EventError, invalid
+from cluster_risk.errors import INTERNAL_ERROR, INVALID_JSON, UNKNOWN_TYPE, EventError, invalid
 from cluster_risk.events import (
     Action,
     Event,
@@ -21,9 +27,11 @@ from cluster_risk.events import (
     check_order,
     check_timestamp,
     check_trade,
+    order_ok,
+    trade_ok,
 )
 
-__all__ = ["decode_event", "decode_line", "encode_event", "encode_action"]
+__all__ = ["decode_entries", "decode_event", "decode_line", "encode_action", "encode_event"]
 
 # Not in the contract: a reset of one account's daily sums and daily pauses, written by
 # `cluster-risk reset-daily --account` into that account's shard stream.  A `reset_daily`
@@ -119,3 +127,72 @@ def encode_event(event: Event) -> dict[str, Any]:
 
 def encode_action(action: Action) -> str:
     return json.dumps(action.to_dict(), separators=(",", ":"))
+
+
+# A worker's batch of stream entries: the same answers as decode_line, entry by entry, faster.
+_scan: Callable[[str, int], tuple[Any, int]] = _json_scanner.c_make_scanner(json.JSONDecoder())  # type: ignore[attr-defined]
+_NONE = object()
+
+
+def _decode_fast(obj: Any) -> Event:
+    """decode_event, with a fast path for a valid order or trade (same result)."""
+    if type(obj) is dict:
+        kind = obj.get("type")
+        try:
+            if kind == "order":
+                o = Order(
+                    obj["oid"],
+                    obj["account_id"],
+                    obj["contract_id"],
+                    obj["direction"],
+                    obj["price"],
+                    obj["volume"],
+                    obj["timestamp"],
+                )
+                if order_ok(o):
+                    return o
+            elif kind == "trade":
+                get = obj.get
+                e = Trade(
+                    obj["tid"],
+                    obj["oid"],
+                    obj["price"],
+                    obj["volume"],
+                    obj["timestamp"],
+                    get("account_id"),
+                    get("contract_id"),
+                )
+                if trade_ok(e):
+                    return e
+        except KeyError:
+            pass
+    return decode_event(obj)
+
+
+def decode_entries(raws: Sequence[bytes]) -> list[Event | EventError]:
+    """``decode_line`` of each raw entry (the event or its error), fast: an ASCII batch is
+    joined and scanned value by value with json's C scanner; a value is taken only if it
+    spans exactly its entry (anything else - whitespace around it, a broken entry - goes
+    through ``decode_line`` alone, for the exact answer)."""
+    joined = b"\n".join(raws)  # a newline cannot occur inside a JSON string: values stay apart
+    text_all = joined.decode("ascii") if joined.isascii() else None
+    out: list[Event | EventError] = []
+    pos = 0
+    for raw in raws:
+        obj: Any = _NONE
+        if text_all is not None:
+            n = len(raw)
+            try:
+                obj, end = _scan(text_all, pos)
+                if end != pos + n:
+                    obj = _NONE
+            except (StopIteration, ValueError, RecursionError):
+                obj = _NONE
+            pos += n + 1
+        try:
+            out.append(decode_line(raw) if obj is _NONE else _decode_fast(obj))
+        except EventError as exc:
+            out.append(exc)
+        except Exception as exc:  # a decoder bug: this entry's dead letter, not the worker's end
+            out.append(EventError(INTERNAL_ERROR, "", f"{type(exc).__name__}: {exc}"[:500]))
+    return out

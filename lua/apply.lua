@@ -34,7 +34,7 @@ plan = {1, 0, accounts, pairs, groups, events, retention_days, ttl_ms, t0[, hint
               orders feed it, A}; A = 1 when the rule groups by account only
   accounts[a] account id
   pairs       flat, per (account, contract) pair p: a, its order-index value
-              "<#account>:<account><contract>" (opaque here: cluster_risk/ids.py), then its group g
+              "<#account>:<account><contract>" (opaque here: cluster_risk/keys.py), then its group g
               for each rule r; no groups when every rule groups by account only (A = 1): then
               each rule's group is the account's own, g = a
   groups[g]   a scope key, listed once even when several rules group by it: a pair's entry
@@ -61,11 +61,12 @@ plan = {1, 0, accounts, pairs, groups, events, retention_days, ttl_ms, t0[, hint
   it into the pause registry. day = the trading-day ordinal, computed by Python (Lua has no
   time zones).
 record = {pos, code, r, scope key, value}   (pos = the event's number in this plan, from 1)
-  1 duplicate (no other fields)   2 pause   3 resume (window, by an order)
-  4 rollover resume   5 tick resume   6 reset resume (rollover.lua)
+  codes (codes.lua, from cluster_risk/state/codes.py): DUPLICATE (no other fields), PAUSE,
+  RESUME (window, by an order), ROLLOVER resume, TICK_RESUME, RESET_RESUME (rollover.lua)
 ]]
 
 --@include builtins.lua
+--@include codes.lua
 --@include keys.lua
 --@include constants.lua
 --@include cache.lua
@@ -241,16 +242,16 @@ local function since(ts)
   return string.format('%.0f', lo)
 end
 
--- A window hit's pause (code 1) or resume (2); n the count.
+-- A window hit's pause (code PAUSED) or resume (RESUMED); n the count.
 local function window_crossed(pos, ts, r, key, a, code, n)
   local rule = rules[r]
-  if code == 1 then
+  if code == PAUSED then
     -- the account by `..`, not %s: Lua 5.1's string.format cuts a string at its first \0
     cache.set(reg[r], key, string.format('since=%s value=%d limit=%d account=', since(ts), n, rule[4]) .. a)
-    X.out[#X.out + 1] = {pos, 2, r, key, n}
-  elseif code == 2 then
+    X.out[#X.out + 1] = {pos, PAUSE, r, key, n}
+  elseif code == RESUMED then
     cache.del(reg[r], key)
-    X.out[#X.out + 1] = {pos, 3, r, key, n}
+    X.out[#X.out + 1] = {pos, RESUME, r, key, n}
   end
 end
 
@@ -272,7 +273,7 @@ local function daily_step(pos, ts, d, r, key, a, amount, kind, current)
     local value = daily.format(e[1], e[2])
     shard.pause(X, r, key, a, string.format('since=%s value=%s limit=%s day=%s account=',
       since(ts), value, fmt_limit(rule[3]), keys.iso_day(d)) .. a) -- `..`: %s cuts at a \0
-    X.out[#X.out + 1] = {pos, 2, r, key, value}
+    X.out[#X.out + 1] = {pos, PAUSE, r, key, value}
   end
 end
 
@@ -300,8 +301,8 @@ end
 local hit_raw = window.hit_raw
 
 -- The events, in order. An order's and a trade's steps, and the common window hit, are inline
--- in this loop, not in functions of their own: a call and a closure's upvalue reads cost ~1,000
--- instructions (callgrind, batches of 1,000: -2.7% per event, then -1.9% for the window hit).
+-- in this loop, not in functions of their own: in Redis's Lua a call and a closure's upvalue
+-- reads cost about 1,000 instructions, a few percent of an event's work.
 local pos, i, day = 0, 1, nil
 while i <= nev do
   local kind = ev[i]
@@ -309,7 +310,7 @@ while i <= nev do
     pos = pos + 1
     local f = ev[i + 1]
     if gen[f] ~= false and ids.seen(I, f) then
-      X.out[#X.out + 1] = {pos, 1} -- a duplicate: nothing else happens
+      X.out[#X.out + 1] = {pos, DUPLICATE} -- a duplicate: nothing else happens
     else
       if kind == 2 and ev[i + 4] ~= '' and not ids.seen(I, ev[i + 4]) then
         return {'abort', pos} -- the trade's order left the index earlier in this batch
@@ -339,7 +340,7 @@ while i <= nev do
               end
               if v then
                 raw[key] = v
-                if code ~= 0 then window_crossed(pos, ts, r, key, a, code, n) end
+                if code ~= NO_CHANGE then window_crossed(pos, ts, r, key, a, code, n) end
               else
                 window_decoded_hit(pos, ts, r, key, b, a)
               end

@@ -32,7 +32,7 @@ one that wrote the key without having read any field of it (c.found, or `known` 
 A key with a field was written by such a call, so it has a TTL: a write to it is not followed
 by a PEXPIRE, except on the caller's `touch` (shard.lua: a shard's first batch of a new day and
 every 256th), which keeps long-lived keys from expiring. (A PEXPIRE per written key and call
-was 3 of the ~19 redis.calls of a worker's call of 5 events.)
+would be a sizeable share of the redis.calls of a worker's small call.)
 ]]
 
 local cache = {}

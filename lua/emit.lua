@@ -3,8 +3,8 @@
 state (apply.lua, after shard.flush): the actions, the dead letters and the input cursor.
 
 KEYS / ARGV: those of fence.lua (W holds them). Reads only X.out, the result records
-{pos, code, r, scope key, value} (codes: 1 duplicate, 2 pause, 3 resume by an order,
-4 rollover resume, 5 tick resume, 6 reset resume), so it does not depend on the plan format.
+{pos, code, r, scope key, value} (codes.lua: DUPLICATE, PAUSE, RESUME by an order, ROLLOVER
+resume, TICK_RESUME, RESET_RESUME), so it does not depend on the plan format.
 
 W.x (the extras, built by cluster_risk/cluster/render.py):
   x[4] rules[r]    {config index, kind "w"|"d", name JSON, {dimension JSON...}, limit JSON,
@@ -58,7 +58,7 @@ local function scope_lt(p, q) -- p = {config index, values, ...}
 end
 
 -- an id's JSON string: cjson passes bytes >= 0x80 through, so a lone surrogate (sent by
--- Python as UTF-8 with surrogatepass: ED A0..BF 80..BF, cluster_risk/ids.py) would make the
+-- Python as UTF-8 with surrogatepass: ED A0..BF 80..BF, cluster_risk/keys.py) would make the
 -- action invalid UTF-8; it is written as the \uXXXX escape Python's json writes
 local function surrogate(b, c)
   return string.format('\\u%04x', 53248 + (string.byte(b) - 128) * 64 + string.byte(c) - 128) -- 0xD000 + ...
@@ -83,12 +83,12 @@ local function action(x, rec)
   if type(v) == 'number' then v = string.format('%d', v) end
   local vals = values(rec[4])
   local json
-  if code == 2 then
+  if code == PAUSE then
     json = render(R, 'PAUSE', vals, ev[1], v, R[6] .. v .. R[7])
-  elseif code == 4 then
-    json = render(R, 'RESUME', vals, ev[2], v, 'trading day rolled over to ' .. ev[3])
-  elseif code == 6 then
-    json = render(R, 'RESUME', vals, ev[1], v, 'manual daily reset')
+  elseif code == ROLLOVER then
+    json = render(R, 'RESUME', vals, ev[2], v, ROLLOVER_REASON .. ev[3])
+  elseif code == RESET_RESUME then
+    json = render(R, 'RESUME', vals, ev[1], v, RESET_REASON)
   else
     json = render(R, 'RESUME', vals, ev[1], v, R[8] .. v .. R[9])
   end
@@ -99,8 +99,8 @@ end
 local function event_actions(x, records, verdicts)
   local rolled, own = {}, {}
   for _, rec in ipairs(records) do
-    if rec[2] == 1 then return {} end -- a duplicate emits nothing, stateless rules included
-    if rec[2] == 4 then rolled[#rolled + 1] = action(x, rec) else own[#own + 1] = action(x, rec) end
+    if rec[2] == DUPLICATE then return {} end -- a duplicate emits nothing, stateless rules included
+    if rec[2] == ROLLOVER then rolled[#rolled + 1] = action(x, rec) else own[#own + 1] = action(x, rec) end
   end
   for _, v in ipairs(verdicts) do own[#own + 1] = {v[1], {}, v[2]} end
   table.sort(rolled, scope_lt)

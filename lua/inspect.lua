@@ -5,7 +5,8 @@
 KEYS[1]  <prefix>:{s<N>}:meta; the other keys derive from it (keys.lua), all in the shard's slot
 ARGV[1]  JSON {account = the account id,
                rules = [{kind = "w" | "d", name = escaped rule name, K = window_ns / bucket_ns,
-                         c = the bucket to count the window at (window rules),
+                         c = the bucket to count the window at (window rules; absent:
+                             the group's own latest bucket),
                          exact = the scope key when the rule's only dimension is the account,
                                  else "",
                          match = an HSCAN MATCH pattern for the scope keys holding the account}
@@ -26,6 +27,7 @@ hot path).
 ]]
 
 --@include builtins.lua
+--@include codes.lua
 --@include keys.lua
 --@include window.lua
 
@@ -62,7 +64,8 @@ for _, r in ipairs(spec.rules) do
     local cold = keys.winc(base, r.name) -- older buckets: window.lua's read-only backend
     for j = 1, #flat, 2 do
       values[#values + 1] = flat[j]
-      values[#values + 1] = window.count_at(window.decode(flat[j + 1], {cold, flat[j]}), r.c, r.K)
+      local w = window.decode(flat[j + 1], {cold, flat[j]})
+      values[#values + 1] = window.count_at(w, r.c or w.hb or 0, r.K)
     end
   elseif day >= 0 then
     values = scan(keys.day(base, day, r.name), r.match, r.exact)

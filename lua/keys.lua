@@ -1,6 +1,6 @@
 #!lua
---[[ keys.lua - library: the key layout, in one place (documented for operators in
-cluster_risk/state/redis.py).
+--[[ keys.lua - library: the key layout as the scripts build it (the one definition is
+cluster_risk/keys.py; tests/unit/test_keys.py checks this file against it).
 
 KEYS / ARGV: none. Included first by apply.lua and lookup_ids.lua. Every key is the
 shard's base "<prefix>:{s<N>}:" (KEYS[1] without its "meta" suffix) plus a suffix, so all of
@@ -14,7 +14,7 @@ a shard's keys share its hash tag and one script touches one Redis Cluster slot.
   base .. "winc:" .. rule                "<chunk number>:<scope>" -> older window buckets (window.lua)
   base .. "day:" .. YYYY-MM-DD .. ":" .. rule   scope -> that day's sum (daily_sum.lua)
   base .. "paused:" .. rule              scope -> "since=<ns> value=<v> limit=<l> ..." (current pauses)
-  base .. "ids:" .. YYYY-MM-DD .. ":" .. block   a block of that day's ids: "o<oid>" -> "<#account>:<account><contract>" (ids.py),
+  base .. "ids:" .. YYYY-MM-DD .. ":" .. block   a block of that day's ids: "o<oid>" -> "<#account>:<account><contract>" (keys.py),
                                          "t<tid>" -> 1; block = the id field without its last 3 digits
                                          ("o12" holds o12000..o12999; "o" holds o0..o999) (seen_ids.lua)
   base .. "ids:" .. YYYY-MM-DD .. ":blocks"   set: the day's blocks

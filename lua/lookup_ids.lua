@@ -3,7 +3,7 @@
 
 KEYS[1]  <prefix>:{s<N>}:meta (the ids:<day>:<block> keys are derived from it, keys.lua)
 ARGV     fields: "o<oid>" (order index) and/or "t<tid>" (seen trade ids), oids/tids decimal
-Returns  one entry per field: "<#account>:<account><contract>" (cluster_risk/ids.py) for a known oid, "1" for a seen tid,
+Returns  one entry per field: "<#account>:<account><contract>" (cluster_risk/keys.py) for a known oid, "1" for a seen tid,
          else false (a nil reply); only generations within id retention are read
 
 Read-only (no-writes), so it may run on a replica. Python calls it on every shard, pipelined,

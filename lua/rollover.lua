@@ -17,7 +17,7 @@ action timestamps (start of the new day, T) are Python's too: Lua never sees nan
   rollover.reset_account(X, r, pos)      one account (ops extension; r = {d, account, escaped
                                          account, {its place in each rule's scope}}): as its own
                                          event on day d would, then zero day d of its scopes and
-                                         lift its daily pauses (code 6)
+                                         lift its daily pauses (code RESET_RESUME)
 ]]
 
 local rollover = {}
@@ -37,7 +37,7 @@ function rollover.account(X, a, info, d, pos)
   if info.flag then
     local l = shard.daily_pauses(X)[a]
     if l then
-      for _, p in ipairs(l) do lift(X, pos, 4, p[1], p[2], d) end
+      for _, p in ipairs(l) do lift(X, pos, ROLLOVER, p[1], p[2], d) end
       X.dpi[a] = nil
     end
     info.flag = false
@@ -51,7 +51,7 @@ function rollover.clock(X, d, pos)
   for a, l in pairs(shard.daily_pauses(X)) do
     local info = shard.account(X, a)
     if info.day < d then
-      for _, p in ipairs(l) do lift(X, pos, 4, p[1], p[2], d) end
+      for _, p in ipairs(l) do lift(X, pos, ROLLOVER, p[1], p[2], d) end
       X.dpi[a] = nil
       info.day, info.flag, info.dirty = d, false, true
     end
@@ -70,7 +70,7 @@ function rollover.tick(X, buckets, pos)
         if w.p == 1 and n <= rule[5] then
           w.p, w.dirty = 0, true
           cache.del(X.reg[r], key)
-          X.out[#X.out + 1] = {pos, 5, r, key, n}
+          X.out[#X.out + 1] = {pos, TICK_RESUME, r, key, n}
         end
       end
     end
@@ -84,7 +84,7 @@ function rollover.reset(X, d, pos)
       local s = shard.sums(X, r, d)
       cache.clear(s.c)
       s.v = {}
-      for _, key in ipairs(cache.fields(X.reg[r])) do lift(X, pos, 6, r, key, nil) end
+      for _, key in ipairs(cache.fields(X.reg[r])) do lift(X, pos, RESET_RESUME, r, key, nil) end
     end
   end
   for a in pairs(dpi) do
@@ -123,7 +123,7 @@ function rollover.reset_account(X, req, pos)
       end
     end
   end
-  for _, p in ipairs(lifted) do lift(X, pos, 6, p[1], p[2], nil) end
+  for _, p in ipairs(lifted) do lift(X, pos, RESET_RESUME, p[1], p[2], nil) end
   X.dpi[a] = nil
   info.flag, info.dirty = false, true
 end

@@ -10,8 +10,8 @@ g>:<block> (block: the id's field without its last 3 digits, keys.lua), fields "
 "<#account>:<account><contract>": the order index) and "t<tid>" (value "1"); the set ...:blocks lists
 them. An id is seen while latest - g <= retention, and a generation is deleted as the latest
 day passes that. The live generations are listed in the shard's meta hash (field gens,
-"d1,d2,..."). Why blocks: one hash per day grew to every id of the day (375k fields in the
-benchmark), and Redis's time went into searching it and rehashing it as it doubled, cache
+"d1,d2,..."). Why blocks: one hash per day grew to every id of the day (hundreds of thousands
+of fields), and Redis's time went into searching it and rehashing it as it doubled, cache
 miss by cache miss; a block stays small enough to stay in cache.
 
 A block is listed in its day's set and given its TTL by the first call that writes it. The
@@ -25,8 +25,8 @@ their orders and trades upwards, so most of a batch's ids skip the HMGET.
 
 What blocks cost per call, kept small: no table per kind or per block unless a block is new (a
 table costs ~1,000 instructions in Redis's Lua, allocation and collection included), one meta
-field for all of the above. A one-order call still pays ~7,000 instructions more than with one
-hash per day (+2%), a cluster worker's call ~26,000 (+4.5%) (callgrind).
+field for all of the above. What is left is a block's key and the check that it is listed, and
+a second HSET when a call adds both oids and tids (different blocks): a few percent of a call.
 
   ids.open(base, gens, latest, retention, maxo, maxt, blocks) -> I
   ids.split(I, fields, kind, out)   the batch's ids of one kind (111 "o", 116 "t": their first

@@ -53,12 +53,12 @@ local NO_COLD = '\0\0\0\0\0\0\0\0\1\0\0\0' -- struct.pack(COLD, 0, 0, 1): no col
 local ENTRY = '^(%d+):?(%d*),()'
 -- A spill moves HOT_MAX - HOT_KEEP = 32 entries; a small HOT_KEEP keeps the hot value short
 -- between spills (Redis's Lua hashes every byte of every string it makes: each hit makes the
--- value three times over). 40/8 against 48/16: -1% instructions per event on the seed workload.
+-- value three times over); 40/8 makes fewer instructions per event than larger bounds.
 local HOT_MAX, HOT_KEEP = 40, 8
 
 -- The text of a one-hit bucket for small gaps (formatting a number is slow in Lua: sprintf).
--- Written out, since this file runs on every script call: a loop of 64 concatenations cost
--- ~130k instructions per call, a sixth of a one-event batch.
+-- Written out, since this file runs on every script call: a loop of 64 concatenations would be
+-- a large share of a one-event call.
 local GAP = {
   '1,', '2,', '3,', '4,', '5,', '6,', '7,', '8,', '9,', '10,', '11,', '12,', '13,', '14,', '15,',
   '16,', '17,', '18,', '19,', '20,', '21,', '22,', '23,', '24,', '25,', '26,', '27,', '28,',
@@ -197,14 +197,14 @@ local function insert(w, b)
 end
 
 -- The pause flag after a hit that left n in the window (SEMANTICS.md, step 3): p and the
--- code 0 | 1 paused | 2 resumed.
+-- code NO_CHANGE | PAUSED | RESUMED (codes.lua).
 local function crossing(p, n, threshold, resume)
   if p == 1 then
-    if n <= resume then return 0, 2 end
+    if n <= resume then return 0, RESUMED end
   elseif n > threshold then
-    return 1, 1
+    return 1, PAUSED
   end
-  return p, 0
+  return p, NO_CHANGE
 end
 
 function window.hit(w, b, K, threshold, resume)
@@ -259,11 +259,11 @@ function window.hit_raw(s, b, K, threshold, resume)
   else
     s, kept, n, p, hb, lc, fb, hc = NO_COLD, 12, 1, 0, b, 1, b, 0
   end
-  local code = 0 -- the pause flag after the hit, as crossing() (inline on the hot path)
+  local code = NO_CHANGE -- the pause flag after the hit, as crossing() (inline on the hot path)
   if p == 1 then
-    if n <= resume then p, code = 0, 2 end
+    if n <= resume then p, code = 0, RESUMED end
   elseif n > threshold then
-    p, code = 1, 1
+    p, code = 1, PAUSED
   end
   local f = pack_format[kept]
   if not f then

@@ -23,9 +23,10 @@ from typing import Any
 import fakeredis
 import pytest
 
+from cluster_risk.cluster.launcher import RedisProcess
 from cluster_risk.state.redis import RedisStore
 from tests.helpers import Engine, EngineFactory, make_engine
-from tests.redis.servers import RedisCluster3, RedisServer, binaries
+from tests.redis.servers import RedisCluster3, RedisServer, binaries, has_functions
 
 EXPECT_ENV = "CLUSTER_RISK_EXPECT_SERVER"
 
@@ -57,9 +58,6 @@ def expected_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     if not wanted:
         yield
         return
-    from cluster_risk.cluster.launcher import RedisProcess
-    from cluster_risk.state.redis import RedisStore
-    from tests.redis.servers import has_functions
 
     try:
         name, version = parse_expected(wanted)

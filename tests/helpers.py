@@ -6,7 +6,6 @@ servers live in tests/conftest.py."""
 from __future__ import annotations
 
 import json
-import struct
 from collections.abc import Callable, Iterable
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -14,7 +13,8 @@ from typing import Any, overload
 from zoneinfo import ZoneInfo
 
 from cluster_risk import Action, Order, RiskEngine, Trade, build_config
-from cluster_risk.remote import RemoteEngine, scope_key
+from cluster_risk.engines import open_engine
+from cluster_risk.remote import RemoteEngine
 from cluster_risk.state.redis import RedisStore
 
 MS = 1_000_000
@@ -83,43 +83,9 @@ def make_engine(*rules: dict[str, Any], store: RedisStore | None = None, **confi
     (its ``rules`` key instead of positional rules)."""
     if rules and "rules" in config:
         raise TypeError("make_engine: rules both positional and as a config key")
-    built = build_config({"rules": list(rules), **config})
-    return RiskEngine.from_config(built) if store is None else RemoteEngine.from_config(built, store)
-
-
-def window_count(engine: Engine, rule: str, scope: dict[str, str]) -> int:
-    """A window rule's count for ``scope`` at the group's own high-water time, on either
-    executor (Redis: the count kept in the window value's trailer, lua/window.lua)."""
-    if isinstance(engine, RiskEngine):
-        return engine.window_count(rule, scope)
-    store, shard, field = _redis_place(engine, rule, scope)
-    value = store.client.hget(store.key(shard, f"win:{scope_key([rule])}"), field)
-    return 0 if value is None else int(struct.unpack("<I", value[-5:-1])[0])
-
-
-def daily_sum(engine: Engine, rule: str, scope: dict[str, str], day: date | None = None) -> float:
-    """A daily rule's sum for ``scope`` on ``day`` (default: the scope's current day), on
-    either executor (Redis: the day's hash; the account's day is the later of its own and
-    its shard's clock day, as lua/shard.lua has it)."""
-    if isinstance(engine, RiskEngine):
-        return engine.daily_sum(rule, scope, day)
-    store, shard, field = _redis_place(engine, rule, scope)
-    if day is None:
-        own = store.client.hget(store.key(shard, "acct"), scope_key([scope["account"]]))
-        clock = store.client.hget(store.meta_key(shard), "clock")
-        ordinal = max(int(own.rstrip(b"p")) if own else -1, int(clock) if clock else -1)
-        if ordinal < 1:
-            return 0
-        day = date.fromordinal(ordinal)
-    value = store.client.hget(store.key(shard, f"day:{day.isoformat()}:{scope_key([rule])}"), field)
-    return 0 if value is None else float(value)
-
-
-def _redis_place(engine: RemoteEngine, rule: str, scope: dict[str, str]) -> tuple[RedisStore, int, str]:
-    """The store, shard and field of ``rule``'s group for ``scope`` (dimension order)."""
-    (dimensions,) = [r.dimensions for r in engine.rules if r.name == rule]
-    store = engine.store
-    return store, store.shard_of(scope["account"]), scope_key([scope[d] for d in dimensions])
+    engine = open_engine(build_config({"rules": list(rules), **config}), store)
+    assert isinstance(engine, RiskEngine | RemoteEngine)
+    return engine
 
 
 def state_of(engine: Engine) -> Any:

@@ -38,7 +38,8 @@ effects, and the gateway client.  Choices made, and why:
 - **Durability.** ``fast``: Redis replicates asynchronously.  ``replicated``: the worker sends
   ``WAIT n timeout`` after each apply on the same connection and the publisher after each
   chunk; nothing more happens for that shard until WAIT returns (a timeout is logged and
-  counted, not retried).  What a master crash can cost in each mode is in the README.
+  counted, not retried).  What a master crash can cost in each mode is in docs/cluster.md
+  and deploy/REDIS.md.
 - **Gateway.** :class:`.client.RiskClient` (sync; :class:`.client.AsyncRiskClient` is its
   asyncio face): publishes, and keeps the pause cache that answers in memory; fails closed
   after ``fail_after_s`` without Redis.

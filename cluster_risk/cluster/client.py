@@ -58,7 +58,7 @@ from cluster_risk.cluster.shards import MANUAL, Client, Deployment, Keys, Script
 from cluster_risk.cluster.streams import Publisher
 from cluster_risk.config import EngineConfig
 from cluster_risk.events import Event, Order
-from cluster_risk.remote import scope_values
+from cluster_risk.keys import scope_values
 from cluster_risk.rules.base import DailyCapRule, WindowRule
 
 __all__ = ["NO_OWNER", "STALE", "STATE_LOST", "AsyncRiskClient", "PausedSet", "RiskClient", "UnhealthyShards"]

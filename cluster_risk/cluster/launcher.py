@@ -1,33 +1,27 @@
-"""``cluster-risk up``: the docker-compose topology as local processes - redis-server (one, or
-a 3-master cluster with a replica each) on free loopback ports in a temporary folder, and N
-workers - for trying the cluster and for the fault tests.  Ctrl-C (or SIGTERM) stops the
-workers first (they release their leases), then Redis, and removes the folder.  It prints the
-engine config it runs (``--config`` is required) and the Redis URL with its password masked;
-the workers get the URL through their environment (``CLUSTER_RISK_REDIS_URL``), never in
-their arguments, which any local user can read (``ps``).  Exit 0 when stopped by a signal, 1
-when a worker died (the others are stopped too).
+"""The one redis-server launcher: :class:`RedisProcess` (one server on a free loopback port,
+persistence off, data and log in a folder, the server settings applied by capability) and
+:class:`LocalCluster` (a Redis Cluster of them), used by ``cluster-risk up``, the benchmarks and
+the tests; and :func:`start_worker`, a ``cluster-risk worker`` child process.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
 import redis
 
-from cluster_risk.settings import mask_url
 from cluster_risk.state.server_settings import apply_server_settings
 
-__all__ = ["LocalCluster", "RedisProcess", "free_port", "start_worker", "up", "wait_until_up"]
+__all__ = ["LocalCluster", "RedisProcess", "free_port", "start_worker", "wait_until_up"]
 
 
 def _binary(name: str) -> str:
@@ -65,7 +59,7 @@ def wait_until_up(
         try:
             if client().ping():
                 return
-        except redis.ConnectionError:
+        except (redis.ConnectionError, redis.TimeoutError):  # starting (or loading: BusyLoadingError)
             pass
         if process.poll() is not None or time.monotonic() > deadline:
             tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
@@ -79,9 +73,18 @@ class RedisProcess:
     every start (``setting_problems``: what the server did not take, also logged)."""
 
     def __init__(
-        self, folder: Path, *extra: str, cluster: bool = False, port: int | None = None, node_timeout_ms: int = 1000
+        self,
+        folder: Path,
+        *extra: str,
+        cluster: bool = False,
+        port: int | None = None,
+        node_timeout_ms: int = 1000,
+        wrapper: Sequence[str] = (),
+        startup_timeout_s: float = 10,
     ) -> None:
         self.folder = folder
+        self.wrapper = list(wrapper)  # a command the server runs under (valgrind): stopped by SHUTDOWN
+        self.startup_timeout_s = startup_timeout_s
         folder.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port(bus=cluster)
         self.args = [_binary("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1"]
@@ -102,10 +105,12 @@ class RedisProcess:
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
 
     def start(self) -> None:
-        self.process = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            [*self.wrapper, *self.args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         where = f"redis-server on port {self.port}"
         try:
-            wait_until_up(self.process, self.client, self.folder / "redis.log", where)
+            wait_until_up(self.process, self.client, self.folder / "redis.log", where, self.startup_timeout_s)
             self.setting_problems = apply_server_settings(self.client(), where)
         except BaseException:
             self.stop()  # never leave a half-started server behind
@@ -118,7 +123,13 @@ class RedisProcess:
             self.process.wait(timeout=10)
 
     def stop(self) -> None:
-        """SIGTERM (redis-server saves if configured to, and exits); SIGKILL after 10 s."""
+        """SIGTERM (redis-server saves if configured to, and exits); SIGKILL after 10 s.  Under a
+        wrapper: SHUTDOWN NOSAVE first, and up to 120 s for the wrapper to write its report."""
+        if self.process is not None and self.process.poll() is None and self.wrapper:
+            with suppress(Exception):  # the server ends here; valgrind writes its counts
+                self.client().shutdown(nosave=True)
+            with suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=120)
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:
@@ -190,65 +201,3 @@ def start_worker(config: str, url: str, worker_id: str, *extra: str, **popen: An
     command = [sys.executable, "-m", "cluster_risk.cli", "worker", "--config", config]
     popen["env"] = {**(popen.get("env") or os.environ), "CLUSTER_RISK_REDIS_URL": url}
     return subprocess.Popen([*command, "--id", worker_id, *extra], **popen)
-
-
-def up(
-    *,
-    workers: int = 2,
-    redis_url: str | None = None,
-    cluster: bool = False,
-    config: str,
-    tick_ms: int = 1000,
-    shards: int | None = None,
-    metrics_port: int = 0,
-    metrics_host: str = "127.0.0.1",
-) -> int:
-    from cluster_risk.config import load_config
-
-    engine_config = load_config(config)  # refused (ConfigError) before anything starts
-    folder = Path(tempfile.mkdtemp(prefix="cluster-risk-up-"))
-    servers: list[RedisProcess | LocalCluster] = []
-    children: list[subprocess.Popen[bytes]] = []
-    stopping = False
-
-    def on_signal(*_: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    try:
-        if redis_url is None:
-            server: RedisProcess | LocalCluster = LocalCluster(folder / "redis") if cluster else RedisProcess(folder)
-            servers.append(server)
-            redis_url = server.url
-        extra = ["--tick-ms", str(tick_ms)] + (["--shards", str(shards)] if shards else [])
-        for i in range(workers):
-            metrics = ["--metrics-port", str(metrics_port + i), "--metrics-host", metrics_host] if metrics_port else []
-            children.append(start_worker(config, redis_url, f"up-{i}", *extra, *metrics))
-        rules = ", ".join(rule.name for rule in engine_config.rules)
-        print(f"config: {Path(config).resolve()} (rules: {rules or 'none'})", flush=True)
-        print(f"redis: {mask_url(redis_url)}", flush=True)
-        print(f"workers: {' '.join(str(c.pid) for c in children)}  (Ctrl-C stops all)", flush=True)
-        while not stopping:
-            dead = [(i, c) for i, c in enumerate(children) if c.poll() is not None]
-            if dead:
-                for i, child in dead:
-                    print(f"worker up-{i} (pid {child.pid}) exited with code {child.returncode}", file=sys.stderr)
-                print("cluster-risk up: stopping (exit 1)", file=sys.stderr, flush=True)
-                return 1
-            time.sleep(0.2)
-        return 0
-    finally:
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        for child in children:
-            try:
-                child.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                child.kill()
-        for server in servers:
-            server.stop()
-        shutil.rmtree(folder, ignore_errors=True)
-        print("stopped", flush=True)

@@ -18,7 +18,7 @@ import logging
 from collections.abc import Sequence
 
 from cluster_risk.cluster.shards import Client, Keys, Scripts, text
-from cluster_risk.ids import to_bytes
+from cluster_risk.keys import to_bytes
 
 __all__ = ["Leases", "assign"]
 

@@ -44,6 +44,8 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from cluster_risk.cluster.shards import (
     MANUAL,
     Client,
@@ -54,10 +56,11 @@ from cluster_risk.cluster.shards import (
     rule_dimensions,
     text,
 )
+from cluster_risk.cluster.streams import Publisher
 from cluster_risk.config import EngineConfig
 from cluster_risk.events import ResetDaily
-from cluster_risk.ids import to_bytes
-from cluster_risk.remote import scope_key, scope_values
+from cluster_risk.keys import scope_key, scope_values, to_bytes
+from cluster_risk.state.redis import RedisStore
 
 __all__ = ["ManualResult", "Ops", "manual_field", "manual_scope", "operator"]
 
@@ -180,10 +183,6 @@ class Ops:
 
     def _hint(self, shard: int, previous: str, action_id: str, action: str) -> None:
         """The same latency hint a worker publishes (best effort: gateways poll the stream)."""
-        from redis.exceptions import RedisError
-
-        from cluster_risk.state.redis import RedisStore
-
         try:
             store = RedisStore(self.client, prefix=self.keys.prefix, num_shards=self.keys.shards)
             self.client.publish(self.keys.channel, store.encode([shard, previous, action_id, action]))
@@ -341,8 +340,6 @@ class Ops:
         record it in the audit stream of each shard it went to (``what`` = ``reset_daily``,
         ``at`` = the reset's timestamp).  Not one atomic step: a failure after the publish
         leaves the reset without its audit record (and the command exits 2)."""
-        from cluster_risk.cluster.streams import Publisher
-
         at = time.time_ns() if at_ns is None else at_ns
         publisher = Publisher(self.client, prefix=self.keys.prefix, shards=self.keys.shards, retry_s=0)
         publisher.publish([(None, ResetDaily(at, account))])

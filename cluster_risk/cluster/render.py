@@ -4,8 +4,10 @@ dead letters and cursor in the same atomic step as the state (``lua/fence.lua``,
 
 The script renders each action's JSON itself (the values only exist inside the script), from
 constant pieces computed here once per engine: rule name, dimension names and limit as JSON,
-the reason's text around the value.  Stateless rules need no state, so their verdicts are
-rendered here and the script keeps them unless the event turns out to be a duplicate.
+the reason's text around the value (:class:`cluster_risk.front.CompiledRule`'s texts; the
+rule-independent ones are in lua/codes.lua, generated from cluster_risk/state/codes.py).
+Stateless rules need no state, so their verdicts are rendered here and the script keeps them
+unless the event turns out to be a duplicate.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from typing import Any
 from cluster_risk.calendar import TradingCalendar
 from cluster_risk.errors import EventError
 from cluster_risk.events import Action, Event, Order, Trade
-from cluster_risk.rules.base import BaseRule, DailyCapRule, Scope, StatelessRule, WindowRule
+from cluster_risk.front import STATELESS, WINDOW, CompiledRule, verdict_action
+from cluster_risk.rules.base import BaseRule, Scope, StatelessRule
 
 __all__ = ["EXCERPT", "DeadLetter", "Renderer"]
 
@@ -34,16 +37,13 @@ def rule_table(rules: Sequence[BaseRule]) -> list[list[Any]]:
     """emit.lua's ``rules[r]`` for the stateful rules, in the script's order (config order)."""
     out: list[list[Any]] = []
     for i, rule in enumerate(rules):
-        dims = [_dumps(d) for d in rule.dimensions]
-        if isinstance(rule, WindowRule):
-            window = f" orders in {rule.window_ns} ns"
-            pause = f"{window} > threshold {rule.threshold}"
-            resume = f"{window} <= resume threshold {rule.resume_threshold}"
-            out.append([i, "w", _dumps(rule.name), dims, _dumps(rule.threshold), "", pause, "", resume])
-        elif isinstance(rule, DailyCapRule):
-            metric = getattr(rule, "metric", "sum")
-            pause = f" > cap {rule.daily_cap}"
-            out.append([i, "d", _dumps(rule.name), dims, _dumps(rule.daily_cap), f"daily {metric} ", pause, "", ""])
+        compiled = CompiledRule(i, rule)
+        if compiled.kind == STATELESS:
+            continue
+        kind = "w" if compiled.kind == WINDOW else "d"
+        dims = [_dumps(d) for d in compiled.dimensions]
+        texts = [*compiled.pause_text, *compiled.resume_text]  # the reasons, around the value
+        out.append([i, kind, _dumps(compiled.name), dims, _dumps(compiled.limit), *texts])
     return out
 
 
@@ -53,7 +53,7 @@ class Renderer:
 
     def __init__(self, rules: Sequence[BaseRule], calendar: TradingCalendar, actions_maxlen: int = 0) -> None:
         self.rules = rule_table(rules)
-        self.stateless = [(i, r) for i, r in enumerate(rules) if isinstance(r, StatelessRule)]
+        self.stateless = [CompiledRule(i, r) for i, r in enumerate(rules) if isinstance(r, StatelessRule)]
         self.calendar = calendar
         self.actions_maxlen = actions_maxlen
 
@@ -94,7 +94,8 @@ class Renderer:
         return [after, last, entries, 0, per_event, verdicts, list(dead), self.actions_maxlen]
 
     def _verdicts(self, event: Event, scope: Scope) -> Iterable[tuple[int, Action]]:
-        for i, rule in self.stateless:
+        for compiled in self.stateless:
+            rule: Any = compiled.rule
             if isinstance(event, Order):
                 verdict = rule.evaluate_order(event, scope)
             elif isinstance(event, Trade):
@@ -102,9 +103,7 @@ class Renderer:
             else:
                 continue
             if verdict is not None:
-                dims: dict[str, str] = dict(zip(rule.dimensions, rule.scope_key(scope), strict=True))
-                t = event.timestamp
-                yield i, Action(verdict.type, rule.name, dims, t, verdict.value, verdict.limit, verdict.reason)
+                yield compiled.index, verdict_action(compiled, scope, verdict, event.timestamp)
 
 
 def dead_letter(entry_id: str, index: str, error: EventError, raw: bytes) -> DeadLetter:

@@ -42,7 +42,6 @@ import hashlib
 import json
 import secrets
 import time
-import zlib
 from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any
@@ -53,9 +52,8 @@ from redis.commands.core import Script
 from redis.exceptions import ResponseError
 
 from cluster_risk.config import EngineConfig
-from cluster_risk.errors import RiskError
-from cluster_risk.ids import shard_of, to_bytes, to_text
-from cluster_risk.remote import scope_key
+from cluster_risk.errors import ConfigDrift, DeploymentError
+from cluster_risk.keys import MANUAL, Keys, to_bytes, to_text
 from cluster_risk.rules.base import BaseRule, DailyCapRule, WindowRule
 from cluster_risk.state.functions import LuaOperation
 from cluster_risk.state.redis import by_node, load_lua, script_pipeline, takes_shebang
@@ -75,75 +73,12 @@ __all__ = [
 ]
 
 DEFAULT_SHARDS = 16
-MANUAL = "manual"  # the rule name of manual pauses; no configured rule may take it in the cluster
 Client = Redis | RedisCluster
 
 
-class DeploymentError(RiskError):
-    """This process disagrees with the deployment stored in Redis (e.g. another shard count)."""
-
-
-class ConfigDrift(DeploymentError):
-    """This process's engine config is not the one the deployment stored at its first start."""
-
-
 def text(value: object) -> str:
-    """A Redis reply as text (:func:`cluster_risk.ids.to_text`: lone surrogates come back)."""
+    """A Redis reply as text (:func:`cluster_risk.keys.to_text`: lone surrogates come back)."""
     return to_text(value)
-
-
-class Keys:
-    """Key names of one deployment (prefix) and shard count."""
-
-    def __init__(self, prefix: str, shards: int) -> None:
-        self.prefix = prefix
-        self.shards = shards
-        self.deployment = f"{prefix}:deployment"
-        self.workers = f"{prefix}:workers"
-        self.channel = f"{prefix}:actions"
-        self.state_lost = f"{prefix}:state_lost"
-
-    def shard_of(self, account_id: str) -> int:
-        """:func:`cluster_risk.ids.shard_of` with this deployment's shard count."""
-        return shard_of(account_id, self.shards)
-
-    def route_shard(self, oid: int) -> int:
-        return zlib.crc32(str(oid).encode()) % self.shards
-
-    def base(self, shard: int) -> str:
-        return f"{self.prefix}:{{s{shard}}}:"
-
-    def meta(self, shard: int) -> str:
-        return self.base(shard) + "meta"
-
-    def input(self, shard: int) -> str:
-        return self.base(shard) + "in"
-
-    def lease(self, shard: int) -> str:
-        return self.base(shard) + "lease"
-
-    def actions(self, shard: int) -> str:
-        return self.base(shard) + "actions"
-
-    def dead(self, shard: int) -> str:
-        return self.base(shard) + "dead"
-
-    def paused(self, shard: int, rule_name: str) -> str:
-        return self.base(shard) + "paused:" + scope_key([rule_name])
-
-    def manual(self, shard: int) -> str:
-        """Manual pauses (kill switches) of the shard's accounts (``lua/manual.lua``)."""
-        return self.base(shard) + "paused:" + MANUAL
-
-    def audit(self, shard: int) -> str:
-        return self.base(shard) + "audit"
-
-    def publisher(self, shard: int, publisher_id: str) -> str:
-        """A publisher's last sequence number on the shard (``lua/publish.lua``)."""
-        return self.base(shard) + "pub:" + publisher_id
-
-    def route(self, oid: int, day: int) -> str:
-        return f"{self.prefix}:{{r{self.route_shard(oid)}}}:route:{day}"
 
 
 _READY_WAIT_S = 10.0  # how long a joining process waits for a record's creator to finish
@@ -474,6 +409,6 @@ class Scripts:
 
 
 def _encoded(args: Sequence[Any]) -> list[Any]:
-    """Script arguments with text as :func:`cluster_risk.ids.to_bytes` (ids may hold lone
+    """Script arguments with text as :func:`cluster_risk.keys.to_bytes` (ids may hold lone
     surrogates, which redis-py's own encoding refuses)."""
     return [to_bytes(a) if isinstance(a, str) else a for a in args]

@@ -26,7 +26,7 @@ from redis.exceptions import ResponseError
 
 from cluster_risk.cluster.ops import manual_scope
 from cluster_risk.cluster.shards import MANUAL, Client, Deployment, Keys, text
-from cluster_risk.remote import scope_values
+from cluster_risk.keys import scope_values
 
 __all__ = ["fleet_status", "lags_of", "present_after", "shard_lags", "total_lag"]
 

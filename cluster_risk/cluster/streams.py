@@ -44,7 +44,7 @@ from cluster_risk.cluster.shards import Client, Deployment, Keys, text
 from cluster_risk.config import EngineConfig
 from cluster_risk.errors import EventError
 from cluster_risk.events import Event, Order, ResetDaily, Trade
-from cluster_risk.ids import index_pair, to_bytes
+from cluster_risk.keys import index_pair, to_bytes
 from cluster_risk.state.redis import RedisStore, StoreError, load_lua, takes_shebang
 from cluster_risk.wire import decode_line, encode_event
 

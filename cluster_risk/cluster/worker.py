@@ -55,7 +55,6 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from json import scanner as _json_scanner
 from typing import Any
 
 from redis.cluster import RedisCluster
@@ -65,16 +64,17 @@ from redis.exceptions import RedisError, ResponseError, TimeoutError
 from cluster_risk.cluster.leases import Leases
 from cluster_risk.cluster.render import DeadLetter, Renderer, dead_letter
 from cluster_risk.cluster.shards import Client, Deployment, DeploymentError, Keys, Scripts, check_eviction, text
+from cluster_risk.cluster.status import total_lag
 from cluster_risk.config import EngineConfig
-from cluster_risk.errors import EventError
-from cluster_risk.events import Event, Order, Tick, Trade, order_ok, trade_ok
+from cluster_risk.errors import INTERNAL_ERROR, EventError, ShardLost
+from cluster_risk.events import Event, Tick
 from cluster_risk.observability import WorkerMetrics
 from cluster_risk.remote import KnownIds, RemoteEngine, ShardBatch
 from cluster_risk.state.functions import LuaOperation
 from cluster_risk.state.redis import RedisStore, StoreError, by_node, load_lua, script_pipeline, takes_shebang
-from cluster_risk.wire import decode_event, decode_line
+from cluster_risk.wire import decode_entries
 
-__all__ = ["Durability", "Retention", "ShardLost", "Worker", "WorkerStats", "decode_entries"]
+__all__ = ["Durability", "Retention", "ShardLost", "Worker", "WorkerStats"]
 
 log = logging.getLogger("cluster_risk.cluster.worker")
 
@@ -82,19 +82,8 @@ _ACCOUNT = re.compile(r'"account_id"\s*:\s*"([^"\\]*)"')  # a dead letter's acco
 # b"XREAD", not "XREAD": redis-py looks its reply callback up by the command's name, and the
 # callback turns every entry's fields into a dict; the worker reads the raw reply instead.
 _XREAD = b"XREAD"
-_scan: Callable[[str, int], tuple[Any, int]] = _json_scanner.c_make_scanner(json.JSONDecoder())  # type: ignore[attr-defined]
-_NONE = object()
+_NONE = object()  # a rejected entry's place in a batch planned again without it
 SCRIPT_ERROR = "script_error"  # a dead letter's error when apply.lua failed on that entry alone
-INTERNAL_ERROR = "internal_error"  # a dead letter's error when an entry met a bug (logged with its traceback)
-
-
-class ShardLost(RedisError):
-    """The apply script refused a batch (``lost``, ``fenced``, ``gap``, ``stale``, ``conflict``)."""
-
-    def __init__(self, shard: int, status: str, detail: str) -> None:
-        super().__init__(f"shard {shard}: batch refused ({status}, {detail})")
-        self.shard = shard
-        self.status = status
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -144,73 +133,6 @@ class WorkerStats:
     not_replicated: int = 0
     lease_changes: int = 0
     held: list[int] = field(default_factory=list)
-
-
-# ---------------------------------------------------------------------- decoding entries
-
-
-def _event(obj: Any) -> Event:
-    """decode_event, with a fast path for a valid order or trade (same result)."""
-    if type(obj) is dict:
-        kind = obj.get("type")
-        try:
-            if kind == "order":
-                o = Order(
-                    obj["oid"],
-                    obj["account_id"],
-                    obj["contract_id"],
-                    obj["direction"],
-                    obj["price"],
-                    obj["volume"],
-                    obj["timestamp"],
-                )
-                if order_ok(o):
-                    return o
-            elif kind == "trade":
-                get = obj.get
-                e = Trade(
-                    obj["tid"],
-                    obj["oid"],
-                    obj["price"],
-                    obj["volume"],
-                    obj["timestamp"],
-                    get("account_id"),
-                    get("contract_id"),
-                )
-                if trade_ok(e):
-                    return e
-        except KeyError:
-            pass
-    return decode_event(obj)
-
-
-def decode_entries(raws: Sequence[bytes]) -> list[Event | EventError]:
-    """``decode_line`` of each raw entry (the event or its error), fast: an ASCII batch is
-    joined and scanned value by value with json's C scanner; a value is taken only if it
-    spans exactly its entry (anything else - whitespace around it, a broken entry - goes
-    through ``decode_line`` alone, for the exact answer)."""
-    joined = b"\n".join(raws)  # a newline cannot occur inside a JSON string: values stay apart
-    text_all = joined.decode("ascii") if joined.isascii() else None
-    out: list[Event | EventError] = []
-    pos = 0
-    for raw in raws:
-        obj: Any = _NONE
-        if text_all is not None:
-            n = len(raw)
-            try:
-                obj, end = _scan(text_all, pos)
-                if end != pos + n:
-                    obj = _NONE
-            except (StopIteration, ValueError, RecursionError):
-                obj = _NONE
-            pos += n + 1
-        try:
-            out.append(decode_line(raw) if obj is _NONE else _event(obj))
-        except EventError as exc:
-            out.append(exc)
-        except Exception as exc:  # a decoder bug: this entry's dead letter, not the worker's end
-            out.append(EventError(INTERNAL_ERROR, "", f"{type(exc).__name__}: {exc}"[:500]))
-    return out
 
 
 def _fields(raw: Any) -> tuple[bytes, str]:
@@ -286,8 +208,8 @@ class _Batch:
 
 def _tune_gc() -> None:
     """Every batch allocates thousands of short-lived objects; with the default thresholds the
-    collector ran every 700 of them and often walked the engine's long-lived state (about 40%
-    of a worker's CPU here).  The objects of start-up are frozen, and collections are rarer."""
+    collector ran every 700 of them and often walked the engine's long-lived state (then the
+    largest share of a worker's CPU).  The objects of start-up are frozen, and collections are rarer."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(max(gc.get_threshold()[0], 20_000), 20, 100)
@@ -932,8 +854,6 @@ class Worker:
             log.debug("cluster map refresh failed: %s", exc)
 
     def _deployment_lag(self) -> int:
-        from cluster_risk.cluster.status import total_lag
-
         try:
             return total_lag(self.client, self.keys)
         except RedisError:

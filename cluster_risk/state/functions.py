@@ -2,9 +2,9 @@
 
 An EVALSHA runs the whole script on every call, so every call re-creates the ~90 closures
 and module tables of the libraries it includes (keys, cache, window, ...) before it does any
-work: callgrind counts 498k instructions for a one-event call by EVALSHA, 374k by FCALL, and
-72.5k against 66.5k per event in batches of 20 (the sizes a cluster worker sends at moderate
-rates).  A Redis Function library runs its top level once, at ``FUNCTION LOAD``; each FCALL
+work: for a one-event call that is about a quarter of the call's instructions, and it still
+shows in batches of 20 (the sizes a cluster worker sends at moderate rates).  A Redis Function
+library runs its top level once, at ``FUNCTION LOAD``; each FCALL
 then runs only the script's body.
 
 The library is generated from the same source as the EVALSHA script (one code path, one

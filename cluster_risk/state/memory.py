@@ -1,6 +1,7 @@
 """In-memory state primitives: the executable specification of the Lua twins.
 
-Transitions are small ints so the hot path compares without allocating.
+Transitions are small ints (cluster_risk/state/codes.py, shared with Lua) so the hot path
+compares without allocating.
 """
 
 from __future__ import annotations
@@ -10,11 +11,9 @@ from collections import deque
 from itertools import islice
 from typing import Any
 
-__all__ = ["NO_CHANGE", "PAUSED", "RESUMED", "SlidingWindow", "DailySum", "IdRetention"]
+from cluster_risk.state.codes import NO_CHANGE, PAUSED, RESUMED
 
-NO_CHANGE = 0
-PAUSED = 1
-RESUMED = 2
+__all__ = ["NO_CHANGE", "PAUSED", "RESUMED", "SlidingWindow", "DailySum", "IdRetention"]
 
 # A daily sum saturates rather than drift (the Lua twin does the same, lua/daily_sum.lua): an
 # integer sum that passes 2**53 (no longer exact as a double) becomes SATURATED_SUM, which is

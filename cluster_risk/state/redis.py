@@ -3,26 +3,8 @@
 The store knows keys, scripts and connections; the decisions are the scripts' (the Lua twins
 of :mod:`cluster_risk.state.memory`) and the planning is :mod:`cluster_risk.remote`'s.
 
-Key layout (readable with ``redis-cli``; ``P`` = prefix, default ``risk``; ``N`` = shard =
-``crc32(account_id) % num_shards``; the hash tag ``{sN}`` puts a shard in one cluster slot)::
-
-    P:{sN}:meta                        hwm (last applied batch), clock, latest, gens, maxo, maxt, touched,
-                                       blocks ("-1 <lasto> <lastt> ": lua/seen_ids.lua);
-                                       rseq<k>, result<k>, digest<k>: the last 4 batches (k = seq % 4), for retries
-    P:{sN}:acct                        account -> current trading day (ordinal; "p": daily pauses)
-    P:{sN}:paused:<rule>               scope -> "since=<ns> value=<v> limit=<l> ... account=<id>"
-    P:{sN}:win:<rule>                  scope -> sliding window: recent buckets, then its count (lua/window.lua)
-    P:{sN}:winc:<rule>                 "<n>:<scope>" -> a chunk of a window's older buckets
-    P:{sN}:day:<YYYY-MM-DD>:<rule>     scope -> that trading day's sum (lua/daily_sum.lua)
-    P:{sN}:ids:<YYYY-MM-DD>:<block>    o<oid> -> <len(account)>:<account><contract> (the order index, ids.py),
-                                       t<tid> -> 1 (seen ids), 1,000 ids a block: o12 holds o12000..o12999
-                                       (lua/seen_ids.lua)
-    P:{sN}:ids:<YYYY-MM-DD>:blocks     set: the day's blocks
-
-A scope is the rule's dimension values joined by ``:`` (``%``, ``:`` and control characters
-percent-encoded, so the split is exact), e.g. ``HGETALL 'risk:{s3}:paused:OrderRateLimitRule'``
-answers "who is paused by the rate rule on shard 3, since when, why".  Every key gets a TTL
-of ``ttl_s`` (default: id retention + 1 days) when it is written, and keys only read are
+Key layout, scope encoding and shards: :mod:`cluster_risk.keys` (the one definition).  Every key
+gets a TTL of ``ttl_s`` (default: id retention + 1 days) when it is written, and keys only read are
 refreshed on a shard's first batch of each new latest day and every 256th batch; a shard
 idle that long forgets everything, old trading days and id generations expire on their own,
 and old window buckets are dropped by the script itself (event time, exact).
@@ -40,6 +22,7 @@ failover to a replica that never saw it).
 
 from __future__ import annotations
 
+import json
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
@@ -56,8 +39,9 @@ from redis.exceptions import RedisError, ResponseError
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
-from cluster_risk.errors import RiskError
-from cluster_risk.ids import UNICODE_ERRORS, shard_of, to_text
+from cluster_risk.errors import StoreError
+from cluster_risk.keys import UNICODE_ERRORS, shard_base, shard_of, to_text
+from cluster_risk.settings import mask_url
 from cluster_risk.state.functions import LuaOperation, is_missing
 from cluster_risk.state.server_settings import SERVER_SETTINGS
 
@@ -67,10 +51,6 @@ _INCLUDE = "--@include "
 
 # SERVER_SETTINGS (re-exported): the settings the state's layout needs for speed, applied by
 # capability to the servers the project starts (cluster_risk.state.server_settings).
-
-
-class StoreError(RiskError):
-    """Redis failed or refused a batch; the message says which shard and what to do."""
 
 
 def _lua_text(name: str, folder: Path | None = None) -> str:
@@ -210,7 +190,7 @@ class RedisStore:
         self.ttl_s = ttl_s
         self.lua_folder = lua_folder  # None: the package's own lua/ (see load_lua)
         self.is_cluster = isinstance(client, RedisCluster)
-        self._meta = [f"{prefix}:{{s{n}}}:meta" for n in range(num_shards)]
+        self._meta = [shard_base(prefix, n) + "meta" for n in range(num_shards)]
         self._scripts: dict[str, LuaOperation] = {}
         self._stream = _Stream(client)
         self.codec = ""  # "m" msgpack or "j" JSON; decided by _probe() on first use
@@ -257,7 +237,7 @@ class RedisStore:
     # ------------------------------------------------------------------ keys
 
     def shard_of(self, account_id: str) -> int:
-        """:func:`cluster_risk.ids.shard_of` with this store's shard count."""
+        """:func:`cluster_risk.keys.shard_of` with this store's shard count."""
         return shard_of(account_id, self.num_shards)
 
     def meta_key(self, shard: int) -> str:
@@ -265,11 +245,11 @@ class RedisStore:
 
     def key(self, shard: int, suffix: str) -> str:
         """A key of the shard: ``key(3, "paused:OrderRateLimitRule")`` (the layout above)."""
-        return f"{self.prefix}:{{s{shard}}}:{suffix}"
+        return shard_base(self.prefix, shard) + suffix
 
     def shard_keys(self, shard: int) -> list[str]:
         """Every key the shard holds now (SCAN on its pattern; for ops and tests)."""
-        pattern = f"{self.prefix}:{{s{shard}}}:*"
+        pattern = shard_base(self.prefix, shard) + "*"
         if isinstance(self.client, RedisCluster):
             node = self.client.get_node_from_key(self.meta_key(shard))  # type: ignore[no-untyped-call, unused-ignore]
             found = self.client.scan_iter(match=pattern, count=1000, target_nodes=node)
@@ -296,7 +276,7 @@ class RedisStore:
         has_msgpack, has_struct = (_text(kind) == "table" for kind in kinds)
         self.codec = "m" if has_msgpack else "j"
         shims = () if has_struct else ("struct_shim.lua",)
-        for name, functions in (("apply.lua", shebang), ("lookup_ids.lua", False)):
+        for name, functions in (("apply.lua", shebang), ("lookup_ids.lua", False), ("inspect.lua", False)):
             source = load_lua(name, shebang=shebang, shims=shims, folder=self.lua_folder)
             self._scripts[name] = LuaOperation(name, source, functions=functions)
         self.load_scripts()
@@ -332,9 +312,8 @@ class RedisStore:
         if self.codec == "m":
             try:  # the fast path (msgpack's error handler costs ~1.8x); the same bytes when it passes
                 return cast(bytes, msgpack.packb(plan, use_bin_type=True))
-            except UnicodeEncodeError:  # a lone surrogate in some id (cluster_risk/ids.py)
+            except UnicodeEncodeError:  # a lone surrogate in some id (cluster_risk/keys.py)
                 return cast(bytes, msgpack.packb(plan, use_bin_type=True, unicode_errors=UNICODE_ERRORS))
-        import json
 
         return json.dumps(plan, separators=(",", ":")).encode()
 
@@ -342,9 +321,8 @@ class RedisStore:
         if self.codec == "m":
             try:
                 return cast(list[Any], msgpack.unpackb(blob, raw=False))
-            except UnicodeDecodeError:  # a lone surrogate in some id (cluster_risk/ids.py)
+            except UnicodeDecodeError:  # a lone surrogate in some id (cluster_risk/keys.py)
                 return cast(list[Any], msgpack.unpackb(blob, raw=False, unicode_errors=UNICODE_ERRORS))
-        import json
 
         out = json.loads(blob)
         return out if isinstance(out, list) else []  # cjson encodes an empty table as {}
@@ -466,7 +444,7 @@ class RedisStore:
         return self._run("lookup_ids.lua", calls) if calls else []
 
     def lookup_ids(self, fields: Sequence[str]) -> dict[str, str]:
-        """``o<oid>`` -> ``<len(account)>:<account><contract>`` (:func:`cluster_risk.ids.index_pair`)
+        """``o<oid>`` -> ``<len(account)>:<account><contract>`` (:func:`cluster_risk.keys.index_pair`)
         and ``t<tid>`` -> ``1`` for the ids some shard knows (every shard is asked: the shard
         follows the account, unknown here)."""
         found: dict[str, str] = {}
@@ -475,6 +453,14 @@ class RedisStore:
                 if value and field not in found:
                     found[field] = _text(value)
         return found
+
+    def inspect(self, shard: int, spec: Mapping[str, Any]) -> list[Any]:
+        """``lua/inspect.lua`` on ``shard`` (read only; ``spec`` is its ARGV[1]): the account's
+        current day, then per rule its scopes' values and pauses, then its manual pauses."""
+        # UTF-8 as is: cjson refuses a lone surrogate's \u escape (cluster_risk/keys.py)
+        payload = json.dumps(spec, ensure_ascii=False, separators=(",", ":")).encode("utf-8", UNICODE_ERRORS)
+        reply: list[Any] = self._run("inspect.lua", [(shard, [payload])])[0]
+        return reply
 
     def close(self) -> None:
         self._stream.drop()
@@ -508,8 +494,6 @@ def _text(value: object) -> str:
 
 
 def _masked(url: str) -> str:
-    from cluster_risk.settings import mask_url  # also a ?password= argument
-
     return mask_url(url)
 
 

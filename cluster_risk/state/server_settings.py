@@ -32,11 +32,10 @@ class ServerSetting:
 
 
 # A shard's hashes grow to a field per account or id; a hash stays a listpack (a ziplist before
-# Redis 7), searched linearly, up to this many fields (512 in Debian's Redis 7.0 build), so at a
-# few hundred fields each HGET/HSET cost ~14k instructions instead of ~1.5k: 7% of all Redis work
-# on the seed benchmark (callgrind). Even at 64 fields (1,000 accounts over 16 shards) a worker's
-# call of 5 events cost 764k instructions against 703k at 16 (callgrind); memory is what a lower
-# bound costs.
+# Redis 7), searched linearly, up to this many fields (512 by default), so at a few hundred
+# fields each HGET/HSET costs about ten times a hash table's look-up: a visible share of all Redis
+# work on the seed benchmark. Even at 64 fields (1,000 accounts over 16 shards) a worker's small
+# calls are cheaper at 16; memory is what a lower bound costs.
 SERVER_SETTINGS: tuple[ServerSetting, ...] = (
     ServerSetting(
         names=("hash-max-listpack-entries", "hash-max-ziplist-entries"),

@@ -16,7 +16,7 @@ import pytest
 
 from cluster_risk.cluster.launcher import start_worker
 from cluster_risk.cluster.shards import Deployment
-from cluster_risk.cluster.status import total_lag
+from cluster_risk.cluster.status import fleet_status, total_lag
 from cluster_risk.cluster.streams import Publisher
 from tests.cluster.conform import by_scope, expected, fleet_output, with_final_tick
 from tests.cluster.conftest import connect
@@ -90,8 +90,6 @@ class Fleet:
         return thread
 
     def explain(self) -> str:
-        from cluster_risk.cluster.status import fleet_status
-
         logs = "\n".join(f"--- {name}\n" + "\n".join(self.log(name).splitlines()[-8:]) for name in self.procs)
         status = fleet_status(self.client)
         return f"published {self.published}\nstatus {json.dumps(status['shards'])}\n{logs}"

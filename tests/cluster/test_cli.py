@@ -18,14 +18,17 @@ import pytest
 import redis
 import yaml
 
+from cluster_risk import build_config
 from cluster_risk.cluster.launcher import RedisProcess, free_port
 from cluster_risk.cluster.shards import Deployment, Keys
+from cluster_risk.cluster.streams import Publisher
+from cluster_risk.cluster.worker import Worker
 from tests.cluster.conform import by_scope, expected, with_final_tick
-from tests.cluster.conftest import read_line
+from tests.cluster.conftest import connect, read_line
 from tests.cluster.fleet import wait_for
 from tests.cluster.workload import CONFIG
 from tests.cluster.workload import events as workload
-from tests.helpers import T0
+from tests.helpers import T0, lines
 
 CLI = [sys.executable, "-m", "cluster_risk.cli"]
 
@@ -117,11 +120,6 @@ def test_up_starts_redis_and_workers_and_ctrl_c_stops_all(redis_binaries: tuple[
 
 
 def test_actions_follow_prints_new_actions(server: RedisProcess, tmp_path: Path) -> None:
-    from cluster_risk import build_config
-    from cluster_risk.cluster.streams import Publisher
-    from cluster_risk.cluster.worker import Worker
-    from tests.cluster.conftest import connect
-    from tests.helpers import lines
 
     config = build_config(CONFIG)
     publisher = Publisher(connect(server.url), shards=4)

@@ -16,7 +16,10 @@ from typing import Any
 import pytest
 
 from cluster_risk import build_config
+from cluster_risk.cluster.client import RiskClient
 from cluster_risk.cluster.launcher import RedisProcess
+from cluster_risk.cluster.ops import Ops
+from cluster_risk.cluster.shards import rule_dimensions
 from cluster_risk.cluster.streams import Publisher
 from cluster_risk.cluster.worker import Worker
 from cluster_risk.errors import EventError
@@ -178,10 +181,6 @@ def test_poison_entries_are_dead_lettered_and_the_worker_goes_on(
 def test_a_gateway_and_the_ops_commands_take_hostile_ids(server: RedisProcess) -> None:
     """Pauses of hostile accounts reach a gateway (hint and resync), and an operator can pause,
     resume, reset and inspect them: every text crosses Redis as ids.to_bytes, both ways."""
-    from cluster_risk.cluster.client import RiskClient
-    from cluster_risk.cluster.ops import Ops
-    from cluster_risk.cluster.shards import rule_dimensions
-
     client = connect(server.url)
     publisher = Publisher(client, shards=2)
     accounts = ["\ud800", "VICTIM\x1fX17", "{s1}:%", "\x00"]

@@ -7,10 +7,9 @@ import json
 
 from cluster_risk.cluster.launcher import RedisProcess
 from cluster_risk.cluster.streams import Publisher
-from cluster_risk.cluster.worker import decode_entries
 from cluster_risk.events import Direction, Order, ResetDaily, Tick, Trade
 from cluster_risk.state.redis import RedisStore
-from cluster_risk.wire import decode_line, encode_event
+from cluster_risk.wire import decode_entries, decode_line, encode_event
 from tests.cluster.conftest import connect
 from tests.helpers import DAY, T0
 from tests.redis.proxy import CuttingProxy

@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from cluster_risk import build_config
+from cluster_risk.cluster import shards
 from cluster_risk.cluster.client import RiskClient
 from cluster_risk.cluster.launcher import RedisProcess
 from cluster_risk.cluster.ops import Ops
@@ -313,8 +314,6 @@ def test_a_record_replaced_under_a_running_worker_stops_it_and_every_shard_is_lo
 def test_a_record_its_creator_left_unready_is_completed_by_the_next_process(
     server: RedisProcess, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from cluster_risk.cluster import shards
-
     monkeypatch.setattr(shards, "_READY_WAIT_S", 0.2)
     client = connect(server.url)
     client.hset("risk:deployment", mapping={"shards": str(SHARDS), "id": "abc"})  # then the creator died

@@ -10,12 +10,14 @@ import fakeredis
 import pytest
 
 from cluster_risk import ConfigError, RiskEngine, build_config
+from cluster_risk.benchmark import SEED_CONFIG
 from cluster_risk.errors import EventError
 from cluster_risk.events import Order, Trade
 from cluster_risk.remote import BatchError, RemoteEngine, replay_batched, scope_key, scope_values
-from cluster_risk.replay import replay_events
+from cluster_risk.replay import replay_events, replay_lines
 from cluster_risk.rules import OrderRateLimitRule
 from cluster_risk.state.redis import RedisStore, StoreError
+from cluster_risk.wire import decode_event
 from tests.helpers import DAY, T0, EngineFactory, lines, load_case, views
 from tests.redis import streams
 from tests.redis.servers import RedisServer
@@ -151,8 +153,6 @@ def test_scope_keys_split_back_exactly(values: tuple[str, ...]) -> None:
 
 def test_replay_batched_prints_what_the_cli_prints(standalone: RedisServer) -> None:
     """Lines in, JSON records out: the same as cluster_risk.replay.replay_lines, errors included."""
-    from cluster_risk.replay import replay_lines
-
     rules = streams.rules(3)
     text = [*lines(streams.stream(3)), "", "{not json", '{"type": "tick"}']
     expected = list(replay_lines(RiskEngine(rules, streams.CONTRACTS), text))
@@ -166,8 +166,6 @@ def test_replay_batched_prints_what_the_cli_prints(standalone: RedisServer) -> N
 @pytest.mark.parametrize("backend", REMOTE, indirect=True)
 def test_apply_shard_with_the_callers_own_script_call(backend_engine: EngineFactory) -> None:
     """The hook a cluster worker uses: it plans, the caller sends (here: plain apply.lua)."""
-
-    from cluster_risk.wire import decode_event
 
     case = load_case(12)
     engine = backend_engine(**case["config"], num_shards=1)
@@ -207,8 +205,6 @@ def test_a_scope_key_shared_by_rules_is_planned_once() -> None:
     key once, and its pairs list no group (each rule's group is the pair's account). With a
     rule that groups otherwise, a pair lists each rule's group; rules that share a scope key
     point at one entry (the script tells the rules apart)."""
-    from cluster_risk.benchmark import SEED_CONFIG
-
     engine = RemoteEngine.from_config(build_config(SEED_CONFIG), RedisStore(fakeredis.FakeRedis(), num_shards=1))
     orders = [Order(i + 1, f"A{i % 3}", "T2303", "BID", 1.0, 1, T0 + i) for i in range(6)]
     plan = engine.plan_shard(0, orders).plan

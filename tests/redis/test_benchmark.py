@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 from cluster_risk.benchmark import SEED_CONFIG, make_workload
+from cluster_risk.benchmark.cluster import _callgrind
+from cluster_risk.benchmark.redis_store import callgrind_run, main, private_redis, run
 from cluster_risk.config import build_config
 from cluster_risk.engine import RiskEngine
-from cluster_risk.redis_benchmark import callgrind_run, main, private_redis, run
-from cluster_risk.redis_compare import compare_run
+from tools.redis_compare import compare_run
 
 LUA = Path(__file__).parents[2] / "lua"
 
@@ -66,8 +67,6 @@ def test_callgrind_counts_the_scripts_instructions() -> None:
 def test_callgrind_counts_a_workers_calls() -> None:
     """``python -m cluster_risk.benchmark cluster --callgrind``: a worker drains a published
     stream in calls of at most --batch entries per shard, counted inside FCALL."""
-    from cluster_risk.cluster.bench import _callgrind
-
     assert shutil.which("valgrind"), "valgrind is needed (apt-get install valgrind; CI installs it)"
     _, events = make_workload(400, 100, 50)
     counted = _callgrind(events, shards=4, batch=10)
@@ -80,7 +79,7 @@ def test_callgrind_counts_a_workers_calls() -> None:
 
 @pytest.mark.redis
 def test_compare_lua_measures_two_versions_side_by_side(tmp_path: Path) -> None:
-    """``--compare-lua``: the same Lua on both sides gives a ratio near 1 per round; a version
+    """``tools/redis_compare.py``: the same Lua on both sides gives a ratio near 1 per round; a version
     that decides differently is refused, and so is a folder without apply.lua."""
     sizes = {"orders": 1200, "trades": 300, "accounts": 2, "batch_size": 100}
     same = compare_run(LUA, **sizes, rounds=2)

@@ -1,4 +1,4 @@
-"""The documented entry points to the Redis store: RiskEngine(store=...) and replay --redis-url."""
+"""The documented entry points to the Redis store: open_engine(config, store) and replay --redis-url."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from cluster_risk import RiskEngine, RiskError, build_config
+from cluster_risk import RiskEngine, build_config
+from cluster_risk.engines import open_engine
+from cluster_risk.errors import EventError
+from cluster_risk.remote import RemoteEngine
 from cluster_risk.replay import replay_events
 from cluster_risk.state.redis import RedisStore
+from cluster_risk.wire import decode_event
 from tests.helpers import load_case, views
 from tests.redis.servers import RedisServer
 
@@ -21,20 +23,39 @@ def test_risk_engine_with_a_store_decides_as_in_memory(standalone: RedisServer) 
     case = load_case(3)
     config = build_config(case["config"])  # type: ignore[arg-type]
     store = RedisStore.from_url(standalone.url, num_shards=4)
-    engine = RiskEngine.from_config(config, store=store)
-    assert engine.remote is not None
+    engine = open_engine(config, store)
+    assert isinstance(engine, RemoteEngine)  # the executor itself: no methods grafted on
     assert views(replay_events(engine, case["events"])) == case["expected"]  # type: ignore[arg-type]
-    assert engine.paused_scopes() == engine.remote.paused_scopes()
-    with pytest.raises(RiskError, match="in-process state"):
-        engine.window_count("OrderRateLimitRule", {"account": "ACC001"})
+    memory = open_engine(config)
+    assert isinstance(memory, RiskEngine)
+    list(replay_events(memory, case["events"]))  # type: ignore[arg-type]
+    assert engine.paused_scopes() == memory.paused_scopes()
+    # inspection reads the state where the executor keeps it (in Redis here)
+    orders = [e for e in case["events"] if e.get("type") == "order"]  # type: ignore[attr-defined]
+    pairs = {(e.get("account_id"), e.get("contract_id")) for e in orders}
+    pairs = {(a, c) for a, c in pairs if isinstance(a, str) and a and isinstance(c, str) and c}
+    assert len(pairs) > 5
+    counted = summed = 0
+    for account, contract in [*sorted(pairs), ("nobody", "nothing")]:
+        scope = {
+            "account": account,
+            "contract": contract,
+            "product": config.contract_to_product.get(contract, contract),
+        }
+        for rule in config.rules:
+            if rule.type_name == "OrderRateLimitRule":
+                assert engine.window_count(rule.name, scope) == memory.window_count(rule.name, scope)
+                counted += memory.window_count(rule.name, scope)
+            else:
+                assert engine.daily_sum(rule.name, scope) == memory.daily_sum(rule.name, scope)
+                summed += memory.daily_sum(rule.name, scope) != 0
+    assert counted and summed  # the comparison saw state
     store.close()
 
 
 def test_process_batch_is_the_same_in_memory_and_in_redis(standalone: RedisServer) -> None:
     standalone.client().flushall()
     case = load_case(9)
-    from cluster_risk.errors import EventError
-    from cluster_risk.wire import decode_event
 
     events = []
     for obj in case["events"]:  # type: ignore[attr-defined]
@@ -45,7 +66,7 @@ def test_process_batch_is_the_same_in_memory_and_in_redis(standalone: RedisServe
     config = build_config(case["config"])  # type: ignore[arg-type]
     in_memory = RiskEngine.from_config(config).process_batch(events)
     store = RedisStore.from_url(standalone.url, num_shards=4)
-    in_redis = RiskEngine.from_config(config, store=store).process_batch(events)
+    in_redis = open_engine(config, store).process_batch(events)
     assert in_redis == in_memory
     assert in_memory  # the vector does produce actions
     store.close()

@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 
 from cluster_risk import RiskEngine, build_config
+from cluster_risk.cluster.shards import Keys
+from cluster_risk.keys import index_pair, index_value, shard_of
 from cluster_risk.remote import RemoteEngine, replay_batched
 from cluster_risk.replay import replay_lines
 from cluster_risk.state.redis import RedisStore
@@ -92,8 +94,6 @@ def test_an_account_holding_u001f_does_not_charge_another_account(store: RedisSt
 
 
 def test_the_order_index_value_is_unambiguous() -> None:
-    from cluster_risk.ids import index_pair, index_value
-
     for account in HOSTILE:
         for contract in ("C", "\x1f", "1:", "\ud800", "x" * 1000):
             assert index_pair(index_value(account, contract)) == (account, contract)
@@ -103,9 +103,6 @@ def test_the_order_index_value_is_unambiguous() -> None:
 
 
 def test_one_shard_function_that_takes_every_id(store: RedisStore) -> None:
-    from cluster_risk.cluster.shards import Keys
-    from cluster_risk.ids import shard_of
-
     keys = Keys("risk", 4)
     for account in HOSTILE:
         assert store.shard_of(account) == keys.shard_of(account) == shard_of(account, 4)

@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 import pytest
 
 from cluster_risk import RiskEngine, build_config
+from cluster_risk.errors import ConfigError
 from cluster_risk.events import Trade
 from cluster_risk.remote import RemoteEngine, replay_batched
 from cluster_risk.replay import replay_lines
@@ -104,8 +105,6 @@ def test_a_notional_past_the_largest_double_is_valid_json(store: RedisStore) -> 
 
 
 def test_a_daily_cap_above_2_53_is_refused_naming_the_field_and_the_bound() -> None:
-    from cluster_risk.errors import ConfigError
-
     for cap in (1e20, (1 << 53) + 2, float("inf")):
         with pytest.raises(ConfigError, match=r"rules\[0\]\.daily_cap: must be at most 2\*\*53 = 9007199254740992"):
             build_config({"rules": [{"type": "AccountVolumeLimitRule", "daily_cap": cap}]})

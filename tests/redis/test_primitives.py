@@ -37,8 +37,10 @@ def run_lua(request: pytest.FixtureRequest) -> Callable[[list[str], str, str], A
         shims = []
 
     def run(libraries: list[str], body: str, arg: str) -> Any:
-        # builtins.lua first and bound before the body, as every script that includes libraries does
-        script = "\n".join([*shims, *(library(name) for name in ["builtins.lua", *libraries]), "builtins.bind()", body])
+        # builtins.lua (then codes.lua) first and bound before the body, as every script that
+        # includes libraries does
+        names = ["builtins.lua", "codes.lua", *libraries]
+        script = "\n".join([*shims, *(library(name) for name in names), "builtins.bind()", body])
         return json.loads(client.eval(script, 0, arg))
 
     return run

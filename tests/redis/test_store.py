@@ -16,6 +16,7 @@ import pytest
 import redis
 
 from cluster_risk import build_config
+from cluster_risk.benchmark import SEED_CONFIG, make_workload
 from cluster_risk.events import Order, Tick, Trade
 from cluster_risk.remote import RemoteEngine, replay_batched
 from cluster_risk.state.redis import RedisStore, StoreError
@@ -264,8 +265,6 @@ def test_sentinel_topology(redis_binaries: Any, tmp_path: Path) -> None:
 def test_servers_keep_big_hashes_out_of_listpacks(standalone: RedisServer) -> None:
     """SERVER_SETTINGS reach the servers we start: a day's sums over 100 accounts are a
     hashtable (a listpack of hundreds of fields is searched linearly on every access)."""
-    from cluster_risk.benchmark import SEED_CONFIG, make_workload
-
     store = RedisStore.from_url(standalone.url, num_shards=1, prefix="listpack")
     engine = RemoteEngine.from_config(build_config(SEED_CONFIG), store)
     _, events = make_workload(400, 400, 100)
@@ -290,8 +289,6 @@ def test_servers_take_the_settings_under_the_name_they_know(standalone: RedisSer
 def test_keys_that_exist_keep_their_ttl_until_a_new_day(standalone: RedisServer) -> None:
     """A key a batch reads, or writes after seeing it exist, is not PEXPIREd on every batch,
     but on the shard's first batch of a new trading day (and every 256th batch)."""
-    from cluster_risk.benchmark import SEED_CONFIG, make_workload
-
     store = RedisStore.from_url(standalone.url, num_shards=1, prefix="ttl")
     engine = RemoteEngine.from_config(build_config(SEED_CONFIG), store)
     orders, _ = make_workload(30, 0, 3)
@@ -314,8 +311,6 @@ def test_every_key_a_batch_creates_gets_its_ttl(standalone: RedisServer) -> None
     """Keys are created mid-day by batches that are not a new day's first (a day's sums at its
     first fill, a window at its rule's first order, a pause registry): each gets its TTL from
     the call that created it."""
-    from cluster_risk.benchmark import SEED_CONFIG, make_workload
-
     store = RedisStore.from_url(standalone.url, num_shards=1, prefix="ttlnew")
     engine = RemoteEngine.from_config(build_config(SEED_CONFIG), store)
     _, mixed = make_workload(12000, 3000, 20)  # 600 orders an account: the rate limit pauses

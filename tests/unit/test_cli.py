@@ -14,7 +14,9 @@ from typing import Any
 
 import pytest
 
+from cluster_risk import __version__
 from cluster_risk.cli import build_parser
+from cluster_risk.cli.common import apply_runtime_settings
 from tests.helpers import T0, views
 
 CONFIG = {
@@ -210,8 +212,6 @@ def test_every_option_has_help_with_its_default() -> None:
 
 
 def test_version() -> None:
-    from cluster_risk import __version__
-
     done = run("--version")
     assert done.returncode == 0 and done.stdout.decode().strip() == f"cluster-risk {__version__}"
 
@@ -264,8 +264,6 @@ def test_settings_precedence_flag_environment_file_default(
     monkeypatch.setenv("CLUSTER_RISK_BATCH_SIZE", "9")
     monkeypatch.setenv("CLUSTER_RISK_TICK_MS", "7")
     monkeypatch.setenv("CLUSTER_RISK_WORKER_ID", "pod-1")
-
-    from cluster_risk.cluster.commands import apply_runtime_settings
 
     def resolved(*flags: str) -> argparse.Namespace:
         args = build_parser().parse_args(["worker", "--config", "c.json", *flags])

@@ -16,11 +16,11 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from cluster_risk import RiskEngine, build_config
-from cluster_risk.cluster.worker import _fields, decode_entries
+from cluster_risk.cluster.worker import _fields
 from cluster_risk.errors import EventError
 from cluster_risk.events import Event
 from cluster_risk.replay import replay_lines
-from cluster_risk.wire import decode_line
+from cluster_risk.wire import decode_entries, decode_line
 from tests.helpers import DAY, T0
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

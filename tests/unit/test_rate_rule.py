@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from cluster_risk import Action
-from tests.helpers import MS, T0, Engine, EngineFactory, S, act, order, trade, views, window_count
+from tests.helpers import MS, T0, Engine, EngineFactory, S, act, order, trade, views
 
 RULE = "OrderRateLimitRule"
 A = {"account": "A"}
@@ -50,7 +50,7 @@ def test_paused_only_once_and_orders_still_counted_while_paused(rate_engine: Eng
     feed = Feed(rate_engine(2))
     out = feed.burst([T0 + i * MS for i in range(5)])
     assert [len(a) for a in out] == [0, 0, 1, 0, 0]
-    assert window_count(feed.engine, RULE, A) == 5
+    assert feed.engine.window_count(RULE, A) == 5
     # At T0+1s+2ms the window is buckets [3ms, ...]: the two orders sent while paused.
     assert views(feed.engine.tick(T0 + S + 2 * MS)) == [act("RESUME", RULE, A, T0 + S + 2 * MS, 2, 2)]
 
@@ -68,7 +68,7 @@ def test_order_at_the_window_edge(last: int, paused: bool, rate_engine: EngineFa
     feed.burst([T0, T0 + MS])
     actions = feed.send(last)
     assert [a.type.value for a in actions] == (["PAUSE_ORDER"] if paused else [])
-    assert window_count(engine, RULE, A) == (3 if paused else 2)
+    assert engine.window_count(RULE, A) == (3 if paused else 2)
 
 
 def test_coarse_buckets_count_whole_buckets(rate_engine: EngineFactory) -> None:
@@ -78,7 +78,7 @@ def test_coarse_buckets_count_whole_buckets(rate_engine: EngineFactory) -> None:
     feed = Feed(engine)
     out = feed.burst([T0 + 99 * MS, T0 + 150 * MS, T0 + S + 50 * MS])
     assert out == [[], [], []]
-    assert window_count(engine, RULE, A) == 2
+    assert engine.window_count(RULE, A) == 2
     # A fourth order in bucket 10 does cross the threshold.
     assert views(feed.send(T0 + S + 99 * MS)) == [act("PAUSE", RULE, A, T0 + S + 99 * MS, 3, 2)]
 
@@ -103,7 +103,7 @@ def test_late_order_edge(late: int, counted: bool, rate_engine: EngineFactory) -
     feed = Feed(engine)
     feed.burst([T0 + 5 * S - MS, T0 + 5 * S])  # h_g = T0 + 5 s
     assert feed.send(late) == []
-    assert window_count(engine, RULE, A) == (3 if counted else 2)
+    assert engine.window_count(RULE, A) == (3 if counted else 2)
 
 
 def test_late_order_is_not_counted_but_is_indexed_and_deduplicated(backend_engine: EngineFactory) -> None:
@@ -115,7 +115,7 @@ def test_late_order_is_not_counted_but_is_indexed_and_deduplicated(backend_engin
     feed.burst([T0 + 5 * S, T0 + 5 * S + MS])
     late = order(100, T0 + 2 * S, contract="LATE")
     assert engine.process_order(late) == []
-    assert window_count(engine, RULE, A) == 2
+    assert engine.window_count(RULE, A) == 2
     # Indexed: a trade naming only the oid is enriched to (A, LATE).
     out = engine.process_trade(trade(1, T0 + 5 * S + 2 * MS, 2, oid=100, account=None, contract=None))
     assert views(out) == [
@@ -123,7 +123,7 @@ def test_late_order_is_not_counted_but_is_indexed_and_deduplicated(backend_engin
     ]
     # Seen: the same oid again, now inside the window, changes nothing.
     assert engine.process_order(order(100, T0 + 5 * S + 3 * MS)) == []
-    assert window_count(engine, RULE, A) == 2
+    assert engine.window_count(RULE, A) == 2
 
 
 def test_late_order_rechecks_the_pause_at_the_high_water_time(rate_engine: EngineFactory) -> None:

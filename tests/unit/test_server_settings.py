@@ -5,6 +5,7 @@ a stand-in client that answers CONFIG as Redis 6.2, 7.0 or a server refusing CON
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -77,8 +78,6 @@ def test_config_files_use_the_newest_names() -> None:
 
 def test_the_deploy_configs_carry_the_settings() -> None:
     """deploy/redis/*.conf (Redis 7 in the compose file) set the same values, by the newest names."""
-    from pathlib import Path
-
     folder = Path(__file__).parents[2] / "deploy" / "redis"
     confs = sorted(folder.glob("*.conf"))
     assert confs

@@ -9,7 +9,17 @@ from typing import ClassVar
 import pytest
 from pydantic import Field
 
-from cluster_risk import ConfigError, DailyCapRule, Order, StatelessRule, register_rule
+from cluster_risk import (
+    BatchError,
+    ConfigError,
+    DailyCapRule,
+    Direction,
+    Order,
+    OrderRateLimitRule,
+    RiskEngine,
+    StatelessRule,
+    register_rule,
+)
 from cluster_risk.rules import DailyCapParams, MaxOrderVolumeRule, RuleParams, rule_types
 from tests.helpers import DAY, T0, act, make_engine, order, trade, views
 
@@ -128,8 +138,6 @@ def test_two_classes_under_one_name_are_refused() -> None:
 
 
 def test_a_batch_applies_every_valid_event_and_reports_the_rejected_ones() -> None:
-    from cluster_risk import BatchError, Direction, Order, OrderRateLimitRule, RiskEngine
-
     engine = RiskEngine([OrderRateLimitRule(threshold=1)])
     good = [Order(i, "A1", "T2303", Direction.BID, 1.0, 1, 1_000 + i) for i in (1, 2)]
     bad = Order(3, "A1", "T2303", Direction.BID, 1.0, 0, 1_003)

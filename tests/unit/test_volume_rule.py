@@ -19,11 +19,9 @@ from tests.helpers import (
     S,
     act,
     at,
-    daily_sum,
     order,
     trade,
     views,
-    window_count,
 )
 
 RULE = "AccountVolumeLimitRule"
@@ -54,7 +52,7 @@ def test_paused_only_once_but_the_sum_keeps_growing(vol_engine: EngineFactory) -
     engine = vol_engine(10)
     assert len(engine.process_trade(trade(1, T0, 11))) == 1
     assert engine.process_trade(trade(2, T0 + 1, 5)) == []
-    assert daily_sum(engine, RULE, A) == 16
+    assert engine.daily_sum(RULE, A) == 16
 
 
 def test_count_metric(vol_engine: EngineFactory) -> None:
@@ -96,8 +94,8 @@ def test_late_trade_counts_toward_its_own_day_and_emits_nothing(vol_engine: Engi
     assert engine.process_trade(trade(1, T0 + 1, 8)) == []
     assert engine.process_order(order(50, T0 + DAY + 1)) == []  # A is now on day 2
     assert engine.process_trade(trade(2, T0 + 2, 8)) == []  # day 1's sum is 16 > 10, but late
-    assert daily_sum(engine, RULE, A, date(2023, 3, 1)) == 16
-    assert daily_sum(engine, RULE, A) == 0
+    assert engine.daily_sum(RULE, A, date(2023, 3, 1)) == 16
+    assert engine.daily_sum(RULE, A) == 0
     assert engine.process_trade(trade(3, T0 + DAY + 2, 10)) == []  # day 2: 10, not 16 + 10
     assert views(engine.process_trade(trade(4, T0 + DAY + 3, 1))) == [act("PAUSE", RULE, A, T0 + DAY + 3, 11, 10)]
 
@@ -115,8 +113,8 @@ def test_night_session_belongs_to_the_next_day(vol_engine: EngineFactory) -> Non
     sh = "Asia/Shanghai"
     engine.process_trade(trade(1, at(2023, 3, 26, 20, 30, tz=sh), 8))  # day 26
     assert engine.process_trade(trade(2, at(2023, 3, 26, 21, 30, tz=sh), 8)) == []  # day 27
-    assert daily_sum(engine, RULE, A, date(2023, 3, 26)) == 8
-    assert daily_sum(engine, RULE, A, date(2023, 3, 27)) == 8
+    assert engine.daily_sum(RULE, A, date(2023, 3, 26)) == 8
+    assert engine.daily_sum(RULE, A, date(2023, 3, 27)) == 8
     afternoon = at(2023, 3, 27, 14, 0, tz=sh)  # still day 27: 8 + 3 > 10
     assert views(engine.process_trade(trade(3, afternoon, 3))) == [act("PAUSE", RULE, A, afternoon, 11, 10)]
 
@@ -200,8 +198,8 @@ def test_reset_daily_zeroes_the_day_and_lifts_daily_pauses_only(backend_engine: 
         act("RESUME", RULE, B, reset_at, 0, 10),
     ]
     assert engine.paused_scopes() == [("OrderRateLimitRule", A)]
-    assert window_count(engine, "OrderRateLimitRule", A) == 2
-    assert daily_sum(engine, RULE, A) == 0
+    assert engine.window_count("OrderRateLimitRule", A) == 2
+    assert engine.daily_sum(RULE, A) == 0
     assert engine.process_trade(trade(3, reset_at + 1, 10)) == []
     assert views(engine.process_trade(trade(4, reset_at + 2, 1))) == [act("PAUSE", RULE, A, reset_at + 2, 11, 10)]
 

@@ -1,4 +1,4 @@
-"""``python -m cluster_risk.cluster.bench``: the cluster's figures on this machine, with a
+"""``python -m cluster_risk.benchmark cluster``: the cluster's figures on this machine, with a
 local redis-server and worker processes (the benchmark's seed workload).
 
 - **throughput**: N events (the seed's two rules) published as fast as ``--gateways``
@@ -41,11 +41,14 @@ from typing import Any
 import msgpack  # type: ignore[import-untyped]
 import redis
 
-from cluster_risk.benchmark import SEED_CONFIG, make_workload
+from cluster_risk.benchmark.redis_store import callgrind_tool, callgrind_total, private_redis
+from cluster_risk.benchmark.workload import SEED_CONFIG, make_workload
 from cluster_risk.cluster.launcher import RedisProcess, start_worker
 from cluster_risk.cluster.shards import Deployment, Keys, text
 from cluster_risk.cluster.status import total_lag
 from cluster_risk.cluster.streams import Publisher
+from cluster_risk.cluster.worker import Worker
+from cluster_risk.config import build_config
 from cluster_risk.events import Event, Order
 
 __all__ = ["main"]
@@ -301,10 +304,6 @@ def _failover(folder: Path, load: Sequence[Event], shards: int, lease_ms: int) -
 
 def _callgrind(events: Sequence[Event], shards: int, batch: int) -> dict[str, Any]:
     """Instructions per worker FCALL, counted by callgrind inside Redis."""
-    from cluster_risk.cluster.worker import Worker
-    from cluster_risk.config import build_config
-    from cluster_risk.redis_benchmark import callgrind_tool, callgrind_total, private_redis
-
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "callgrind.out"
         with private_redis(callgrind_tool(out, "fcallCommand")) as url:
@@ -331,7 +330,9 @@ def _cpu(row: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cluster_risk.cluster.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m cluster_risk.benchmark cluster", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--orders", type=int, default=160_000)
     parser.add_argument("--trades", type=int, default=40_000)
     parser.add_argument("--accounts", type=int, default=1_000)
@@ -394,7 +395,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     fail = results["failover"]
     print(f"failover (lease {fail['lease_ms']} ms): {fail['failover_s']:.2f} s from kill -9 to all shards moved")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

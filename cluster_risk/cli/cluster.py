@@ -1,16 +1,11 @@
 """The cluster's subcommands of ``cluster-risk`` (registered by :func:`register_cluster_commands`
-from ``cluster_risk.cli``): worker, publish, actions, dead (:mod:`.deadcli`), status, up.
+from :mod:`cluster_risk.cli.app`): worker, publish, actions, dead (:mod:`.dead`), status, up (:mod:`.up`).
 
 Exit codes: 0 done (``publish`` also when some events were rejected: they are printed),
 1 (``status``) some shard's state was lost, 2 unusable arguments, config or Redis (one line
 on stderr), 130 interrupted (Ctrl-C).
 
-Runtime settings (:class:`cluster_risk.settings.RuntimeSettings`): a command that talks to a
-fleet's Redis (every one registered with :func:`_common`) takes each setting from its flag,
-else from the environment (``CLUSTER_RISK_<FIELD>``, ``REDIS_URL``), else from the settings
-file (``--settings-file`` or ``CLUSTER_RISK_SETTINGS_FILE``), else the command's default
-(:func:`apply_runtime_settings`).  The Redis URL has no default: a command never guesses
-which Redis to write to.
+Runtime settings: see :mod:`cluster_risk.cli.common`.
 """
 
 from __future__ import annotations
@@ -23,97 +18,23 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
-from redis.exceptions import RedisError
+from cluster_risk.cli.common import add_common, connect, dumps, fail, guarded
+from cluster_risk.cli.dead import register_dead_command
+from cluster_risk.cli.up import up
+from cluster_risk.cluster.gauges import HeldShardGauges
+from cluster_risk.cluster.shards import Deployment, Keys, text
+from cluster_risk.cluster.status import fleet_status
+from cluster_risk.cluster.streams import Publisher
+from cluster_risk.cluster.worker import Durability, Retention, Worker
+from cluster_risk.config import load_config
+from cluster_risk.observability import WorkerMetrics, configure_logging, start_metrics_server
 
-from cluster_risk.errors import ConfigError, RiskError
-
-__all__ = ["apply_runtime_settings", "register_cluster_commands"]
-
-_dumps = json.JSONEncoder(separators=(",", ":")).encode
-
-
-def _fail(message: str) -> int:
-    from cluster_risk.settings import mask_secrets
-
-    print(f"cluster-risk: {mask_secrets(message)}", file=sys.stderr)
-    return 2
-
-
-def _guarded(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Configuration and connection problems end with one line on stderr and exit 2."""
-
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return handler(args)
-        except BrokenPipeError:  # `cluster-risk status | head`: cli.main ends quietly
-            raise
-        except (RiskError, RedisError, OSError) as exc:
-            from cluster_risk.settings import mask_secrets
-
-            return _fail(mask_secrets(str(exc)))
-
-    return run
-
-
-def _connect(url: str) -> Any:
-    from cluster_risk.settings import mask_secrets
-    from cluster_risk.state.redis import RedisStore
-
-    try:
-        return RedisStore.from_url(url).client
-    except ValueError as exc:  # redis-py's URL parsing (a port that is not a number, ...)
-        raise ConfigError(f"--redis-url: {mask_secrets(str(exc))}") from None
-
-
-# argparse dest -> (RuntimeSettings field, the command's default when no source sets it)
-_FROM_SETTINGS: dict[str, tuple[str, Any]] = {
-    "redis_url": ("redis_url", None),
-    "id": ("worker_id", None),
-    "shards": ("num_shards", None),
-    "tick_ms": ("tick_ms", 1000),
-    "batch": ("batch_size", 1000),
-    "metrics_port": ("metrics_port", 0),
-    "metrics_host": ("metrics_host", "127.0.0.1"),
-    "log_level": ("log_level", "INFO"),
-}
-
-
-def apply_runtime_settings(args: argparse.Namespace) -> None:
-    """Fill the options of ``args`` left unset on the command line: flag > environment >
-    settings file > the command's default (see the module docstring).  Raises
-    :class:`ConfigError` naming a bad value's source field (never showing the value), or when
-    no source gives a Redis URL."""
-    from cluster_risk.settings import RedisUrl, load_settings
-
-    given = {}
-    if args.redis_url is not None:
-        try:
-            given["redis_url"] = RedisUrl(args.redis_url)
-        except ValueError as exc:
-            raise ConfigError(f"--redis-url: {exc}") from None
-    settings = load_settings(settings_file=getattr(args, "settings_file", None), **given)
-    for dest, (field, default) in _FROM_SETTINGS.items():
-        if not hasattr(args, dest) or getattr(args, dest) is not None:
-            continue
-        value = getattr(settings, field) if field in settings.model_fields_set else default
-        if field == "redis_url" and value is not None:
-            value = value.get_secret_value()
-        setattr(args, dest, value)
-    if args.redis_url is None:
-        raise ConfigError(
-            "--redis-url is required (or REDIS_URL / CLUSTER_RISK_REDIS_URL in the environment, "
-            "or redis_url in the settings file)"
-        )
+__all__ = ["register_cluster_commands"]
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from cluster_risk.cluster.worker import Durability, Retention, Worker
-    from cluster_risk.config import load_config
-    from cluster_risk.observability import WorkerMetrics, configure_logging, start_metrics_server
-
     worker_id = args.id or f"{socket.gethostname()}-{os.getpid()}"
     configure_logging(args.log_level, worker=worker_id)
     config = load_config(args.config)
@@ -126,10 +47,10 @@ def _worker(args: argparse.Namespace) -> int:
             dead_maxlen=args.dead_maxlen,
         )
     except ValueError as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     worker = Worker(
         config,
-        _connect(args.redis_url),
+        connect(args.redis_url),
         worker_id=worker_id,
         prefix=args.prefix,
         shards=args.shards,
@@ -146,12 +67,9 @@ def _worker(args: argparse.Namespace) -> int:
         allow_eviction=args.allow_eviction,
     )
     if worker.metrics is not None:
-        from cluster_risk.cluster.gauges import HeldShardGauges
-        from cluster_risk.cluster.shards import Deployment
-
         gauges = HeldShardGauges(
             worker.metrics,
-            _connect(args.redis_url),  # its own connections: scrapes never wait on the loop's
+            connect(args.redis_url),  # its own connections: scrapes never wait on the loop's
             worker.keys,
             [rule["name"] for rule in Deployment(worker.client, args.prefix).rules()],
             held=lambda: list(worker.leases.held),
@@ -172,13 +90,10 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _publish(args: argparse.Namespace) -> int:
-    from cluster_risk.cluster.streams import Publisher
-    from cluster_risk.config import load_config
-
     config = load_config(args.config)
     config.require_account_dimension()
     publisher = Publisher(
-        _connect(args.redis_url),
+        connect(args.redis_url),
         prefix=args.prefix,
         shards=args.shards,
         retention_days=config.id_retention_days,
@@ -188,22 +103,19 @@ def _publish(args: argparse.Namespace) -> int:
     try:
         stream = sys.stdin.buffer if args.events == "-" else open(args.events, "rb")  # noqa: SIM115
     except OSError as exc:
-        return _fail(f"{args.events}: cannot read ({exc.strerror})")
+        return fail(f"{args.events}: cannot read ({exc.strerror})")
     with stream:
         for index, error in publisher.publish_lines(stream, rate=args.rate):
-            sys.stdout.write(_dumps(error.to_dict(index)) + "\n")
+            sys.stdout.write(dumps(error.to_dict(index)) + "\n")
     sys.stdout.flush()
     return 0
 
 
 def _actions(args: argparse.Namespace) -> int:
-    from cluster_risk.cluster.shards import Deployment, text
-
-    client = _connect(args.redis_url)
+    client = connect(args.redis_url)
     shards = Deployment(client, args.prefix).stored_shards()
     if shards is None:
-        return 0 if not args.follow else _fail(f"no deployment under prefix {args.prefix!r} yet")
-    from cluster_risk.cluster.shards import Keys
+        return 0 if not args.follow else fail(f"no deployment under prefix {args.prefix!r} yet")
 
     keys = Keys(args.prefix, shards)
     last = ["-"] * shards
@@ -228,9 +140,7 @@ def _actions(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from cluster_risk.cluster.status import fleet_status
-
-    status = fleet_status(_connect(args.redis_url), args.prefix)
+    status = fleet_status(connect(args.redis_url), args.prefix)
     lost = status["state_lost"]
     if args.json:
         print(json.dumps(status, indent=2))
@@ -251,13 +161,11 @@ def _status(args: argparse.Namespace) -> int:
     print(f"dead letters: {status['dead']} (cluster-risk dead)")
     print(f"paused scopes: {len(status['paused'])}")
     for pause in status["paused"]:
-        print(f"  {pause['rule']} {_dumps(pause['scope'])}  {pause['detail']}")
+        print(f"  {pause['rule']} {dumps(pause['scope'])}  {pause['detail']}")
     return 1 if lost else 0
 
 
 def _up(args: argparse.Namespace) -> int:
-    from cluster_risk.cluster.launcher import up
-
     return up(
         workers=args.workers,
         redis_url=args.redis_url,
@@ -268,24 +176,6 @@ def _up(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
     )
-
-
-def _common(parser: argparse.ArgumentParser, url: bool = True) -> None:
-    """``--redis-url`` and ``--settings-file`` (the runtime settings, see the module
-    docstring) and ``--prefix``."""
-    if url:
-        parser.add_argument(
-            "--redis-url",
-            help="redis://, rediss://, unix:// or redis+sentinel:// URL (default: $CLUSTER_RISK_REDIS_URL, "
-            "$REDIS_URL or redis_url in the settings file; one of them is required). A password here is "
-            "visible in the process list: prefer the environment",
-        )
-        parser.add_argument(
-            "--settings-file",
-            help="runtime settings (TOML, YAML or JSON; default: $CLUSTER_RISK_SETTINGS_FILE, none if unset)",
-        )
-        parser.set_defaults(runtime_settings=True)
-    parser.add_argument("--prefix", default="risk", help="key prefix of the deployment (default: %(default)s)")
 
 
 def _durability(parser: argparse.ArgumentParser) -> None:
@@ -326,7 +216,7 @@ def register_cluster_commands(commands: Any) -> None:
     """Add worker, publish, actions, status and up to the ``cluster-risk`` subparsers."""
     worker = commands.add_parser("worker", help="run a cluster worker (leases shards, applies their events)")
     worker.add_argument("--config", required=True, help="engine config (.json, .yaml or .toml)")
-    _common(worker)
+    add_common(worker)
     worker.add_argument(
         "--id", help="worker id (default: $CLUSTER_RISK_WORKER_ID, else host-pid); a restarted worker may reuse it"
     )
@@ -374,34 +264,32 @@ def register_cluster_commands(commands: Any) -> None:
     worker.add_argument(
         "--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level (default: INFO; env, settings)"
     )
-    worker.set_defaults(handler=_guarded(_worker))
+    worker.set_defaults(handler=guarded(_worker))
 
     publish = commands.add_parser("publish", help="route JSON Lines events into the shards' streams")
     publish.add_argument("--config", required=True, help="engine config (checked for the cluster)")
-    _common(publish)
+    add_common(publish)
     publish.add_argument("--rate", type=float, help="events per second (default: as fast as possible)")
     publish.add_argument(
         "--shards", type=int, help="shard count (default: $CLUSTER_RISK_NUM_SHARDS, else the deployment's)"
     )
     _durability(publish)
     publish.add_argument("events", help="events file (JSON Lines), or - for stdin")
-    publish.set_defaults(handler=_guarded(_publish))
+    publish.set_defaults(handler=guarded(_publish))
 
     actions = commands.add_parser("actions", help="print every shard's actions as JSON Lines")
-    _common(actions)
+    add_common(actions)
     actions.add_argument(
         "--follow", action="store_true", help="keep printing new actions until Ctrl-C (default: print and exit)"
     )
-    actions.set_defaults(handler=_guarded(_actions))
-
-    from cluster_risk.cluster.deadcli import register_dead_command
+    actions.set_defaults(handler=guarded(_actions))
 
     register_dead_command(commands)
 
     status = commands.add_parser("status", help="workers, shard owners and epochs, lag, paused scopes")
-    _common(status)
+    add_common(status)
     status.add_argument("--json", action="store_true", help="one JSON document (default: a table)")
-    status.set_defaults(handler=_guarded(_status))
+    status.set_defaults(handler=guarded(_status))
 
     up_ = commands.add_parser(
         "up", help="start Redis (unless --redis-url) and N local workers; Ctrl-C stops all; exit 1 if a worker dies"
@@ -426,4 +314,4 @@ def register_cluster_commands(commands: Any) -> None:
     up_.add_argument(
         "--metrics-host", default="127.0.0.1", help="address the workers' metrics listen on (default: %(default)s)"
     )
-    up_.set_defaults(handler=_guarded(_up))
+    up_.set_defaults(handler=guarded(_up))

@@ -18,47 +18,12 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from cluster_risk.benchmark.workload import SEED_CONFIG, make_workload
 from cluster_risk.config import build_config
 from cluster_risk.engine import RiskEngine
-from cluster_risk.events import Direction, Order, Trade
+from cluster_risk.events import Order, Trade
 
-__all__ = ["main", "make_workload", "SEED_CONFIG"]
-
-SEED_CONFIG: dict[str, Any] = {
-    "contract_to_product": {"T2303": "T10Y", "T2306": "T10Y", "TF2303": "TF5Y", "TF2306": "TF5Y"},
-    "rules": [
-        {"type": "OrderRateLimitRule", "threshold": 500, "window_ns": 1_000_000_000},
-        {"type": "AccountVolumeLimitRule", "daily_cap": 10_000, "dimensions": ["account"]},
-    ],
-}
-_CONTRACTS = ("T2303", "T2306", "TF2303", "TF2306", "IF2312")
-_START_NS = 1_795_000_000_000_000_000
-
-
-def make_workload(orders: int, trades: int, accounts: int) -> tuple[list[Order], list[Order | Trade]]:
-    """Orders only, and orders with trades interleaved (each trade after its order)."""
-    names = [f"ACC{i:04d}" for i in range(accounts)]
-    order_list = [
-        Order(
-            oid=i + 1,
-            account_id=names[i % accounts],
-            contract_id=_CONTRACTS[(i // accounts) % len(_CONTRACTS)],
-            direction=Direction.BID if i % 2 else Direction.ASK,
-            price=100.0 + (i % 7) * 0.5,
-            volume=1 + i % 5,
-            timestamp=_START_NS + i * 1_000,
-        )
-        for i in range(orders)
-    ]
-    every = max(1, orders // trades) if trades else 0
-    mixed: list[Order | Trade] = []
-    tid = 0
-    for i, order in enumerate(order_list):
-        mixed.append(order)
-        if every and i % every == every - 1 and tid < trades:
-            tid += 1
-            mixed.append(Trade(tid, order.oid, order.price, 1, order.timestamp + 500))
-    return order_list, mixed
+__all__ = ["main", "run"]
 
 
 def _engine() -> RiskEngine:
@@ -189,15 +154,6 @@ def _print_table(result: dict[str, Any]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args_in = list(sys.argv[1:] if argv is None else argv)
-    if args_in[:1] == ["redis"]:  # python -m cluster_risk.benchmark redis [...]: the Redis store
-        from cluster_risk import redis_benchmark
-
-        return redis_benchmark.main(args_in[1:])
-    if args_in[:1] == ["cluster"]:  # ... cluster [...]: publisher -> workers -> actions, end to end
-        from cluster_risk.cluster import bench
-
-        return bench.main(args_in[1:])
     parser = argparse.ArgumentParser(prog="python -m cluster_risk.benchmark", description=__doc__.splitlines()[0])
     parser.add_argument("--orders", type=int, default=300_000)
     parser.add_argument("--trades", type=int, default=75_000)
@@ -205,14 +161,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.epilog = "subcommands: 'redis' (the Redis store through one Redis), 'cluster' (workers end to end)"
-    args = parser.parse_args(args_in)
+    args = parser.parse_args(argv)
     result = run(args.orders, args.trades, args.accounts, args.repeat)
     if args.json:
         print(json.dumps(result))
     else:
         _print_table(result)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

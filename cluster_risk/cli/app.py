@@ -16,24 +16,22 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import IO
 
+from cluster_risk import __version__
+from cluster_risk.cli.cluster import register_cluster_commands
+from cluster_risk.cli.common import apply_runtime_settings, fail
+from cluster_risk.cli.ops import register_ops_commands
+from cluster_risk.cluster.shards import Keys
 from cluster_risk.config import EngineConfig, load_config
 from cluster_risk.engine import RiskEngine
 from cluster_risk.errors import ConfigError, RiskError
+from cluster_risk.remote import RemoteEngine, replay_batched
 from cluster_risk.replay import replay_lines
+from cluster_risk.settings import RedisUrl
+from cluster_risk.state.redis import RedisStore
 
-__all__ = ["main"]
-
-EXIT_USAGE = 2
-
+__all__ = ["build_parser", "main"]
 
 EXIT_INTERRUPTED = 130  # the shell's code for SIGINT
-
-
-def _fail(message: str) -> int:
-    from cluster_risk.settings import mask_secrets
-
-    print(f"cluster-risk: {mask_secrets(message)}", file=sys.stderr)
-    return EXIT_USAGE
 
 
 def _with_progress(lines: IO[bytes], total_bytes: int | None) -> Iterator[bytes]:
@@ -57,14 +55,14 @@ def _replay(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     if args.redis_url:
         return _replay_through_redis(args, config)
     engine = RiskEngine.from_config(config)
     try:
         stream = _open_events(args.events)
     except OSError as exc:
-        return _fail(f"{args.events}: cannot read ({exc.strerror})")
+        return fail(f"{args.events}: cannot read ({exc.strerror})")
     with stream:
         lines: Iterator[bytes] = iter(stream)
         if sys.stderr.isatty() and not args.quiet:
@@ -85,20 +83,15 @@ def _open_events(path: str) -> IO[bytes]:
 
 def _replay_through_redis(args: argparse.Namespace, config: EngineConfig) -> int:
     """The same output through a Redis store, ``--batch-size`` events per script call."""
-    from cluster_risk.cluster.shards import Keys
-    from cluster_risk.remote import RemoteEngine, replay_batched
-    from cluster_risk.settings import RedisUrl
-    from cluster_risk.state.redis import RedisStore
-
     try:
         RedisUrl(args.redis_url)
         config.require_account_dimension()
         store = RedisStore.from_url(args.redis_url, prefix=args.prefix, num_shards=args.num_shards)
     except (RiskError, ValueError) as exc:
-        return _fail(f"--redis-url: {exc}" if isinstance(exc, ValueError) else str(exc))
+        return fail(f"--redis-url: {exc}" if isinstance(exc, ValueError) else str(exc))
     if store.client.exists(Keys(args.prefix, args.num_shards).deployment):
         store.close()
-        return _fail(
+        return fail(
             f"this Redis holds a fleet's deployment under prefix {args.prefix!r}: a replay would write into "
             "its live state; use another Redis or another --prefix"
         )
@@ -106,7 +99,7 @@ def _replay_through_redis(args: argparse.Namespace, config: EngineConfig) -> int
     try:
         stream = _open_events(args.events)
     except OSError as exc:
-        return _fail(f"{args.events}: cannot read ({exc.strerror})")
+        return fail(f"{args.events}: cannot read ({exc.strerror})")
     with stream:
         write = sys.stdout.write
         dumps = json.JSONEncoder(separators=(",", ":")).encode
@@ -117,14 +110,13 @@ def _replay_through_redis(args: argparse.Namespace, config: EngineConfig) -> int
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from cluster_risk import benchmark
+    # Run, not imported: the product never imports the benchmarks (pyproject's import contracts).
+    from cluster_risk.benchmark.commands import main as bench  # noqa: PLC0415 - only when asked
 
-    return benchmark.main(args.bench_args)
+    return bench(args.bench_args)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from cluster_risk import __version__
-
     parser = argparse.ArgumentParser(prog="cluster-risk", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -151,10 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments for the benchmark")
     bench.set_defaults(handler=_bench)
 
-    from cluster_risk.cluster.commands import register_cluster_commands
-
     register_cluster_commands(commands)  # worker, publish, actions, status, up
-    from cluster_risk.cluster.opscli import register_ops_commands
 
     register_ops_commands(commands)  # inspect, pause, resume, audit, reset-daily
     return parser
@@ -164,18 +153,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if getattr(args, "runtime_settings", False):
-            from cluster_risk.cluster.commands import apply_runtime_settings
-
             apply_runtime_settings(args)
         return int(args.handler(args))
     except ConfigError as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     except BrokenPipeError:  # e.g. `cluster-risk replay ... | head`
         sys.stderr.close()
         return 0
     except KeyboardInterrupt:  # Ctrl-C, e.g. on `actions --follow`: no traceback
         return EXIT_INTERRUPTED
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -16,7 +16,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from cluster_risk.cluster.commands import _common, _connect, _fail, _guarded
+from cluster_risk.cli.common import add_common, connect, fail, guarded, when
 from cluster_risk.cluster.shards import Client, Deployment, Keys, text
 
 __all__ = ["dead_letters", "register_dead_command"]
@@ -61,8 +61,6 @@ def _record(shard: int, eid: str, raw: Mapping[Any, Any]) -> dict[str, Any]:
 
 def _line(record: Mapping[str, Any]) -> str:
     """One readable line (control characters escaped, the excerpt shortened)."""
-    from cluster_risk.cluster.opscli import when
-
     ms = int(record["id"].split("-")[0])
     event = _escaped(record["event"])
     if len(event) > _SHOWN:
@@ -80,10 +78,10 @@ def _escaped(value: str) -> str:
 
 
 def _dead(args: argparse.Namespace) -> int:
-    client = _connect(args.redis_url)
+    client = connect(args.redis_url)
     shards = Deployment(client, args.prefix).stored_shards()
     if shards is None:
-        return 0 if not args.follow else _fail(f"no deployment under prefix {args.prefix!r} yet")
+        return 0 if not args.follow else fail(f"no deployment under prefix {args.prefix!r} yet")
     keys = Keys(args.prefix, shards)
     after = ["-"] * shards
     try:
@@ -100,11 +98,11 @@ def _dead(args: argparse.Namespace) -> int:
 
 def register_dead_command(commands: Any) -> None:
     dead = commands.add_parser("dead", help="every shard's dead letters (entries the workers rejected), oldest first")
-    _common(dead)
+    add_common(dead)
     dead.add_argument(
         "--follow", action="store_true", help="keep printing new dead letters until Ctrl-C (default: print and exit)"
     )
     dead.add_argument(
         "--json", action="store_true", help="JSON Lines, one dead letter per line (default: readable lines)"
     )
-    dead.set_defaults(handler=_guarded(_dead))
+    dead.set_defaults(handler=guarded(_dead))

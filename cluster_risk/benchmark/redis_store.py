@@ -1,6 +1,6 @@
-"""``python -m cluster_risk.redis_benchmark``: the Redis-backed engine through one Redis.
+"""``python -m cluster_risk.benchmark redis``: the Redis-backed engine through one Redis.
 
-The seed's workload (``cluster_risk.benchmark.make_workload``: orders over N accounts, one
+The seed's workload (:func:`cluster_risk.benchmark.make_workload`: orders over N accounts, one
 trade per four orders, the seed's rate and daily-volume rules) goes through
 :class:`~cluster_risk.remote.RemoteEngine` in batches (one script call per shard per batch)
 on a fresh database.  Reported: events/s (wall clock), the client's CPU per event, Redis CPU
@@ -12,9 +12,6 @@ its closest strategy to an exact sliding window; ``pip install limits``).
 Without ``--redis-url`` a private ``redis-server`` (persistence off) is started on a free
 loopback port and stopped at the end; with one, the database is flushed first, so never
 point it at data you care about.
-
-``--compare-lua DIR`` compares this package's Lua with another version's ``lua/``, as a ratio
-in one run (``cluster_risk.redis_compare``).
 
 ``--callgrind`` runs that private server under ``valgrind --tool=callgrind``, counting only
 inside FCALL and EVALSHA (apply.lua, and lookup_ids.lua for fills whose order is in an earlier batch),
@@ -29,23 +26,21 @@ import argparse
 import gc
 import json
 import shutil
-import socket
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from redis import Redis, RedisError
+from redis import Redis
 
-from cluster_risk.benchmark import SEED_CONFIG, make_workload
+from cluster_risk.benchmark.workload import SEED_CONFIG, make_workload
+from cluster_risk.cluster.launcher import RedisProcess
 from cluster_risk.config import build_config
 from cluster_risk.events import Order, Trade
 from cluster_risk.remote import RemoteEngine
 from cluster_risk.state.redis import RedisStore
-from cluster_risk.state.server_settings import apply_server_settings
 
 __all__ = ["callgrind_run", "callgrind_tool", "callgrind_total", "main", "private_redis", "run", "server_cpu"]
 
@@ -55,37 +50,19 @@ _SCRIPT_STATS = ("cmdstat_fcall", "cmdstat_evalsha")
 
 @contextmanager
 def private_redis(wrapper: Sequence[str] = ()) -> Iterator[str]:
-    """A throwaway redis-server on a free loopback port; yields its URL.  ``wrapper``: a
-    command the server runs under (valgrind); the server is shut down cleanly so it can report."""
-    server = shutil.which("redis-server")
-    if server is None:
-        raise SystemExit("redis-server is not on PATH: install it or pass --redis-url")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
+    """A throwaway redis-server (the launcher's :class:`RedisProcess`, persistence off) on a free
+    loopback port; yields its URL.  ``wrapper``: a command the server runs under (valgrind); the
+    server is then shut down cleanly so that it can report."""
     with tempfile.TemporaryDirectory() as folder:
-        args = [server, "--port", str(port), "--bind", "127.0.0.1", "--dir", folder, "--save", "", "--appendonly", "no"]
-        process = subprocess.Popen([*wrapper, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            client = Redis(port=port)
-            deadline = time.monotonic() + (300 if wrapper else 10)  # valgrind starts Redis ~50x slower
-            while True:
-                try:
-                    client.ping()
-                    break
-                except RedisError:  # ConnectionError while it starts, BusyLoadingError
-                    if process.poll() is not None or time.monotonic() > deadline:
-                        raise SystemExit(f"the private redis-server on port {port} did not start: {args}") from None
-                    time.sleep(0.01)
-            apply_server_settings(client, f"the private redis-server on port {port}")
-            yield f"redis://127.0.0.1:{port}/0"
+            # valgrind starts Redis ~50x slower
+            server = RedisProcess(Path(folder), wrapper=wrapper, startup_timeout_s=300 if wrapper else 10)
+        except OSError as exc:  # not on PATH, or did not start (the log's tail)
+            raise SystemExit(f"the private redis-server: {exc} (or pass --redis-url)") from None
+        try:
+            yield server.url
         finally:
-            if wrapper:
-                with suppress(Exception):  # the server ends here; valgrind writes its counts
-                    client.shutdown(nosave=True)
-                process.wait(timeout=120)
-            process.terminate()
-            process.wait(timeout=10)
+            server.stop()
 
 
 def server_cpu(client: Redis) -> float:
@@ -134,10 +111,10 @@ def _engine_run(
 
 
 def _limits_run(url: str, events: Sequence[Order | Trade]) -> dict[str, Any] | None:
-    try:
-        from limits import RateLimitItemPerSecond
-        from limits.storage import RedisStorage
-        from limits.strategies import MovingWindowRateLimiter
+    try:  # an optional dependency (the bench extra)
+        from limits import RateLimitItemPerSecond  # noqa: PLC0415
+        from limits.storage import RedisStorage  # noqa: PLC0415
+        from limits.strategies import MovingWindowRateLimiter  # noqa: PLC0415
     except ImportError:
         return None
     client = Redis.from_url(url)
@@ -259,7 +236,7 @@ def _print(result: dict[str, Any]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cluster_risk.redis_benchmark", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m cluster_risk.benchmark redis", description=__doc__.splitlines()[0])
     parser.add_argument("--redis-url", help="use this Redis (its database is FLUSHED); default: a private redis-server")
     parser.add_argument("--orders", type=int, default=300_000)
     parser.add_argument("--trades", type=int, default=75_000)
@@ -272,22 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--callgrind", action="store_true", help="count apply.lua's instructions under valgrind (deterministic)"
     )
-    parser.add_argument(
-        "--compare-lua", type=Path, metavar="DIR",
-        help="Redis CPU of this package's Lua against DIR's (another version's lua/), alternating batches",
-    )  # fmt: skip
-    parser.add_argument("--rounds", type=int, default=4, help="rounds of --compare-lua (the median ratio is printed)")
     args = parser.parse_args(argv)
-    if args.compare_lua:
-        from cluster_risk.redis_compare import compare_run, print_comparison  # it builds on this module
-
-        sizes = {"orders": args.orders, "trades": args.trades, "accounts": args.accounts}
-        compared = compare_run(args.compare_lua, **sizes, batch_size=args.batch_size, rounds=args.rounds)
-        if args.json:
-            print(json.dumps(compared))
-        else:
-            print_comparison(compared)
-        return 0
     if args.callgrind:
         sizes = {"orders": args.orders, "trades": args.trades, "accounts": args.accounts}
         counted = callgrind_run(**sizes, batch_size=args.batch_size, shards=args.shards)
@@ -312,7 +274,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         _print(result)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,5 +1,5 @@
-"""``python -m cluster_risk.benchmark redis --compare-lua DIR``: this package's Lua against
-another version's ``lua/`` directory, as a ratio measured in one run.
+"""``python tools/redis_compare.py DIR``: this checkout's Lua against another version's ``lua/``
+directory, as a ratio measured in one run.  A lab tool: not shipped in the wheel.
 
 Two private ``redis-server`` processes, one per version, in one process and one spell: the
 seed workload goes through a :class:`~cluster_risk.remote.RemoteEngine` on each, batch by
@@ -16,7 +16,9 @@ which weighs memory-bound changes somewhat more than a lone server would.
 
 from __future__ import annotations
 
+import argparse
 import gc
+import json
 import statistics
 from contextlib import ExitStack
 from pathlib import Path
@@ -24,13 +26,13 @@ from typing import Any
 
 from redis import Redis
 
-from cluster_risk.benchmark import SEED_CONFIG, make_workload
+from cluster_risk.benchmark.redis_store import private_redis, server_cpu
+from cluster_risk.benchmark.workload import SEED_CONFIG, make_workload
 from cluster_risk.config import build_config
-from cluster_risk.redis_benchmark import private_redis, server_cpu
 from cluster_risk.remote import RemoteEngine
 from cluster_risk.state.redis import RedisStore
 
-__all__ = ["compare_run", "print_comparison"]
+__all__ = ["compare_run", "main", "print_comparison"]
 
 
 def _round(
@@ -48,7 +50,7 @@ def _round(
         for side in order:
             actions[side] = engines[side].process_batch(chunk)
         if actions[0] != actions[1]:
-            raise SystemExit(f"--compare-lua: the two versions decided differently in events {i}..")
+            raise SystemExit(f"redis_compare: the two versions decided differently in events {i}..")
         order.reverse()
     a, b = ((server_cpu(c) - t) / (len(events) - 1) * 1e6 for c, t in zip(clients, before, strict=True))
     return {"a_us": round(a, 2), "b_us": round(b, 2), "b_over_a": round(b / a, 3)}
@@ -59,7 +61,7 @@ def compare_run(
 ) -> dict[str, Any]:
     """Per round: Redis CPU per event with this package's Lua (A) and with ``lua_folder``'s (B)."""
     if not (lua_folder / "apply.lua").is_file():
-        raise SystemExit(f"--compare-lua: {lua_folder} has no apply.lua")
+        raise SystemExit(f"redis_compare: {lua_folder} has no apply.lua")
     _, events = make_workload(orders, trades, accounts)
     config = build_config(SEED_CONFIG)
     rows = []
@@ -96,3 +98,26 @@ def print_comparison(result: dict[str, Any]) -> None:
     for n, row in enumerate(result["rounds"]):
         print(f"round {n}: Redis CPU A {row['a_us']} us/event, B {row['b_us']} us/event, B/A {row['b_over_a']}")
     print(f"median B/A {result['median_b_over_a']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python tools/redis_compare.py", description=__doc__.splitlines()[0])
+    parser.add_argument("lua", type=Path, metavar="DIR", help="another version's lua/ folder (B)")
+    parser.add_argument("--orders", type=int, default=300_000)
+    parser.add_argument("--trades", type=int, default=75_000)
+    parser.add_argument("--accounts", type=int, default=1_000)
+    parser.add_argument("--batch-size", type=int, default=1_000)
+    parser.add_argument("--rounds", type=int, default=4, help="rounds (the median ratio is printed)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    sizes = {"orders": args.orders, "trades": args.trades, "accounts": args.accounts}
+    compared = compare_run(args.lua, **sizes, batch_size=args.batch_size, rounds=args.rounds)
+    if args.json:
+        print(json.dumps(compared))
+    else:
+        print_comparison(compared)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,5 +1,5 @@
 """The operator's subcommands of ``cluster-risk`` (registered by :func:`register_ops_commands`
-from ``cluster_risk.cli``): inspect, pause, resume, audit, reset-daily, recover (:mod:`.ops`
+from :mod:`cluster_risk.cli.app`): inspect, pause, resume, audit, reset-daily, recover (:mod:`cluster_risk.cluster.ops`
 does the work).  A table for people, ``--json`` for scripts.
 
 Exit codes: 0 done; 1 refused because of the state, nothing changed (``pause`` of a scope
@@ -15,61 +15,32 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
-from datetime import UTC, date, datetime
+from datetime import date
 from typing import Any
 
-from redis.exceptions import RedisError
+from cluster_risk.calendar import calendar_for
+from cluster_risk.cli.common import add_common, connect, fail, guarded, when
+from cluster_risk.cluster.ops import Ops, operator, scope_text
+from cluster_risk.cluster.shards import Deployment
+from cluster_risk.config import load_config
 
-from cluster_risk.cluster.commands import _common, _connect, _fail
-from cluster_risk.errors import RiskError
-
-__all__ = ["register_ops_commands", "when"]
+__all__ = ["register_ops_commands"]
 
 REFUSED = 1
 
 
-def _guarded(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Configuration and connection problems end with one line on stderr and exit 2; a closed
-    stdout (``| head``) ends quietly (``cli.main``)."""
-
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return handler(args)
-        except BrokenPipeError:
-            raise
-        except (RiskError, RedisError, OSError) as exc:
-            from cluster_risk.settings import mask_secrets
-
-            return _fail(mask_secrets(str(exc)))
-
-    return run
-
-
-def when(ns: int | None) -> str:
-    """Wall-clock ns as UTC text with the nanoseconds kept."""
-    if ns is None:
-        return "-"
-    seconds, rest = divmod(int(ns), 1_000_000_000)
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S") + f".{rest:09d} UTC"
-
-
 def _ops(args: argparse.Namespace) -> Any:
-    from cluster_risk.cluster.ops import Ops
-
-    return Ops(_connect(args.redis_url), args.prefix)
+    return Ops(connect(args.redis_url), args.prefix)
 
 
 def _config(args: argparse.Namespace) -> Any:
     if not getattr(args, "config", None):
         return None
-    from cluster_risk.config import load_config
 
     config = load_config(args.config)
     config.require_account_dimension()
-    from cluster_risk.cluster.shards import Deployment
 
-    Deployment(_connect(args.redis_url), args.prefix).check_config(config)  # the fleet's, or refused
+    Deployment(connect(args.redis_url), args.prefix).check_config(config)  # the fleet's, or refused
     return config
 
 
@@ -78,8 +49,6 @@ def _text(value: Any) -> str:
 
 
 def _scope(scope: dict[str, str]) -> str:
-    from cluster_risk.cluster.ops import scope_text
-
     return scope_text(scope)
 
 
@@ -94,7 +63,7 @@ def _table(header: list[str], rows: list[list[str]]) -> None:
 
 def _inspect(args: argparse.Namespace) -> int:
     if not args.account:
-        return _fail("--account: must not be empty")
+        return fail("--account: must not be empty")
     ops = _ops(args)
     report = ops.inspect(args.account, ops.rules(_config(args)), args.at)
     if args.json:
@@ -147,19 +116,17 @@ def _manual_scope(args: argparse.Namespace) -> dict[str, str] | str:
 
 
 def _manual(args: argparse.Namespace) -> int:
-    from cluster_risk.cluster.ops import operator
-
     scope = _manual_scope(args)
     if isinstance(scope, str):
-        return _fail(scope)
+        return fail(scope)
     if not args.reason.strip():
-        return _fail("--reason: must not be empty (it goes to the audit stream)")
+        return fail("--reason: must not be empty (it goes to the audit stream)")
     who = args.who or operator()
     ops = _ops(args)
     if args.command == "pause" and not ops.seen(scope["account"]):
         unknown = f"account {scope['account']!r} has no state on its shard (never seen, or idle past the id retention)"
         if not args.force:
-            return _fail(f"{unknown}; nothing changed (--force pauses it anyway, e.g. a pre-emptive kill switch)")
+            return fail(f"{unknown}; nothing changed (--force pauses it anyway, e.g. a pre-emptive kill switch)")
         print(f"cluster-risk: warning: {unknown}; pausing it anyway (--force)", file=sys.stderr)
     do = ops.pause if args.command == "pause" else ops.resume
     result = do(scope, args.reason, who)
@@ -210,14 +177,11 @@ def _audit(args: argparse.Namespace) -> int:
 
 def _reset_daily(args: argparse.Namespace) -> int:
     if args.account is not None and not args.account:
-        return _fail("--account: must not be empty")
-    from cluster_risk.cluster.ops import operator
+        return fail("--account: must not be empty")
 
     config = _config(args)
     done = _ops(args).reset_daily(args.account, args.at, args.who or operator(), args.reason)
     if config is not None:
-        from cluster_risk.calendar import calendar_for
-
         done["day"] = date.fromordinal(calendar_for(config.trading_day).day_of(done["timestamp"])).isoformat()
     if args.json:
         print(json.dumps(done))
@@ -234,10 +198,8 @@ def _reset_daily(args: argparse.Namespace) -> int:
 
 
 def _recover(args: argparse.Namespace) -> int:
-    from cluster_risk.cluster.ops import operator
-
     if not args.reason.strip():
-        return _fail("--reason: must not be empty (it goes to the audit stream)")
+        return fail("--reason: must not be empty (it goes to the audit stream)")
     who = args.who or operator()
     ops = _ops(args)
     if not args.all and 0 <= args.shard < ops.keys.shards and args.shard not in ops.lost_shards():
@@ -262,11 +224,11 @@ def register_ops_commands(commands: Any) -> None:
     """Add inspect, pause, resume, audit and reset-daily to the ``cluster-risk`` subparsers."""
     inspect = commands.add_parser("inspect", help="one account: window counts, today's sums, pauses")
     inspect.add_argument("--account", required=True, help="the account id")
-    _common(inspect)
+    add_common(inspect)
     inspect.add_argument("--config", help="engine config (default: the rules the workers stored)")
     inspect.add_argument("--at", type=int, help="count the windows at this time, ns (default: now)")
     inspect.add_argument("--json", action="store_true", help="one JSON document (default: tables)")
-    inspect.set_defaults(handler=_guarded(_inspect))
+    inspect.set_defaults(handler=guarded(_inspect))
 
     for name, verb in (("pause", "pause an account's orders by hand (kill switch)"), ("resume", "lift a manual pause")):
         manual = commands.add_parser(name, help=verb)
@@ -276,7 +238,7 @@ def register_ops_commands(commands: Any) -> None:
         scope.add_argument("--product", help="only this product of the account (default: the whole account)")
         manual.add_argument("--reason", required=True, help="why (recorded in the audit stream)")
         manual.add_argument("--who", help="who (default: $USER@hostname)")
-        _common(manual)
+        add_common(manual)
         manual.add_argument("--json", action="store_true", help="one JSON document (default: text)")
         if name == "pause":
             manual.add_argument(
@@ -284,23 +246,23 @@ def register_ops_commands(commands: Any) -> None:
                 action="store_true",
                 help="pause an account its shard has no state of (default: refuse, exit 2: likely a typo)",
             )
-        manual.set_defaults(handler=_guarded(_manual))
+        manual.set_defaults(handler=guarded(_manual))
 
     audit = commands.add_parser("audit", help="manual pauses, resumes and resets: who, why, when, what")
-    _common(audit)
+    add_common(audit)
     audit.add_argument("--account", help="only this account (default: every account)")
     audit.add_argument("--json", action="store_true", help="JSON Lines (default: a table)")
-    audit.set_defaults(handler=_guarded(_audit))
+    audit.set_defaults(handler=guarded(_audit))
 
     reset = commands.add_parser("reset-daily", help="publish a daily reset (every account, or --account)")
-    _common(reset)
+    add_common(reset)
     reset.add_argument("--config", help="engine config (checked; shows the trading day reset) (default: none)")
     reset.add_argument("--account", help="only this account, an ops extension (default: every account)")
     reset.add_argument("--at", type=int, help="the reset's timestamp, ns (default: now)")
     reset.add_argument("--reason", default="", help="why (recorded in the audit stream) (default: empty)")
     reset.add_argument("--who", help="who (default: $USER@hostname)")
     reset.add_argument("--json", action="store_true", help="one JSON document (default: text)")
-    reset.set_defaults(handler=_guarded(_reset_daily))
+    reset.set_defaults(handler=guarded(_reset_daily))
 
     recover = commands.add_parser("recover", help="start shards whose Redis state was lost afresh (audited)")
     which = recover.add_mutually_exclusive_group(required=True)
@@ -308,6 +270,6 @@ def register_ops_commands(commands: Any) -> None:
     which.add_argument("--all", action="store_true", help="every lost shard (default: off; or --shard)")
     recover.add_argument("--reason", required=True, help="why, recorded in the audit stream (required, no default)")
     recover.add_argument("--who", help="who (default: $USER@hostname)")
-    _common(recover)
+    add_common(recover)
     recover.add_argument("--json", action="store_true", help="one JSON document (default: text)")
-    recover.set_defaults(handler=_guarded(_recover))
+    recover.set_defaults(handler=guarded(_recover))
