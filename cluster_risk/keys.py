@@ -8,7 +8,7 @@ and the cluster use it.
 ``crc32(account_id) % num_shards``; the hash tag ``{sN}`` puts a shard in one cluster slot)::
 
     P:{sN}:meta                        hwm (last applied batch), clock, latest, gens, maxo, maxt, touched,
-                                       blocks ("<bsince> <lasto> <lastt> ": lua/seen_ids.lua);
+                                       blocks ("-1 <lasto> <lastt> ": lua/seen_ids.lua);
                                        rseq<k>, result<k>, digest<k>: the last 4 batches (k = seq % 4), for retries
     P:{sN}:acct                        account -> current trading day (ordinal; "p": daily pauses)
     P:{sN}:paused:<rule>               scope -> "since=<ns> value=<v> limit=<l> ... account=<id>"

@@ -18,8 +18,6 @@ a shard's keys share its hash tag and one script touches one Redis Cluster slot.
                                          "t<tid>" -> 1; block = the id field without its last 3 digits
                                          ("o12" holds o12000..o12999; "o" holds o0..o999) (seen_ids.lua)
   base .. "ids:" .. YYYY-MM-DD .. ":blocks"   set: the day's blocks
-  base .. "ids:" .. YYYY-MM-DD           the day's ids in one hash, as versions up to a129656 wrote
-                                         them: read until the day leaves retention, then deleted
 
 Trading days travel as proleptic Gregorian ordinals (Python's date.toordinal()).
 ]]
@@ -59,6 +57,5 @@ function keys.win(base, rule) return base .. 'win:' .. rule end
 function keys.winc(base, rule) return base .. 'winc:' .. rule end
 function keys.day(base, d, rule) return base .. 'day:' .. keys.iso_day(d) .. ':' .. rule end
 function keys.paused(base, rule) return base .. 'paused:' .. rule end
-function keys.ids(base, d) return base .. 'ids:' .. keys.iso_day(d) end
 function keys.ids_block(base, d, block) return base .. 'ids:' .. keys.iso_day(d) .. ':' .. block end
 function keys.ids_blocks(base, d) return base .. 'ids:' .. keys.iso_day(d) .. ':blocks' end

@@ -15,14 +15,9 @@ of fields), and Redis's time went into searching it and rehashing it as it doubl
 miss by cache miss; a block stays small enough to stay in cache.
 
 A block is listed in its day's set and given its TTL by the first call that writes it. The
-meta field blocks, "<bsince> <lasto> <lastt> " (lasto, lastt: "<YYYY-MM-DD>:<block>", the
-block each kind wrote last, or "-"), remembers that, so the calls after it, whose ids ascend
-into the same block, pay one HSET and nothing else; bsince is below.
-
-Versions up to a129656 (2026-12-04) kept a generation in one hash, <prefix>:{s<N>}:ids:<YYYY-MM-DD>.
-bsince is the latest generation when a shard was first written in blocks (-1 for a shard that
-never had the one-hash layout): generations up to it are also looked up in their one hash,
-and it is deleted with them.
+meta field blocks, "-1 <lasto> <lastt> " (lasto, lastt: "<YYYY-MM-DD>:<block>", the block each
+kind wrote last, or "-"; the leading -1 is a fixed placeholder), remembers that, so the calls
+after it, whose ids ascend into the same block, pay one HSET and nothing else.
 
 The meta hash also keeps the largest oid and tid ever added (maxo "o<oid>", maxt "t<tid>"; never lowered,
 retention or not): an id above it was never seen, so it needs no look-up. Gateways number
@@ -40,9 +35,8 @@ a second HSET when a call adds both oids and tids (different blocks): a few perc
                          others are appended to `out` (to look up); one call per kind, not per id.
                          When none is at or below the maximum, the kind's ids added in this
                          batch ascend: flush writes them without looking at each one
-  ids.preload(I, fields)             newest generation first, each asked (one HMGET per block,
-                                     and the one hash of a generation up to bsince) only for
-                                     the ids no newer one holds
+  ids.preload(I, fields)             newest generation first, each asked (one HMGET per block)
+                                     only for the ids no newer one holds
   ids.seen(I, field) -> its value (true for an id added in this call), or nil when unseen
   ids.add(I, field, value, kind)     into generation I.latest (kind: 111 "o", 116 "t")
   ids.advance(I, day)                the shard's latest day moves to `day`; old generations go
@@ -64,25 +58,13 @@ function ids.open(base, gens, latest, retention, maxo, maxt, blocks)
     ascending_o = false, ascending_t = false}
   I.max = {[111] = maxo or '', [116] = maxt or ''} -- by first byte ("o", "t"): the largest id added
   for text in string.gmatch(gens or '', '(%-?%d+)') do I.gens[#I.gens + 1] = tonumber(text) end
-  I.newest = I.gens[#I.gens] or -1 -- the newest generation before this call
   return I
-end
-
--- bsince as a number, parsed when needed (look-ups; the first call to write blocks). Without
--- the blocks field this is that first call: the generations listed so far may hold one-hash ids.
-local function bsince(I)
-  local b = I.bsince
-  if not b then
-    b = I.opened and tonumber(string.match(I.opened, '^(%-?%d+)')) or I.newest
-    I.bsince = b
-  end
-  return b
 end
 
 -- Ids per block: 10^DIGITS. A hash of 1,000 fields ends its growth with its table rehashed
 -- (1,024 slots); one of 10,000 stops half-way through rehashing from 8,192 to 16,384 slots and
 -- keeps both tables, since Redis rehashes a hash only as it is used: 70.3 bytes per id
--- against 59.0 (the one hash per day of earlier versions: 61.9; MEMORY USAGE, seed workload).
+-- against 59.0 (MEMORY USAGE, seed workload).
 local DIGITS = 3
 local ZEROS = '000' -- DIGITS zeros (the standard libraries are bound per call: builtins.lua)
 
@@ -128,12 +110,10 @@ function ids.preload(I, fields)
       cache.preload(c, l)
       for i = 1, #l do of[l[i]] = c end
     end
-    local one = d <= bsince(I) and key_cache(I, keys.ids(I.base, d)) -- the one-hash layout's
-    if one then cache.preload(one, want) end
     local left = {}
     for i = 1, #want do
       local f = want[i]
-      local x = of[f].v[f] or (one and one.v[f])
+      local x = of[f].v[f]
       if x then
         I.gen[f], I.val[f] = d, x
       else
@@ -231,7 +211,7 @@ local function relist(I, d, b, kind, key, name, ttl_ms)
   l[#l + 1] = b
   local _, lasto, lastt = string.match(I.blocks or '', '^(%S+) (%S+) (%S+) $')
   if kind == 111 then lasto = name else lastt = name end
-  I.blocks = string.format('%d %s %s ', bsince(I), lasto or '-', lastt or '-')
+  I.blocks = string.format('-1 %s %s ', lasto or '-', lastt or '-')
 end
 
 -- HSET one block's ids, list[from..to]; relist it unless the blocks field names it as its
@@ -298,12 +278,12 @@ function ids.flush(I, ttl_ms, meta)
   end
   for _, d in ipairs(I.dropped or NONE) do
     local listed = keys.ids_blocks(I.base, d)
-    local gone = {keys.ids(I.base, d)} -- and the one hash of earlier versions
+    local gone = {listed} -- `listed` itself, also when the day has no block
     for _, b in ipairs(redis.call('SMEMBERS', listed)) do gone[#gone + 1] = keys.ids_block(I.base, d, b) end
     cache.send('DEL', listed, gone) -- in chunks, each naming `listed` again (deleted by the first)
   end
   -- the blocks field changes rarely (a new block; the first call to write blocks): written then
-  if not I.blocks then I.blocks = string.format('%d - - ', bsince(I)) end
+  if not I.blocks then I.blocks = '-1 - - ' end
   if I.blocks ~= I.opened then redis.call('HSET', meta, 'blocks', I.blocks) end
   local out = {}
   for i, d in ipairs(I.gens) do out[i] = string.format('%d', d) end

@@ -25,9 +25,7 @@ struct.pack('<BI7I4I7I4I4B', p, hb, lc, fb, hc, n, 2) (2: this format's number).
                from byte co on (its earlier entries have left the window)
 The common hit rewrites only the trailer and appends to the body: one struct.pack copies the
 value's first bytes (c<n>), the new entry and the new trailer, so the hit makes one string
-(Redis's Lua hashes and interns every string it makes). Values of the earlier format ("<n>|",
-a 35-byte header, the body; their last byte is never 2) are read by decode and rewritten in
-this one when written back.
+(Redis's Lua hashes and interns every string it makes).
 The live buckets but hb, oldest first, are the entries of the cold chunks then of the hot body,
 each as text "gap[:count]," (count 1 is left out), gap = the next bucket (the last one's next is
 hb) minus this one.
@@ -52,7 +50,6 @@ local window = {}
 local COLD = '<I4I4I4' -- cf, cn, co: the value's first 12 bytes
 local TRAILER, TRAILER_BYTES, FORMAT = '<BI7I4I7I4I4B', 28, 2 -- p, hb, lc, fb, hc, n, FORMAT: its last bytes
 local NO_COLD = '\0\0\0\0\0\0\0\0\1\0\0\0' -- struct.pack(COLD, 0, 0, 1): no cold chunks
-local OLD_HEADER = '<BI7I4I7I4I4I4I4' -- the earlier format's, after "<n>|": p, hb, lc, fb, hc, cf, cn, co
 local ENTRY = '^(%d+):?(%d*),()'
 -- A spill moves HOT_MAX - HOT_KEEP = 32 entries; a small HOT_KEEP keeps the hot value short
 -- between spills (Redis's Lua hashes every byte of every string it makes: each hit makes the
@@ -93,16 +90,10 @@ function window.decode(s, ctx)
       body = '', head = 1, tail = '', ctx = ctx}
   end
   -- the hot body is `body` from `head` on, then `tail` (appended since, joined when written back)
-  if string.byte(s, -1) == FORMAT then
-    local cf, cn, co, head = struct.unpack(COLD, s)
-    local p, hb, lc, fb, hc, n = struct.unpack(TRAILER, s, #s - TRAILER_BYTES + 1)
-    return {n = n, p = p, hb = hb, lc = lc, fb = fb, hc = hc, cf = cf, cn = cn, co = co,
-      body = string.sub(s, head, #s - TRAILER_BYTES), head = 1, tail = '', ctx = ctx}
-  end
-  local bar = string.find(s, '|', 1, true) -- the earlier format
-  local p, hb, lc, fb, hc, cf, cn, co, head = struct.unpack(OLD_HEADER, s, bar + 1)
-  return {n = tonumber(string.sub(s, 1, bar - 1)), p = p, hb = hb, lc = lc, fb = fb, hc = hc,
-    cf = cf, cn = cn, co = co, body = s, head = head, tail = '', ctx = ctx}
+  local cf, cn, co, head = struct.unpack(COLD, s)
+  local p, hb, lc, fb, hc, n = struct.unpack(TRAILER, s, #s - TRAILER_BYTES + 1)
+  return {n = n, p = p, hb = hb, lc = lc, fb = fb, hc = hc, cf = cf, cn = cn, co = co,
+    body = string.sub(s, head, #s - TRAILER_BYTES), head = 1, tail = '', ctx = ctx}
 end
 
 -- Join the tail into the body, so that the hot body is body from head on.
@@ -254,10 +245,8 @@ function window.hit_raw(s, b, K, threshold, resume)
   local add = ''
   if s then
     -- the cold fields and the body stay as they are: the value's first `kept` bytes
-    local format
     kept = #s - TRAILER_BYTES
-    p, hb, lc, fb, hc, n, format = struct_unpack(TRAILER, s, kept + 1)
-    if format ~= FORMAT then return nil end -- the earlier format: decode reads it
+    p, hb, lc, fb, hc, n = struct_unpack(TRAILER, s, kept + 1)
     if b == hb then
       lc = lc + 1
     elseif b > hb and fb > b - K and hc < HOT_MAX then

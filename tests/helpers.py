@@ -1,20 +1,35 @@
-"""Small builders shared by the test modules: events, engines, instants and action views."""
+"""The one set of test constants and builders: instants, events, engines and action views.
+
+Every test folder imports these (never its own ``MS``/``T0``/``order``); fixtures that start
+servers live in tests/conftest.py."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from datetime import UTC, datetime
-from typing import Any
+import json
+from collections.abc import Callable, Iterable
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any, overload
 from zoneinfo import ZoneInfo
 
 from cluster_risk import Action, Order, RiskEngine, Trade, build_config
+from cluster_risk.engines import open_engine
+from cluster_risk.remote import RemoteEngine
+from cluster_risk.state.redis import RedisStore
 
 MS = 1_000_000
 S = 1_000_000_000
 DAY = 86_400 * S
 
+Engine = RiskEngine | RemoteEngine  # the in-process engine, or one whose state is in Redis
+EngineFactory = Callable[..., Engine]  # make_engine's arguments (tests/conftest.py: backend_engine)
+
 # Conformance keys: the only ones compared (SEMANTICS.md / conformance README).
 KEYS = ("type", "rule", "scope", "timestamp", "value", "limit", "error", "field", "index")
+
+# The shared conformance vectors, case-1.json .. case-24.json, in number order.
+CASES_DIR = Path(__file__).parent / "conformance" / "cases"
+CASE_FILES = sorted(CASES_DIR.glob("case-*.json"), key=lambda p: int(p.stem.split("-")[1]))
 
 SHANGHAI_NIGHT = {"timezone": "Asia/Shanghai", "start": "21:00"}
 
@@ -26,19 +41,21 @@ def at(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: 
 
 # A quiet base instant, aligned to whole seconds: 2023-03-01 00:00:00 UTC.
 T0 = at(2023, 3, 1)
-assert datetime.fromtimestamp(T0 // S, UTC).hour == 0
+T0_DATE = date(2023, 3, 1)  # T0's date (UTC, and its trading day under the default calendar)
+assert datetime.fromtimestamp(T0 // S, UTC).hour == 0 and datetime.fromtimestamp(T0 // S, UTC).date() == T0_DATE
 
 
 def order(
     oid: int,
-    t: int,
+    t: int = T0,
+    *,
     account: str = "A",
     contract: str = "C1",
-    *,
     volume: int = 1,
     price: float = 100.0,
     direction: str = "BID",
 ) -> Order:
+    """An order: id and time positional, everything else by keyword."""
     return Order(oid, account, contract, direction, price, volume, t)
 
 
@@ -56,9 +73,41 @@ def trade(
     return Trade(tid, tid if oid is None else oid, price, volume, t, account, contract)
 
 
-def make_engine(*rules: dict[str, Any], **config: Any) -> RiskEngine:
-    """An engine from rule specs plus top-level config keys (through build_config)."""
-    return RiskEngine.from_config(build_config({"rules": list(rules), **config}))
+@overload
+def make_engine(*rules: dict[str, Any], store: None = None, **config: Any) -> RiskEngine: ...
+@overload
+def make_engine(*rules: dict[str, Any], store: RedisStore, **config: Any) -> RemoteEngine: ...
+def make_engine(*rules: dict[str, Any], store: RedisStore | None = None, **config: Any) -> Engine:
+    """An engine from rule specs plus top-level config keys (through build_config), in process
+    or with its state in ``store``.  A whole config dict works too: ``make_engine(**config)``
+    (its ``rules`` key instead of positional rules)."""
+    if rules and "rules" in config:
+        raise TypeError("make_engine: rules both positional and as a config key")
+    engine = open_engine(build_config({"rules": list(rules), **config}), store)
+    assert isinstance(engine, RiskEngine | RemoteEngine)
+    return engine
+
+
+def state_of(engine: Engine) -> Any:
+    """What an engine holds, to compare before and after: the in-process engine's structure
+    sizes (``memory_entries``), or every key of a Redis engine's store with its value (DUMP)."""
+    if isinstance(engine, RiskEngine):
+        return engine.memory_entries()
+    store = engine.store
+    keys = [key for shard in range(store.num_shards) for key in store.shard_keys(shard)]
+    return {key: store.client.dump(key) for key in keys}
+
+
+def load_case(which: int | Path) -> dict[str, Any]:
+    """A conformance vector (config, events, expected), by number or path."""
+    path = which if isinstance(which, Path) else CASES_DIR / f"case-{which}.json"
+    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return data
+
+
+def lines(events: Iterable[Any]) -> list[str]:
+    """Wire lines (json.dumps, ensure_ascii: a lone surrogate is a \\ud800 escape)."""
+    return [json.dumps(e) for e in events]
 
 
 def view(action: Action | dict[str, Any]) -> dict[str, Any]:

@@ -1,15 +1,14 @@
 """Fixtures for the cluster tests: real redis-server processes on free loopback ports (a fresh
 standalone server per test, a 3-master cluster with a replica each per session), workers as
-threads (conformance) or processes (faults).  A missing redis-server fails, never skips."""
+threads (conformance) or processes (faults).  A missing redis-server fails, never skips
+(``redis_binaries``, tests/conftest.py)."""
 
 from __future__ import annotations
 
-import json
-import shutil
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING
 
 import pytest
 import redis
@@ -27,18 +26,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.cluster)
 
 
-@pytest.fixture(scope="session")
-def redis_binaries() -> None:
-    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
-        pytest.fail(
-            "redis-server and redis-cli (Redis >= 7) must be on PATH for tests/cluster "
-            "(Debian: apt-get install redis-server) - these tests never skip",
-            pytrace=False,
-        )
-
-
 @pytest.fixture
-def server(redis_binaries: None, tmp_path: Path) -> Iterator[RedisProcess]:
+def server(redis_binaries: tuple[str, str], tmp_path: Path) -> Iterator[RedisProcess]:
     """A fresh standalone redis-server for this test only."""
     process = RedisProcess(tmp_path / "redis")
     yield process
@@ -46,7 +35,7 @@ def server(redis_binaries: None, tmp_path: Path) -> Iterator[RedisProcess]:
 
 
 @pytest.fixture(scope="session")
-def cluster6(redis_binaries: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+def cluster6(redis_binaries: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     """Three masters with a replica each, shared by the session (flushed by ``cluster_url``)."""
     nodes = LocalCluster(tmp_path_factory.mktemp("cluster6"))
     yield nodes
@@ -122,8 +111,4 @@ def read_line(stream: IO[str] | None, what: str, timeout: float = 60) -> str:
     return got[0]
 
 
-def lines(events: list[Any]) -> list[str]:
-    return [json.dumps(e) for e in events]
-
-
-__all__ = ["Threads", "connect", "lines", "read_line"]
+__all__ = ["Threads", "connect", "read_line"]

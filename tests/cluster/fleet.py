@@ -19,8 +19,9 @@ from cluster_risk.cluster.shards import Deployment
 from cluster_risk.cluster.status import fleet_status, total_lag
 from cluster_risk.cluster.streams import Publisher
 from tests.cluster.conform import by_scope, expected, fleet_output, with_final_tick
-from tests.cluster.conftest import connect, lines
+from tests.cluster.conftest import connect
 from tests.cluster.workload import CONFIG
+from tests.helpers import lines
 
 SHARDS = 8
 

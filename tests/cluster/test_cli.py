@@ -24,10 +24,11 @@ from cluster_risk.cluster.shards import Deployment, Keys
 from cluster_risk.cluster.streams import Publisher
 from cluster_risk.cluster.worker import Worker
 from tests.cluster.conform import by_scope, expected, with_final_tick
-from tests.cluster.conftest import connect, lines, read_line
+from tests.cluster.conftest import connect, read_line
 from tests.cluster.fleet import wait_for
 from tests.cluster.workload import CONFIG
 from tests.cluster.workload import events as workload
+from tests.helpers import T0, lines
 
 CLI = [sys.executable, "-m", "cluster_risk.cli"]
 
@@ -80,7 +81,7 @@ def stop_up(proc: subprocess.Popen[str]) -> None:
         proc.communicate(timeout=30)
 
 
-def test_up_starts_redis_and_workers_and_ctrl_c_stops_all(redis_binaries: None, tmp_path: Path) -> None:
+def test_up_starts_redis_and_workers_and_ctrl_c_stops_all(redis_binaries: tuple[str, str], tmp_path: Path) -> None:
     config = tmp_path / "config.json"
     config.write_text(json.dumps(CONFIG), encoding="utf-8")
     up = [*CLI, "up", "--workers", "2", "--config", str(config)]
@@ -119,6 +120,7 @@ def test_up_starts_redis_and_workers_and_ctrl_c_stops_all(redis_binaries: None, 
 
 
 def test_actions_follow_prints_new_actions(server: RedisProcess, tmp_path: Path) -> None:
+
     config = build_config(CONFIG)
     publisher = Publisher(connect(server.url), shards=4)
     follow = subprocess.Popen(
@@ -127,7 +129,7 @@ def test_actions_follow_prints_new_actions(server: RedisProcess, tmp_path: Path)
     try:
         burst = [
             {"type": "order", "oid": i, "account_id": "F", "contract_id": "C1", "direction": "BID", "price": 1.0}
-            | {"volume": 1, "timestamp": 1_795_000_000_000_000_000 + i}
+            | {"volume": 1, "timestamp": T0 + i}
             for i in range(1, 15)
         ]
         assert not list(publisher.publish_lines(lines(burst)))

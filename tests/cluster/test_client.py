@@ -9,16 +9,15 @@ import time
 
 import pytest
 
-from cluster_risk import Order, Trade, build_config
+from cluster_risk import Trade, build_config
 from cluster_risk.cluster.client import UNREACHABLE, AsyncRiskClient, RiskClient
 from cluster_risk.cluster.launcher import RedisProcess
 from cluster_risk.cluster.shards import Deployment
 from cluster_risk.cluster.worker import Worker
 from tests.cluster.conftest import Threads, connect
 from tests.cluster.fleet import wait_for
+from tests.helpers import MS, T0, order
 
-MS = 1_000_000
-T0 = 1_795_000_000_000_000_000
 CONFIG = {
     "contract_to_product": {"C1": "P1", "C2": "P1"},
     "rules": [
@@ -26,10 +25,6 @@ CONFIG = {
         {"type": "AccountVolumeLimitRule", "daily_cap": 10, "dimensions": ["account", "product"]},
     ],
 }
-
-
-def order(oid: int, account: str, t: int, contract: str = "C1", volume: int = 1) -> Order:
-    return Order(oid, account, contract, "BID", 100.0, volume, t)
 
 
 def start_worker(url: str, threads: Threads) -> Worker:
@@ -42,24 +37,24 @@ def test_pauses_reach_the_cache_and_answer_in_memory(server: RedisProcess, threa
     start_worker(server.url, threads)
     with RiskClient(connect(server.url), config=build_config(CONFIG)) as client:
         assert not client.is_paused("A")
-        client.publish_many([order(i, "A", T0 + i) for i in range(1, 5)])  # 4 orders in 10 ms > 3
+        client.publish_many([order(i, T0 + i, account="A") for i in range(1, 5)])  # 4 orders in 10 ms > 3
         took = wait_for("the pause in the cache", lambda: client.is_paused("A"), 5)
         assert took < 1.0
-        assert client.check(order(99, "A", T0)) == [("OrderRateLimitRule", (("account", "A"),))]
+        assert client.check(order(99, T0, account="A")) == [("OrderRateLimitRule", (("account", "A"),))]
         assert not client.is_paused("B")
-        client.publish(order(10, "B", T0, "C2"))
+        client.publish(order(10, T0, account="B", contract="C2"))
         client.publish(Trade(1, 10, 100.0, 11, T0 + 1))  # a fill without account: over the cap of (B, P1)
         wait_for("the product pause", lambda: client.is_paused("B", "C1"), 5)
         assert not client.is_paused("B")  # only (B, P1) is paused, not B on other products
         assert client.is_paused("B", product="P1")
-        client.publish(order(11, "A", T0 + 50 * MS))  # the window has passed: resume
+        client.publish(order(11, T0 + 50 * MS, account="A"))  # the window has passed: resume
         wait_for("the resume", lambda: not client.is_paused("A"), 5)
     with RiskClient(connect(server.url)) as late:  # a gateway started later: from the snapshot
         assert late.is_paused("B", product="P1") and not late.is_paused("A")
 
 
 def test_the_gateway_fails_closed_within_its_bound(
-    redis_binaries: None, tmp_path: object, caplog: pytest.LogCaptureFixture
+    redis_binaries: tuple[str, str], tmp_path: object, caplog: pytest.LogCaptureFixture
 ) -> None:
     # With persistence: a Redis back without its data is lost state (tests/cluster/test_state_lost.py)
     server = RedisProcess(tmp_path / "redis", "--appendonly", "yes", "--appendfsync", "always")  # type: ignore[operator]
@@ -74,7 +69,7 @@ def test_the_gateway_fails_closed_within_its_bound(
         with caplog.at_level(logging.WARNING, logger="cluster_risk.cluster.client"):
             took = wait_for("failing closed", lambda: client.is_paused("A"), 5)
         assert took <= 0.5 + 0.3
-        assert client.check(order(1, "Z", T0)) == [UNREACHABLE]
+        assert client.check(order(1, T0, account="Z")) == [UNREACHABLE]
         assert client.failing and client._fail_gauge._value.get() == 1
         assert "failing closed" in caplog.text
         assert time.monotonic() - started < 2
@@ -92,7 +87,7 @@ def test_the_asyncio_client(server: RedisProcess, threads: Threads) -> None:
 
     async def run() -> None:
         async with AsyncRiskClient(connect(server.url)) as client:
-            await client.publish_many([order(i, "Q", T0 + i) for i in range(1, 5)])
+            await client.publish_many([order(i, T0 + i, account="Q") for i in range(1, 5)])
             for _ in range(100):
                 if client.is_paused("Q"):
                     break
@@ -105,7 +100,7 @@ def test_the_asyncio_client(server: RedisProcess, threads: Threads) -> None:
 def test_the_cache_on_a_redis_cluster(cluster_url: str, threads: Threads) -> None:
     start_worker(cluster_url, threads)
     with RiskClient(connect(cluster_url), config=build_config(CONFIG)) as client:
-        client.publish_many([order(i, "K", T0 + i) for i in range(1, 5)])
+        client.publish_many([order(i, T0 + i, account="K") for i in range(1, 5)])
         wait_for("the pause in the cache", lambda: client.is_paused("K"), 5)
-        client.publish(order(9, "K", T0 + 50 * MS))
+        client.publish(order(9, T0 + 50 * MS, account="K"))
         wait_for("the resume", lambda: not client.is_paused("K"), 5)

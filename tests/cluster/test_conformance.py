@@ -4,8 +4,6 @@ errors (rejected at publish or dead-lettered by a worker) are the same set."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,14 +13,8 @@ from cluster_risk.cluster.launcher import RedisProcess
 from cluster_risk.cluster.streams import Publisher
 from cluster_risk.cluster.worker import Worker
 from tests.cluster.conform import by_scope, expected, fleet_output, with_final_tick
-from tests.cluster.conftest import Threads, connect, lines
-
-CASES = Path(__file__).parents[1] / "conformance" / "cases"
-
-
-def case(n: int) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((CASES / f"case-{n}.json").read_text(encoding="utf-8"))
-    return data
+from tests.cluster.conftest import Threads, connect
+from tests.helpers import lines, load_case
 
 
 def run_fleet(url: str, threads: Threads, config: dict[str, Any], events: list[Any], workers: int = 2) -> set[Any]:
@@ -51,7 +43,7 @@ def check(url: str, config: dict[str, Any], events: list[Any], rejected: set[Any
 
 @pytest.mark.parametrize("n", range(1, 25))
 def test_vector_standalone(server: RedisProcess, threads: Threads, n: int) -> None:
-    data = case(n)
+    data = load_case(n)
     events = with_final_tick(data["events"])
     rejected = run_fleet(server.url, threads, data["config"], events)
     check(server.url, data["config"], events, rejected)
@@ -59,7 +51,7 @@ def test_vector_standalone(server: RedisProcess, threads: Threads, n: int) -> No
 
 @pytest.mark.parametrize("n", [3, 17, 24])
 def test_vector_on_a_redis_cluster(cluster_url: str, threads: Threads, n: int) -> None:
-    data = case(n)
+    data = load_case(n)
     events = with_final_tick(data["events"])
     rejected = run_fleet(cluster_url, threads, data["config"], events)
     check(cluster_url, data["config"], events, rejected)

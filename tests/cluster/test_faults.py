@@ -57,7 +57,7 @@ def test_a_worker_stopped_past_its_lease_cannot_write_late(fleet: Fleet) -> None
     fleet.check(events)
 
 
-def test_replicated_failover_of_a_cluster_master(tmp_path: Path, redis_binaries: None) -> None:
+def test_replicated_failover_of_a_cluster_master(tmp_path: Path, redis_binaries: tuple[str, str]) -> None:
     nodes = LocalCluster(tmp_path / "cluster")
     fleet = Fleet(nodes.url, tmp_path)
     try:

@@ -23,15 +23,16 @@ from cluster_risk.cluster.streams import Publisher
 from cluster_risk.cluster.worker import Worker
 from tests.cluster.conftest import Threads, connect
 from tests.cluster.fleet import wait_for
+from tests.helpers import T0, order
 
-T0 = 1_795_000_000_000_000_000
 SHARDS = 4
 CONFIG = {"rules": [{"type": "AccountVolumeLimitRule", "daily_cap": 1000}]}
 NO_OWNER, STALE = "no_owner", "stale"  # cluster_risk.cluster.client's conditions
 
 
-def order(oid: int, account: str) -> Order:
-    return Order(oid, account, "C1", "BID", 1.0, 1, T0 + oid)
+def gate_order(oid: int, account: str) -> Order:
+    """An order at T0 + oid (its id as its time)."""
+    return order(oid, T0 + oid, account=account, price=1.0)
 
 
 def gateway(url: str, **options: Any) -> RiskClient:
@@ -46,9 +47,9 @@ def other_shard(keys: Keys, account: str) -> str:
 def test_a_gateway_with_nobody_applying_refuses_orders(server: RedisProcess) -> None:
     """The reproduction: Redis up, events published, no worker alive - the defaults refuse."""
     publisher = Publisher(connect(server.url), shards=SHARDS)
-    publisher.publish([(None, order(1, "A"))])
+    publisher.publish([(None, gate_order(1, "A"))])
     with RiskClient(connect(server.url)) as client:
-        assert client.is_paused("A") and client.check(order(2, "B"))
+        assert client.is_paused("A") and client.check(gate_order(2, "B"))
         assert not client.failing  # Redis answers: it is the shards that are unhealthy
 
 
@@ -56,7 +57,7 @@ def test_no_live_worker_closes_the_gates(server: RedisProcess, caplog: pytest.Lo
     Publisher(connect(server.url), shards=SHARDS)  # a deployment, and nobody applying it
     with caplog.at_level(logging.WARNING, logger="cluster_risk.cluster.client"), gateway(server.url) as client:
         shard = client.keys.shard_of("A")
-        assert client.check(order(1, "A")) == [("shard_no_owner", (("shard", str(shard)),))]  # from the start
+        assert client.check(gate_order(1, "A")) == [("shard_no_owner", (("shard", str(shard)),))]  # from the start
         assert client.is_paused("Z") and not client.failing
         assert client.unhealthy.shards(NO_OWNER) == set(range(SHARDS))
         assert client._unhealthy_gauge.labels(condition=NO_OWNER)._value.get() == SHARDS
@@ -81,10 +82,10 @@ def test_an_owner_that_does_not_apply_closes_its_shard_only(server: RedisProcess
     other = other_shard(publisher.keys, "A")
     with gateway(server.url) as client:
         assert not client.is_paused("A") and not client.is_paused(other)
-        publisher.publish([(None, order(1, "A"))])
+        publisher.publish([(None, gate_order(1, "A"))])
         wait_for("the stale shard closed", lambda: client.is_paused("A"), 5)
         shard = client.keys.shard_of("A")
-        assert client.check(order(2, "A")) == [("shard_stale", (("shard", str(shard)),))]
+        assert client.check(gate_order(2, "A")) == [("shard_stale", (("shard", str(shard)),))]
         assert client.unhealthy.shards(STALE) == {shard}
         assert not client.is_paused(other)  # its shard has nothing waiting
 
@@ -95,14 +96,14 @@ def test_failing_open_reports_without_refusing(server: RedisProcess, caplog: pyt
         caplog.at_level(logging.WARNING, logger="cluster_risk.cluster.client"),
         gateway(server.url, fail_open=True) as c,
     ):
-        assert c.check(order(1, "A")) == []
+        assert c.check(gate_order(1, "A")) == []
         assert c.unhealthy.shards(NO_OWNER) == set(range(SHARDS))
         assert c._unhealthy_gauge.labels(condition=NO_OWNER)._value.get() == SHARDS
     assert "failing open" in caplog.text
 
 
 def test_the_checks_can_be_turned_off(server: RedisProcess) -> None:
-    Publisher(connect(server.url), shards=SHARDS).publish([(None, order(1, "A"))])
+    Publisher(connect(server.url), shards=SHARDS).publish([(None, gate_order(1, "A"))])
     with gateway(server.url, owner_grace_s=None, stale_after_s=None) as client:
         assert not client.is_paused("A") and not client.unhealthy.by_shard
 

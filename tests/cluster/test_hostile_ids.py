@@ -27,9 +27,8 @@ from cluster_risk.wire import decode_event, decode_line
 from tests.cluster.conform import by_scope, expected, fleet_output
 from tests.cluster.conftest import connect
 from tests.cluster.fleet import Fleet, final, fleet_fixture, wait_for
+from tests.helpers import DAY, MS, T0
 
-T = 1_795_000_000_000_000_000
-MS = 1_000_000
 CONFIG: dict[str, Any] = {
     "contract_to_product": {"X17": "P{1}", "\x1f": "\ud800"},
     "rules": [
@@ -73,16 +72,16 @@ def hostile_events() -> list[dict[str, Any]]:
     """Orders and fills of hostile ids: fills without account (routed and enriched by their
     order), fills with both ids, the issue's U+001F case, a day change and a reset."""
     events: list[dict[str, Any]] = [
-        _order(1, "VICTIM\x1fX17", "C", T),
-        _fill(1, 1, 8, T + 1),
-        _order(2, "VICTIM", "C", T + 2),
-        _fill(2, 2, 5, T + 3),
+        _order(1, "VICTIM\x1fX17", "C", T0),
+        _fill(1, 1, 8, T0 + 1),
+        _order(2, "VICTIM", "C", T0 + 2),
+        _fill(2, 2, 5, T0 + 3),
     ]
     contracts = ["X17", "\x1f", "C{1}", "\ud800"]
-    oid, tid, t = 2, 2, T + 10
+    oid, tid, t = 2, 2, T0 + 10
     for round_ in range(4):
         if round_ == 2:
-            t += 86_400_000 * MS  # the next trading day
+            t += DAY  # the next trading day
         for i, account in enumerate(HOSTILE):
             contract = contracts[(i + round_) % len(contracts)]
             oid, tid, t = oid + 1, tid + 2, t + MS // 4
@@ -130,8 +129,8 @@ def test_poison_entries_are_dead_lettered_and_the_worker_goes_on(
     on_0 = [a for a in HOSTILE + [f"Z{i}" for i in range(50)] if publisher.keys.shard_of(a) == 0]
     good: list[dict[str, Any]] = []
     for n, account in enumerate(on_0):
-        good += [_order(n + 1, account, "X17", T + 4 * n), _fill(n + 1, n + 1, 11, T + 4 * n + 1)]
-    tick = {"type": "tick", "timestamp": T}
+        good += [_order(n + 1, account, "X17", T0 + 4 * n), _fill(n + 1, n + 1, 11, T0 + 4 * n + 1)]
+    tick = {"type": "tick", "timestamp": T0}
     poison: list[dict[bytes, bytes]] = [
         {b"e": b"\xff\xfe{", b"i": b"0"},  # not UTF-8
         {b"e": json.dumps(tick).encode(), b"i": b"\x80\xff"},  # a valid event, its index not text
@@ -186,8 +185,8 @@ def test_a_gateway_and_the_ops_commands_take_hostile_ids(server: RedisProcess) -
     publisher = Publisher(client, shards=2)
     accounts = ["\ud800", "VICTIM\x1fX17", "{s1}:%", "\x00"]
     with RiskClient(connect(server.url), config=build_config(CONFIG), poll_s=0.05, fail_after_s=60) as gateway:
-        events = [_order(n + 1, a, "X17", T + n) for n, a in enumerate(accounts)]
-        events += [_fill(n + 1, n + 1, 11, T + 10 + n) for n in range(len(accounts))]
+        events = [_order(n + 1, a, "X17", T0 + n) for n, a in enumerate(accounts)]
+        events += [_fill(n + 1, n + 1, 11, T0 + 10 + n) for n in range(len(accounts))]
         publisher.publish([(None, e) for e in map(decode_event, events)])
         _worker(server.url).run()
         wait_for("the pauses", lambda: all(gateway.is_paused(a, "X17") for a in accounts), 10)
@@ -201,7 +200,7 @@ def test_a_gateway_and_the_ops_commands_take_hostile_ids(server: RedisProcess) -
         wait_for("its resume", lambda: not gateway.is_paused("\udfff"), 10)
         report = ops.inspect("\ud800", rule_dimensions(build_config(CONFIG).rules))
         assert report["account"] == "\ud800" and report["pauses"]
-        ops.reset_daily("\ud800", at_ns=T + 100, who="me", reason="r")
+        ops.reset_daily("\ud800", at_ns=T0 + 100, who="me", reason="r")
         _worker(server.url).run()
         wait_for("the reset's resume", lambda: not gateway.is_paused("\ud800", "X17"), 10)
         assert [r["scope"] for r in ops.audit("\ud800") if r["what"] == "reset_daily"] == [{"account": "\ud800"}]
@@ -215,7 +214,7 @@ def test_an_entry_that_meets_a_bug_is_dead_lettered_and_the_rest_applied(
     ``internal_error`` dead letter with the exception as its reason, and the rest is applied."""
     client = connect(server.url)
     publisher = Publisher(client, shards=1)
-    events = [_order(1, "A", "X17", T), _order(2, "BOOM", "X17", T + 1), _fill(1, 1, 11, T + 2)]
+    events = [_order(1, "A", "X17", T0), _order(2, "BOOM", "X17", T0 + 1), _fill(1, 1, 11, T0 + 2)]
     publisher.publish([(None, decode_event(e)) for e in events])
     worker = _worker(server.url, shards=1)
     context = worker.engine._context
@@ -244,7 +243,12 @@ def test_an_entry_apply_lua_fails_on_is_dead_lettered_and_the_shard_goes_on(
     one at a time, the one that fails alone is a ``script_error`` dead letter, the rest applied."""
     client = connect(server.url)
     publisher = Publisher(client, shards=1)
-    events = [_order(1, "A", "X17", T), _order(2, "LUA", "X17", T + 1), _fill(1, 1, 11, T + 2), _order(3, "B", "C", T)]
+    events = [
+        _order(1, "A", "X17", T0),
+        _order(2, "LUA", "X17", T0 + 1),
+        _fill(1, 1, 11, T0 + 2),
+        _order(3, "B", "C", T0),
+    ]
     publisher.publish([(None, decode_event(e)) for e in events])
     worker = _worker(server.url, shards=1)
     plan_shard = worker.engine.plan_shard

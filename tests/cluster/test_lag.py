@@ -12,9 +12,10 @@ from cluster_risk.cluster.launcher import RedisProcess
 from cluster_risk.cluster.status import lags_of, shard_lags
 from cluster_risk.cluster.streams import Publisher
 from cluster_risk.cluster.worker import Worker
-from tests.cluster.conftest import connect, lines
+from tests.cluster.conftest import connect
 from tests.cluster.workload import CONFIG
 from tests.cluster.workload import events as workload
+from tests.helpers import lines
 
 SHARDS = 4
 

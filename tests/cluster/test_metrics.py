@@ -27,6 +27,7 @@ from cluster_risk.observability import WorkerMetrics, start_metrics_server
 from tests.cluster.conftest import connect
 from tests.cluster.workload import CONFIG
 from tests.cluster.workload import events as workload
+from tests.helpers import T0
 
 CLI = [sys.executable, "-m", "cluster_risk.cli"]
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -137,7 +138,7 @@ def test_gauges_follow_the_held_shards(server: RedisProcess) -> None:
             direction="BID",
             price=1.0,
             volume=1,
-            timestamp=1_795_000_000_000_000_000 + i,
+            timestamp=T0 + i,
         )
         for i in range(1, 41)
     ]
@@ -170,7 +171,7 @@ def test_gauges_follow_the_held_shards(server: RedisProcess) -> None:
         server_.close()
 
 
-def test_up_serves_each_workers_metrics(redis_binaries: None, tmp_path: Path) -> None:
+def test_up_serves_each_workers_metrics(redis_binaries: tuple[str, str], tmp_path: Path) -> None:
     """`cluster-risk up --metrics-port P`: worker i serves /metrics on P + i."""
     port = free_port(2)
     config = tmp_path / "config.json"

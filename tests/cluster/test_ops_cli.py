@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from cluster_risk import Order, ResetDaily, RiskEngine, Tick, Trade, build_config
+from cluster_risk import ResetDaily, RiskEngine, Tick, Trade, build_config
 from cluster_risk.cluster.client import RiskClient
 from cluster_risk.cluster.launcher import RedisProcess
 from cluster_risk.cluster.shards import Deployment, DeploymentError, Keys
@@ -23,7 +23,7 @@ from cluster_risk.events import Event
 from tests.cluster.conform import by_scope
 from tests.cluster.conftest import connect
 from tests.cluster.fleet import wait_for
-from tests.cluster.workload import DAY, MS, T0  # 2026-11-18 (UTC)
+from tests.helpers import DAY, MS, T0, T0_DATE, order
 
 CLI = [sys.executable, "-m", "cluster_risk.cli"]
 SHARDS = 4
@@ -50,10 +50,6 @@ def url(request: pytest.FixtureRequest) -> Iterator[str]:
         yield server.url
     else:
         yield str(request.getfixturevalue("cluster_url"))
-
-
-def order(oid: int, account: str, t: int, contract: str = "C1") -> Order:
-    return Order(oid, account, contract, "BID", 100.0, 1, t)
 
 
 def publish(url: str, events: list[Event]) -> None:
@@ -91,20 +87,20 @@ def manual_fields(url: str, account: str) -> dict[str, str]:
 
 
 def test_kill_switch_is_lifted_only_by_a_manual_resume(url: str) -> None:
-    publish(url, [order(i, "A", T0 + i) for i in range(1, 6)])  # 5 orders in 5 ns > 3: the rate rule pauses A
+    publish(url, [order(i, T0 + i, account="A") for i in range(1, 6)])  # 5 orders in 5 ns > 3: the rate rule pauses A
     drain(url)
     gateway = RiskClient(
         connect(url), config=build_config(CONFIG), poll_s=0.05, fail_after_s=60, owner_grace_s=None
     ).start()
     try:
-        assert gateway.check(order(99, "A", T0)) == [RATE_A]
+        assert gateway.check(order(99, T0, account="A")) == [RATE_A]
 
         before = time.time_ns()
         done = cli("pause", "--account", "A", "--reason", "fat finger", "--who", "alice", "--redis-url", url)
         after = time.time_ns()
         assert done.returncode == 0, done.stderr
         assert "paused account=A" in done.stdout
-        wait_for("the manual pause at the gateway", lambda: MANUAL_A in gateway.check(order(99, "A", T0)), 5)
+        wait_for("the manual pause at the gateway", lambda: MANUAL_A in gateway.check(order(99, T0, account="A")), 5)
 
         # Twice, or resuming what is not paused: refused, exit 1, nothing written.
         streams = (len(printed_actions(url)), len(audit(url)))
@@ -117,20 +113,20 @@ def test_kill_switch_is_lifted_only_by_a_manual_resume(url: str) -> None:
 
         # Orders that bring the window back under the resume threshold: the rate pause goes,
         # the manual one stays.
-        publish(url, [order(10, "A", T0 + 200 * MS)])
+        publish(url, [order(10, T0 + 200 * MS, account="A")])
         drain(url)
         last = printed_actions(url)[-1]
         assert (last["type"], last["rule"], last["scope"]) == ("RESUME_ORDER", "OrderRateLimitRule", {"account": "A"})
-        wait_for("the rate resume at the gateway", lambda: RATE_A not in gateway.check(order(99, "A", T0)), 5)
-        assert gateway.check(order(99, "A", T0)) == [MANUAL_A]
+        wait_for("the rate resume at the gateway", lambda: RATE_A not in gateway.check(order(99, T0, account="A")), 5)
+        assert gateway.check(order(99, T0, account="A")) == [MANUAL_A]
 
         # A daily pause, a rate pause lifted by a tick, a day rollover, both kinds of reset:
         # every automatic resume happens, none touches the kill switch.
         later = [
             Trade(1, 10, 100.0, 11, T0 + 300 * MS),  # over the daily cap of (A, P1)
-            *[order(20 + i, "A", T0 + 400 * MS + i) for i in range(4)],  # the rate rule pauses again
+            *[order(20 + i, T0 + 400 * MS + i, account="A") for i in range(4)],  # the rate rule pauses again
             Tick(T0 + 2000 * MS),  # ... and the tick lifts it
-            order(30, "A", T0 + DAY),  # a new trading day: rollover
+            order(30, T0 + DAY, account="A"),  # a new trading day: rollover
             Trade(2, 30, 100.0, 11, T0 + DAY + 1),  # over the cap again
             ResetDaily(T0 + DAY + 2, "A"),  # lifts it (one account)
             Trade(3, 30, 100.0, 11, T0 + DAY + 3),
@@ -144,7 +140,7 @@ def test_kill_switch_is_lifted_only_by_a_manual_resume(url: str) -> None:
         assert any(k[2].startswith("trading day rolled over") for k in kinds)
         assert list(manual_fields(url, "A")) == ["A"]
         time.sleep(0.3)  # the gateway's poll interval, several times over
-        assert gateway.check(order(99, "A", T0 + DAY)) == [MANUAL_A]
+        assert gateway.check(order(99, T0 + DAY, account="A")) == [MANUAL_A]
         fresh = RiskClient(connect(url), config=build_config(CONFIG))
         fresh.resync()  # a gateway started now: the snapshot has it too
         assert fresh.cache.all() == [MANUAL_A]
@@ -178,7 +174,7 @@ def test_kill_switch_is_lifted_only_by_a_manual_resume(url: str) -> None:
 
 
 def test_contract_and_product_kill_switches_reach_the_gateway(url: str) -> None:
-    publish(url, [order(1, "B", T0)])
+    publish(url, [order(1, T0, account="B")])
     drain(url)
     with RiskClient(
         connect(url), config=build_config(CONFIG), poll_s=0.05, fail_after_s=60, owner_grace_s=None
@@ -205,14 +201,14 @@ def test_a_gateway_that_missed_the_manual_entry_finds_it(server: RedisProcess) -
     """The manual entry becomes the shard's last action id, so the next worker hint names it as
     its predecessor: a gateway that missed it reads the stream instead of skipping it."""
     url = server.url
-    publish(url, [order(1, "A", T0)])
+    publish(url, [order(1, T0, account="A")])
     drain(url)
     gateway = RiskClient(connect(url), config=build_config(CONFIG))  # not following: fed by hand
     gateway.resync()
     listener = connect(url).pubsub()
     listener.subscribe(gateway.keys.channel)
     assert cli("pause", "--account", "A", "--reason", "r", "--redis-url", url).returncode == 0
-    publish(url, [order(i, "A", T0 + i) for i in range(2, 6)])  # the rate rule pauses A too
+    publish(url, [order(i, T0 + i, account="A") for i in range(2, 6)])  # the rate rule pauses A too
     drain(url)
     hints = []
     deadline = time.monotonic() + 5
@@ -239,7 +235,9 @@ def test_reset_daily_of_one_account_and_inspect_equal_the_engine(url: str, tmp_p
     events: list[Event] = []
     for k, account in enumerate(["A", "B"]):
         base = 100 * k
-        events += [order(base + i, account, T0 + i * MS, ("C1", "C2", "C3")[i % 3]) for i in range(1, 7)]
+        events += [
+            order(base + i, T0 + i * MS, account=account, contract=("C1", "C2", "C3")[i % 3]) for i in range(1, 7)
+        ]
         events += [Trade(base + i, base + i, 100.0, 4, T0 + 10 * MS + i) for i in range(1, 6)]
     publish(url, events)
     drain(url)
@@ -249,7 +247,7 @@ def test_reset_daily_of_one_account_and_inspect_equal_the_engine(url: str, tmp_p
 
     # inspect: window counts, today's sums and pauses, equal to the in-process engine's
     report = inspect(url, "A", "--at", str(T0 + 10 * MS + 5))
-    assert report["day"] == "2026-11-18" and report["shard"] == Keys("risk", SHARDS).shard_of("A")
+    assert report["day"] == T0_DATE.isoformat() and report["shard"] == Keys("risk", SHARDS).shard_of("A")
     assert [(w["rule"], w["scope"], w["count"]) for w in report["windows"]] == [
         ("OrderRateLimitRule", {"account": "A"}, engine.window_count("OrderRateLimitRule", {"account": "A"}))
     ]
@@ -276,12 +274,12 @@ def test_reset_daily_of_one_account_and_inspect_equal_the_engine(url: str, tmp_p
     at = T0 + 20 * MS
     done = cli("reset-daily", "--account", "A", "--at", str(at), "--redis-url", url, "--config", str(config), "--json")
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) | {"day": "2026-11-18"} == {
+    assert json.loads(done.stdout) | {"day": T0_DATE.isoformat()} == {
         "published": "reset_daily",
         "account": "A",
         "timestamp": at,
         "shards": [keys.shard_of("A")],
-        "day": "2026-11-18",
+        "day": T0_DATE.isoformat(),
     }
     grown = [client.xlen(keys.input(s)) - lengths[s] for s in range(SHARDS)]
     assert grown == [1 if s == keys.shard_of("A") else 0 for s in range(SHARDS)]
@@ -330,7 +328,7 @@ def test_bad_input_is_refused_with_exit_2(server: RedisProcess) -> None:
     url = server.url
     none_yet = cli("pause", "--account", "A", "--reason", "r", "--redis-url", url)
     assert none_yet.returncode == 2 and "no deployment" in none_yet.stderr
-    publish(url, [order(1, "A", T0)])
+    publish(url, [order(1, T0, account="A")])
     for args in (
         ["pause", "--account", "A", "--reason", " ", "--redis-url", url],
         ["pause", "--account", "", "--reason", "r", "--redis-url", url],
@@ -358,7 +356,7 @@ def test_no_rule_may_be_called_manual(server: RedisProcess) -> None:
 
 def test_pausing_a_never_seen_account_needs_force(server: RedisProcess) -> None:
     url = server.url
-    publish(url, [order(1, "A", T0)])
+    publish(url, [order(1, T0, account="A")])
     drain(url)
     streams = (len(printed_actions(url)), len(audit(url)))
     for typo in ("B", "a", "A "):

@@ -11,10 +11,10 @@ from cluster_risk.events import Direction, Order, ResetDaily, Tick, Trade
 from cluster_risk.state.redis import RedisStore
 from cluster_risk.wire import decode_entries, decode_line, encode_event
 from tests.cluster.conftest import connect
+from tests.helpers import DAY, T0
 from tests.redis.proxy import CuttingProxy
 
 SHARDS = 4
-T = 1_795_000_000_000_000_000
 
 
 def entries(server: RedisProcess, publisher: Publisher) -> list[bytes]:
@@ -29,16 +29,16 @@ def test_the_wire_text_is_encode_events() -> None:
     publisher = Publisher.__new__(Publisher)
     publisher._quoted, publisher._memory = {}, 10  # only what _wire needs
     events = [
-        Order(1, "A", "C1", "BID", 1.5, 3, T),
-        Order(2, 'ä"\\x', "C\n2", Direction.ASK, -7, 1, T + 1),
+        Order(1, "A", "C1", "BID", 1.5, 3, T0),
+        Order(2, 'ä"\\x', "C\n2", Direction.ASK, -7, 1, T0 + 1),
         Order(3, "A", "C1", "BID", 1e300, 2**31 - 1, 2**63 - 1),
-        Trade(4, 1, 0.1, 1, T + 2),
-        Trade(5, 1, 2, 1, T + 3, "A", None),
-        Trade(6, 1, 2.0, 1, T + 3, None, "C1"),
-        Order(7, "A", "C1", "BID", float("nan"), 1, T),  # not valid: the generic encoder
-        Order(True, "A", "C1", "BID", 1.0, 1, T),  # type: ignore[arg-type]
-        Tick(T),
-        ResetDaily(T),
+        Trade(4, 1, 0.1, 1, T0 + 2),
+        Trade(5, 1, 2, 1, T0 + 3, "A", None),
+        Trade(6, 1, 2.0, 1, T0 + 3, None, "C1"),
+        Order(7, "A", "C1", "BID", float("nan"), 1, T0),  # not valid: the generic encoder
+        Order(True, "A", "C1", "BID", 1.0, 1, T0),  # type: ignore[arg-type]
+        Tick(T0),
+        ResetDaily(T0),
     ]
     for event in events:
         assert publisher._wire(event) == json.JSONEncoder(separators=(",", ":")).encode(encode_event(event))
@@ -54,7 +54,7 @@ def test_the_fast_decoder_answers_as_decode_line() -> None:
             "direction": "BID",
             "price": 1.0,
             "volume": 1,
-            "timestamp": T,
+            "timestamp": T0,
         },
         separators=(",", ":"),
     ).encode()
@@ -101,11 +101,11 @@ def test_a_call_sent_again_adds_nothing(server: RedisProcess) -> None:
         return real(commands)
 
     publisher._send_once = twice  # type: ignore[method-assign]
-    publisher.publish([(0, Order(1, "A", "C1", "BID", 1.0, 1, T)), (1, ResetDaily(T + 1))])
-    publisher.publish([(2, Order(2, "A", "C1", "BID", 1.0, 1, T + 2))])
+    publisher.publish([(0, Order(1, "A", "C1", "BID", 1.0, 1, T0)), (1, ResetDaily(T0 + 1))])
+    publisher.publish([(2, Order(2, "A", "C1", "BID", 1.0, 1, T0 + 2))])
     assert sent
     got = [decode_line(raw) for raw in entries(server, publisher)]
-    assert sorted(e.timestamp for e in got) == sorted([T, T + 2] + [T + 1] * SHARDS)  # one reset per shard
+    assert sorted(e.timestamp for e in got) == sorted([T0, T0 + 2] + [T0 + 1] * SHARDS)  # one reset per shard
 
 
 def test_lost_replies_to_a_publisher_do_not_repeat_entries(server: RedisProcess) -> None:
@@ -115,8 +115,8 @@ def test_lost_replies_to_a_publisher_do_not_repeat_entries(server: RedisProcess)
         publisher = Publisher(client, shards=SHARDS)
         for k in range(20):
             proxy.cut_next_replies(1)
-            batch = [(None, Order(10 * k + i, f"A{i}", "C1", "BID", 1.0, 1, T + k)) for i in range(5)]
-            publisher.publish([*batch, (None, ResetDaily(T + k))])
+            batch = [(None, Order(10 * k + i, f"A{i}", "C1", "BID", 1.0, 1, T0 + k)) for i in range(5)]
+            publisher.publish([*batch, (None, ResetDaily(T0 + k))])
     finally:
         proxy.close()
     assert proxy.cut_replies >= 10
@@ -137,28 +137,26 @@ def test_one_call_per_chunk_and_routes_keep_every_character(server: RedisProcess
 
     publisher._send_once = record  # type: ignore[method-assign]
     accounts = ['ä"\\x', "A\nB", "\U0001f600", "plain", "\x00"]
-    orders = [Order(i + 1, account, "C1", "BID", 1.0, 1, T) for i, account in enumerate(accounts)]
-    publisher.publish([(None, order) for order in orders] + [(None, ResetDaily(T + 1))])
+    orders = [Order(i + 1, account, "C1", "BID", 1.0, 1, T0) for i, account in enumerate(accounts)]
+    publisher.publish([(None, order) for order in orders] + [(None, ResetDaily(T0 + 1))])
     assert [len(commands) for commands in sent] == [1] * len(sent)  # every shard's events and the routes
-    assert sent[-1][0][2] == 2 * SHARDS + len({publisher.keys.route(o.oid, T // 86_400_000_000_000) for o in orders})
+    assert sent[-1][0][2] == 2 * SHARDS + len({publisher.keys.route(o.oid, T0 // DAY) for o in orders})
     for order in orders:
-        assert client.hget(publisher.keys.route(order.oid, T // 86_400_000_000_000), str(order.oid)) == (
-            order.account_id.encode()
-        )
-        assert client.ttl(publisher.keys.route(order.oid, T // 86_400_000_000_000)) > 0
+        assert client.hget(publisher.keys.route(order.oid, T0 // DAY), str(order.oid)) == (order.account_id.encode())
+        assert client.ttl(publisher.keys.route(order.oid, T0 // DAY)) > 0
     got = [decode_line(raw) for raw in entries(server, publisher)]
     assert sorted(e.oid for e in got if isinstance(e, Order)) == [1, 2, 3, 4, 5]
 
 
 def test_a_big_publish_goes_as_calls_of_bounded_size_in_order(server: RedisProcess) -> None:
     publisher = Publisher(connect(server.url), shards=1)  # a fresh server: one shard, one route hash
-    orders = [Order(i + 1, f"A{i % 3}", "C1", "BID", 1.0, 1, T + i) for i in range(5000)]
+    orders = [Order(i + 1, f"A{i % 3}", "C1", "BID", 1.0, 1, T0 + i) for i in range(5000)]
     publisher.publish([(None, order) for order in orders])
     client = connect(server.url)
     assert client.get(publisher.keys.publisher(0, publisher.publisher_id)) == b"3"  # 2,000 + 2,000 + 1,000
     got = [decode_line(fields[b"e"]) for _, fields in client.xrange(publisher.keys.input(0))]
     assert [e.oid for e in got] == [o.oid for o in orders]
-    assert client.hlen(publisher.keys.route(1, T // 86_400_000_000_000)) == 5000
+    assert client.hlen(publisher.keys.route(1, T0 // DAY)) == 5000
 
 
 def test_routes_past_what_a_script_can_unpack_at_once(server: RedisProcess) -> None:

@@ -27,10 +27,9 @@ from cluster_risk.observability import WorkerMetrics
 from tests.cluster.conftest import Threads, connect
 from tests.cluster.fleet import wait_for
 from tests.cluster.test_worker import everything
+from tests.helpers import T0, S
 
 SHARDS = 4
-T0 = 1_795_000_000_000_000_000
-S = 1_000_000_000
 CONFIG: dict[str, Any] = {
     "rules": [
         {"type": "AccountVolumeLimitRule", "name": "vol", "daily_cap": 10},
@@ -221,7 +220,7 @@ def test_a_publisher_creates_a_deployment_only_when_told_the_shard_count_and_no_
 # ---------------------------------------------------------------------- eviction
 
 
-def test_workers_refuse_a_redis_that_may_evict(tmp_path: Path, redis_binaries: None) -> None:
+def test_workers_refuse_a_redis_that_may_evict(tmp_path: Path, redis_binaries: tuple[str, str]) -> None:
     lru = RedisProcess(tmp_path / "lru", "--maxmemory-policy", "allkeys-lru")
     try:
         with pytest.raises(DeploymentError, match="maxmemory-policy is 'allkeys-lru'"):

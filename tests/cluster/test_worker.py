@@ -22,9 +22,10 @@ from cluster_risk.cluster.worker import ShardLost, Worker
 from cluster_risk.state.functions import LuaOperation
 from cluster_risk.state.redis import RedisStore, load_lua
 from tests.cluster.conform import by_scope, expected, fleet_output, with_final_tick
-from tests.cluster.conftest import connect, lines
+from tests.cluster.conftest import connect
 from tests.cluster.workload import CONFIG
 from tests.cluster.workload import events as workload
+from tests.helpers import T0, lines
 from tests.redis.proxy import CuttingProxy
 from tests.redis.servers import has_functions, server_version
 
@@ -76,7 +77,7 @@ def test_malformed_entries_are_dead_lettered_and_the_worker_goes_on(
     client = connect(server.url)
     publisher = Publisher(client, shards=SHARDS)
     good = {"type": "order", "oid": 1, "account_id": "A", "contract_id": "C1", "direction": "BID"}
-    good |= {"price": 1.0, "volume": 1, "timestamp": 1_795_000_000_000_000_000}
+    good |= {"price": 1.0, "volume": 1, "timestamp": T0}
     key = publisher.keys.input(publisher.keys.shard_of("A"))
     client.xadd(key, {"e": b"{not json", "i": 0})
     client.xadd(key, {"e": json.dumps({"type": "order", "oid": 2}), "i": 1})
@@ -159,7 +160,7 @@ def test_lost_replies_are_retried_without_loss_or_double_counting(server: RedisP
 
 
 def test_a_fill_at_another_gateway_routes_by_its_order(server: RedisProcess) -> None:
-    t = 1_795_000_000_000_000_000
+    t = T0
     one = Publisher(connect(server.url), shards=SHARDS)
     two = Publisher(connect(server.url), shards=SHARDS)
     for oid, account in enumerate(["A", "B", "C", "D", "E", "F"], 1):

@@ -8,9 +8,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-MS = 1_000_000
-DAY = 86_400_000 * MS
-T0 = 1_795_000_000_000_000_000
+from tests.helpers import DAY, MS, T0
 
 CONFIG: dict[str, Any] = {
     "contract_to_product": {"C1": "P1", "C2": "P1", "C3": "P2"},

@@ -13,15 +13,7 @@ import pytest
 
 from cluster_risk import RiskEngine, build_config
 from cluster_risk.replay import replay_events
-from tests.helpers import views
-
-CASES_DIR = Path(__file__).parent / "cases"
-CASES = sorted(CASES_DIR.glob("case-*.json"), key=lambda p: int(p.stem.split("-")[1]))
-
-
-def load(path: Path) -> dict[str, Any]:
-    case: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    return case
+from tests.helpers import CASE_FILES, load_case, views
 
 
 def fresh_engine(case: dict[str, Any]) -> RiskEngine:
@@ -29,12 +21,12 @@ def fresh_engine(case: dict[str, Any]) -> RiskEngine:
 
 
 def test_all_shared_vectors_are_here() -> None:
-    assert [p.name for p in CASES] == [f"case-{n}.json" for n in range(1, 25)]
+    assert [p.name for p in CASE_FILES] == [f"case-{n}.json" for n in range(1, 25)]
 
 
-@pytest.fixture(params=CASES, ids=lambda p: p.stem)
+@pytest.fixture(params=CASE_FILES, ids=lambda p: p.stem)
 def case(request: pytest.FixtureRequest) -> dict[str, Any]:
-    return load(request.param)
+    return load_case(request.param)
 
 
 def test_api_replay(case: dict[str, Any]) -> None:

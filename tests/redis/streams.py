@@ -16,10 +16,8 @@ from cluster_risk.rules import (
     OrderRateLimitRule,
     WindowRule,
 )
+from tests.helpers import DAY, MS, T0
 
-MS = 1_000_000
-DAY = 86_400_000_000_000
-T0 = 1_795_000_000_000_000_000  # 2026-11-18 (UTC); a quiet base instant
 CONTRACTS = {"C1": "P1", "C2": "P1", "C3:x": "P%3"}  # C3:x is unmapped-looking on purpose: escaping
 
 

@@ -4,9 +4,6 @@ the in-memory engine (the executable spec), retention, duplicates, big ids, refu
 from __future__ import annotations
 
 import hashlib
-import json
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import fakeredis
@@ -21,28 +18,25 @@ from cluster_risk.replay import replay_events, replay_lines
 from cluster_risk.rules import OrderRateLimitRule
 from cluster_risk.state.redis import RedisStore, StoreError
 from cluster_risk.wire import decode_event
-from tests.helpers import views
+from tests.helpers import DAY, T0, EngineFactory, lines, load_case, views
 from tests.redis import streams
-from tests.redis.conftest import Engine
 from tests.redis.servers import RedisServer
 
 REMOTE = ["fakeredis", "redis", "cluster"]
 
 
-def remote_pair(
-    make: Callable[..., Engine], seed: int, shards: int, retention: int = 7
-) -> tuple[RiskEngine, RemoteEngine]:
+def remote_pair(make: EngineFactory, seed: int, shards: int, retention: int = 7) -> tuple[RiskEngine, RemoteEngine]:
     rules = streams.rules(seed)
     memory = RiskEngine(rules, streams.CONTRACTS, id_retention_days=retention)
-    probe = make({"rules": []}, num_shards=shards)  # a fresh, flushed store on the backend
+    probe = make(num_shards=shards)  # a fresh, flushed store on the backend
     assert isinstance(probe, RemoteEngine)
     return memory, RemoteEngine(rules, streams.CONTRACTS, store=probe.store, id_retention_days=retention)
 
 
 @pytest.mark.parametrize("backend", REMOTE, indirect=True)
 @pytest.mark.parametrize("seed", range(6))
-def test_random_streams_print_what_memory_prints(make_engine: Callable[..., Engine], seed: int) -> None:
-    memory, remote = remote_pair(make_engine, seed, shards=1 + seed % 4)
+def test_random_streams_print_what_memory_prints(backend_engine: EngineFactory, seed: int) -> None:
+    memory, remote = remote_pair(backend_engine, seed, shards=1 + seed % 4)
     events = streams.stream(seed)
     expected = list(replay_events(memory, events))
     batch = [1, 7, 64, 1000][seed % 4]
@@ -53,28 +47,28 @@ def test_random_streams_print_what_memory_prints(make_engine: Callable[..., Engi
 
 @pytest.mark.parametrize("backend", ["fakeredis", "redis"], indirect=True)
 @pytest.mark.parametrize("seed", range(4))
-def test_id_retention_over_many_days_one_shard(make_engine: Callable[..., Engine], seed: int) -> None:
+def test_id_retention_over_many_days_one_shard(backend_engine: EngineFactory, seed: int) -> None:
     """Days far apart make ids expire; on one shard the shard's latest day is the engine's."""
-    memory, remote = remote_pair(make_engine, seed, shards=1, retention=1 + seed % 2)
+    memory, remote = remote_pair(backend_engine, seed, shards=1, retention=1 + seed % 2)
     events = streams.stream(100 + seed, n=500, days=12)
     expected = list(replay_events(memory, events))
     assert list(replay_batched(remote, events, 50, decoded=True)) == expected
 
 
 @pytest.mark.parametrize("backend", REMOTE, indirect=True)
-def test_order_expiring_inside_a_batch_is_an_unknown_order(make_engine: Callable[..., Engine]) -> None:
+def test_order_expiring_inside_a_batch_is_an_unknown_order(backend_engine: EngineFactory) -> None:
     """The index read before the batch still has oid 1; the script finds it expired when it
     reaches the trade (an earlier event moved the day on), aborts without writing, and the
     trade is rejected like the in-memory engine rejects it."""
     config = {"rules": [{"type": "AccountVolumeLimitRule", "daily_cap": 1}], "id_retention_days": 1}
-    engine = make_engine(config, num_shards=1)
+    engine = backend_engine(**config, num_shards=1)
     memory = RiskEngine.from_config(build_config(config))
-    day = streams.DAY
-    first = [Order(1, "A", "C", "BID", 1.0, 1, streams.T0)]
+    day = DAY
+    first = [Order(1, "A", "C", "BID", 1.0, 1, T0)]
     second = [
-        Order(2, "B", "C", "BID", 1.0, 1, streams.T0 + 3 * day),
-        Trade(9, 1, 1.0, 5, streams.T0 + 3 * day + 1),
-        Trade(10, 2, 1.0, 5, streams.T0 + 3 * day + 2),
+        Order(2, "B", "C", "BID", 1.0, 1, T0 + 3 * day),
+        Trade(9, 1, 1.0, 5, T0 + 3 * day + 1),
+        Trade(10, 2, 1.0, 5, T0 + 3 * day + 2),
     ]
     assert engine.process_batch(first) == memory.process_many(first) == []
     if isinstance(engine, RemoteEngine):
@@ -93,38 +87,38 @@ def test_order_expiring_inside_a_batch_is_an_unknown_order(make_engine: Callable
         assert [a.type.value for a in outcomes[2]] == ["PAUSE_ORDER"]
 
 
-def test_memory_backend_runs_too(make_engine: Callable[..., Engine], backend: str) -> None:
+def test_memory_backend_runs_too(backend_engine: EngineFactory, backend: str) -> None:
     """The suite's fixture gives every backend the same engine API."""
-    engine = make_engine({"rules": [{"type": "OrderRateLimitRule", "threshold": 1}]})
-    first = engine.process(Order(1, "A", "C", "BID", 1.0, 1, streams.T0))
-    second = engine.process(Order(2, "A", "C", "BID", 1.0, 1, streams.T0 + 1))
+    engine = backend_engine({"type": "OrderRateLimitRule", "threshold": 1})
+    first = engine.process(Order(1, "A", "C", "BID", 1.0, 1, T0))
+    second = engine.process(Order(2, "A", "C", "BID", 1.0, 1, T0 + 1))
     assert first == [] and [a.value for a in second] == [2]
-    assert engine.process(Order(2, "A", "C", "BID", 1.0, 1, streams.T0 + 2)) == []  # duplicate
+    assert engine.process(Order(2, "A", "C", "BID", 1.0, 1, T0 + 2)) == []  # duplicate
 
 
 @pytest.mark.parametrize("backend", REMOTE, indirect=True)
-def test_ids_near_two_to_the_64_survive(make_engine: Callable[..., Engine]) -> None:
-    engine = make_engine({"rules": [{"type": "AccountVolumeLimitRule", "daily_cap": 5, "metric": "count"}]})
+def test_ids_near_two_to_the_64_survive(backend_engine: EngineFactory) -> None:
+    engine = backend_engine({"type": "AccountVolumeLimitRule", "daily_cap": 5, "metric": "count"})
     assert isinstance(engine, RemoteEngine)
     big = 2**64 - 1
-    events = [Order(big, "A", "C", "BID", 1.0, 1, streams.T0)]
-    events += [Trade(big - k, big, 1.0, 1, streams.T0 + k) for k in range(1, 7)]
-    events += [Trade(big - 1, big, 1.0, 1, streams.T0 + 9), Order(big - 1, "A", "C", "BID", 1.0, 1, streams.T0 + 10)]
+    events = [Order(big, "A", "C", "BID", 1.0, 1, T0)]
+    events += [Trade(big - k, big, 1.0, 1, T0 + k) for k in range(1, 7)]
+    events += [Trade(big - 1, big, 1.0, 1, T0 + 9), Order(big - 1, "A", "C", "BID", 1.0, 1, T0 + 10)]
     actions = engine.process_batch(events)
     assert [(a.type.value, a.value) for a in actions] == [("PAUSE_ORDER", 6)]
     # big - 1 was seen as a tid, not as an oid: different seen-sets; the trade duplicate is ignored
-    assert engine.process(Trade(big - 1, big, 1.0, 1, streams.T0 + 11)) == []
+    assert engine.process(Trade(big - 1, big, 1.0, 1, T0 + 11)) == []
 
 
 @pytest.mark.parametrize("backend", REMOTE, indirect=True)
-def test_process_batch_applies_the_valid_events_and_reports_the_rest(make_engine: Callable[..., Engine]) -> None:
-    engine = make_engine({"rules": [{"type": "OrderRateLimitRule", "threshold": 1}]})
+def test_process_batch_applies_the_valid_events_and_reports_the_rest(backend_engine: EngineFactory) -> None:
+    engine = backend_engine({"type": "OrderRateLimitRule", "threshold": 1})
     assert isinstance(engine, RemoteEngine)
     events = [
-        Order(1, "A", "C", "BID", 1.0, 1, streams.T0),
-        Order(2, "A", "C", "BID", 1.0, 0, streams.T0 + 1),  # volume 0
-        Trade(5, 77, 1.0, 1, streams.T0 + 2),  # unknown order
-        Order(3, "A", "C", "BID", 1.0, 1, streams.T0 + 3),
+        Order(1, "A", "C", "BID", 1.0, 1, T0),
+        Order(2, "A", "C", "BID", 1.0, 0, T0 + 1),  # volume 0
+        Trade(5, 77, 1.0, 1, T0 + 2),  # unknown order
+        Order(3, "A", "C", "BID", 1.0, 1, T0 + 3),
     ]
     with pytest.raises(BatchError) as caught:
         engine.process_batch(events)
@@ -160,20 +154,21 @@ def test_scope_keys_split_back_exactly(values: tuple[str, ...]) -> None:
 def test_replay_batched_prints_what_the_cli_prints(standalone: RedisServer) -> None:
     """Lines in, JSON records out: the same as cluster_risk.replay.replay_lines, errors included."""
     rules = streams.rules(3)
-    lines = [json.dumps(e) for e in streams.stream(3)] + ["", "{not json", '{"type": "tick"}']
-    expected = list(replay_lines(RiskEngine(rules, streams.CONTRACTS), lines))
+    text = [*lines(streams.stream(3)), "", "{not json", '{"type": "tick"}']
+    expected = list(replay_lines(RiskEngine(rules, streams.CONTRACTS), text))
     standalone.client().flushall()
     store = RedisStore.from_url(standalone.url, num_shards=3)
-    got = list(replay_batched(RemoteEngine(rules, streams.CONTRACTS, store=store), lines, 100))
+    got = list(replay_batched(RemoteEngine(rules, streams.CONTRACTS, store=store), text, 100))
     store.close()
     assert got == expected
 
 
 @pytest.mark.parametrize("backend", REMOTE, indirect=True)
-def test_apply_shard_with_the_callers_own_script_call(make_engine: Callable[..., Engine]) -> None:
+def test_apply_shard_with_the_callers_own_script_call(backend_engine: EngineFactory) -> None:
     """The hook a cluster worker uses: it plans, the caller sends (here: plain apply.lua)."""
-    case = json.loads((Path(__file__).parents[1] / "conformance" / "cases" / "case-12.json").read_text())
-    engine = make_engine(case["config"], num_shards=1)
+
+    case = load_case(12)
+    engine = backend_engine(**case["config"], num_shards=1)
     assert isinstance(engine, RemoteEngine)
     store = engine.store
     seq = store.high_water_marks()[0]
@@ -211,7 +206,7 @@ def test_a_scope_key_shared_by_rules_is_planned_once() -> None:
     rule that groups otherwise, a pair lists each rule's group; rules that share a scope key
     point at one entry (the script tells the rules apart)."""
     engine = RemoteEngine.from_config(build_config(SEED_CONFIG), RedisStore(fakeredis.FakeRedis(), num_shards=1))
-    orders = [Order(i + 1, f"A{i % 3}", "T2303", "BID", 1.0, 1, 1_795_000_000_000_000_000 + i) for i in range(6)]
+    orders = [Order(i + 1, f"A{i % 3}", "T2303", "BID", 1.0, 1, T0 + i) for i in range(6)]
     plan = engine.plan_shard(0, orders).plan
     assert plan.groups == plan.accounts == ["A0", "A1", "A2"]
     assert plan.pairs == [1, "2:A0T2303", 2, "2:A1T2303", 3, "2:A2T2303"]
@@ -229,7 +224,7 @@ def test_a_scope_key_shared_by_rules_is_planned_once() -> None:
 def _account_day_batches() -> list[list[Order | Trade]]:
     """A is paused by its day-1 volume; on day 2 its first order is a duplicate (in the batch that
     brings day 2 to the shard), then come its new orders. The first new one lifts the pause."""
-    day, t0 = streams.DAY, streams.T0
+    day, t0 = DAY, T0
     return [
         [Order(1, "A", "C", "BID", 1.0, 1, t0), Order(2, "B", "C", "BID", 1.0, 1, t0), Trade(1, 1, 1.0, 5, t0 + 1)],
         [Order(3, "B", "C", "BID", 1.0, 1, t0 + day), Order(1, "A", "C", "BID", 1.0, 1, t0 + day + 1)],
@@ -239,12 +234,12 @@ def _account_day_batches() -> list[list[Order | Trade]]:
 
 
 @pytest.mark.parametrize("backend", REMOTE, indirect=True)
-def test_a_duplicate_is_not_an_accounts_event_of_the_day(make_engine: Callable[..., Engine]) -> None:
+def test_a_duplicate_is_not_an_accounts_event_of_the_day(backend_engine: EngineFactory) -> None:
     """The engine tells apply.lua which accounts had an applied event on the shard's latest day
     (their day records are not read). A duplicate is no such event: the script skipped it, so
     A's first new order of day 2 still finds day 1 in its record and lifts A's daily pause."""
     config = {"rules": [{"type": "AccountVolumeLimitRule", "daily_cap": 1}]}
-    engine = make_engine(config, num_shards=1)
+    engine = backend_engine(**config, num_shards=1)
     memory = RiskEngine.from_config(build_config(config))
     got = []
     for batch in _account_day_batches():
@@ -284,14 +279,14 @@ def test_the_engine_hints_only_accounts_it_saw_applied_on_the_latest_day(monkeyp
 
 
 @pytest.mark.parametrize("backend", ["fakeredis", "redis"], indirect=True)
-def test_hints_start_over_when_the_high_water_marks_are_read_again(make_engine: Callable[..., Engine]) -> None:
+def test_hints_start_over_when_the_high_water_marks_are_read_again(backend_engine: EngineFactory) -> None:
     """The shard's state is wiped under the engine: its next batch is refused (stale), and the
     engine reads the high-water marks again. What it saw applied before no longer holds, so A's
     day is read from its (new) record: A's late trade of the day before does not pause A."""
     config = {"rules": [{"type": "AccountVolumeLimitRule", "daily_cap": 1}]}
-    engine = make_engine(config, num_shards=1)
+    engine = backend_engine(**config, num_shards=1)
     assert isinstance(engine, RemoteEngine)
-    day, t0 = streams.DAY, streams.T0 + streams.DAY
+    day, t0 = DAY, T0 + DAY
     engine.apply_batch([Order(1, "A", "C", "BID", 1.0, 1, t0), Order(2, "B", "C", "BID", 1.0, 1, t0)])
     engine.store.client.flushall()  # a server we started for this test (or fakeredis)
     again = [Order(3, "B", "C", "BID", 1.0, 1, t0 + 1)]

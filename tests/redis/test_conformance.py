@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +11,7 @@ import pytest
 
 from cluster_risk.remote import RemoteEngine, replay_batched
 from cluster_risk.replay import replay_events
-from tests.helpers import views
-from tests.redis.conftest import Engine
-
-CASES = sorted((Path(__file__).parents[1] / "conformance" / "cases").glob("case-*.json"), key=lambda p: int(p.stem[5:]))
+from tests.helpers import CASE_FILES, Engine, EngineFactory, views
 
 
 def replay(engine: Engine, events: Iterable[object], batch_size: int) -> Iterator[dict[str, Any]]:
@@ -23,15 +20,15 @@ def replay(engine: Engine, events: Iterable[object], batch_size: int) -> Iterato
     return replay_events(engine, events)
 
 
-@pytest.mark.parametrize("path", CASES, ids=lambda p: p.stem)
-def test_vector_in_batches(path: Path, make_engine: Callable[..., Engine]) -> None:
+@pytest.mark.parametrize("path", CASE_FILES, ids=lambda p: p.stem)
+def test_vector_in_batches(path: Path, backend_engine: EngineFactory) -> None:
     case = json.loads(path.read_text(encoding="utf-8"))
-    engine = make_engine(case["config"])
+    engine = backend_engine(**case["config"])
     assert views(replay(engine, case["events"], 250)) == case["expected"]
 
 
-@pytest.mark.parametrize("path", CASES, ids=lambda p: p.stem)
-def test_vector_event_by_event(path: Path, make_engine: Callable[..., Engine]) -> None:
+@pytest.mark.parametrize("path", CASE_FILES, ids=lambda p: p.stem)
+def test_vector_event_by_event(path: Path, backend_engine: EngineFactory) -> None:
     case = json.loads(path.read_text(encoding="utf-8"))
-    engine = make_engine(case["config"])
+    engine = backend_engine(**case["config"])
     assert views(replay(engine, case["events"], 1)) == case["expected"]

@@ -14,20 +14,13 @@ from cluster_risk.remote import RemoteEngine
 from cluster_risk.replay import replay_events
 from cluster_risk.state.redis import RedisStore
 from cluster_risk.wire import decode_event
-from tests.helpers import views
+from tests.helpers import load_case, views
 from tests.redis.servers import RedisServer
-
-CASES = Path(__file__).parents[1] / "conformance" / "cases"
-
-
-def _case(n: int) -> dict[str, object]:
-    case: dict[str, object] = json.loads((CASES / f"case-{n}.json").read_text(encoding="utf-8"))
-    return case
 
 
 def test_risk_engine_with_a_store_decides_as_in_memory(standalone: RedisServer) -> None:
     standalone.client().flushall()
-    case = _case(3)
+    case = load_case(3)
     config = build_config(case["config"])  # type: ignore[arg-type]
     store = RedisStore.from_url(standalone.url, num_shards=4)
     engine = open_engine(config, store)
@@ -62,7 +55,7 @@ def test_risk_engine_with_a_store_decides_as_in_memory(standalone: RedisServer) 
 
 def test_process_batch_is_the_same_in_memory_and_in_redis(standalone: RedisServer) -> None:
     standalone.client().flushall()
-    case = _case(9)
+    case = load_case(9)
 
     events = []
     for obj in case["events"]:  # type: ignore[attr-defined]
@@ -81,7 +74,7 @@ def test_process_batch_is_the_same_in_memory_and_in_redis(standalone: RedisServe
 
 def test_replay_cli_through_redis_prints_what_the_memory_replay_prints(standalone: RedisServer, tmp_path: Path) -> None:
     standalone.client().flushall()
-    case = _case(5)
+    case = load_case(5)
     config = tmp_path / "config.json"
     config.write_text(json.dumps(case["config"]), encoding="utf-8")
     events = tmp_path / "events.jsonl"
@@ -101,7 +94,7 @@ def test_replay_cli_through_redis_prints_what_the_memory_replay_prints(standalon
 
 def test_replay_cli_refuses_an_unreachable_redis_in_one_line(tmp_path: Path) -> None:
     config = tmp_path / "config.json"
-    config.write_text(json.dumps(_case(1)["config"]), encoding="utf-8")
+    config.write_text(json.dumps(load_case(1)["config"]), encoding="utf-8")
     run = subprocess.run(
         [
             sys.executable,

@@ -21,10 +21,9 @@ from cluster_risk.remote import RemoteEngine, replay_batched
 from cluster_risk.replay import replay_lines
 from cluster_risk.state.redis import RedisStore
 from tests.cluster.conform import by_scope, expected, fleet_output, with_final_tick
+from tests.helpers import DAY, T0, lines
 from tests.redis.servers import RedisServer
 
-T = 1_795_000_000_000_000_000
-DAY = 86_400_000_000_000
 CONFIG: dict[str, Any] = {
     "contract_to_product": {"C": "\ud800", "\x1f": "P:1"},
     "rules": [
@@ -54,7 +53,7 @@ def _field(good: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
 
 
 def _events() -> st.SearchStrategy[list[dict[str, Any]]]:
-    ts = _field(st.integers(T, T + 2 * DAY))
+    ts = _field(st.integers(T0, T0 + 2 * DAY))
     price = st.one_of(st.integers(-(2**53) + 1, 2**53 - 1), st.floats(-1e308, 1e308), st.just(1e308))
     order = st.fixed_dictionaries(
         {
@@ -84,10 +83,6 @@ def _events() -> st.SearchStrategy[list[dict[str, Any]]]:
     return st.lists(st.one_of(order, order, trade, trade, trade, clock, reset), min_size=1, max_size=30)
 
 
-def _lines(events: list[dict[str, Any]]) -> list[str]:
-    return [json.dumps(e) for e in events]
-
-
 @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 @given(events=_events(), batch_size=st.sampled_from([1, 7, 1000]))
 def test_replay_through_redis_is_the_in_process_replay(
@@ -95,11 +90,11 @@ def test_replay_through_redis_is_the_in_process_replay(
 ) -> None:
     standalone.client().flushall()
     config = build_config(CONFIG)
-    lines = _lines(events)
-    want = list(replay_lines(RiskEngine.from_config(config), lines))
+    text = lines(events)
+    want = list(replay_lines(RiskEngine.from_config(config), text))
     store = RedisStore.from_url(standalone.url, num_shards=3)
     try:
-        got = list(replay_batched(RemoteEngine.from_config(config, store), lines, batch_size))
+        got = list(replay_batched(RemoteEngine.from_config(config, store), text, batch_size))
     finally:
         store.close()
     assert got == want
@@ -118,7 +113,7 @@ def test_publish_then_a_worker_applies_as_the_engine_decides(
     try:
         Deployment(client).ensure(3)
         publisher = Publisher(client, shards=3)
-        rejected = {(e.code, e.field, index) for index, e in publisher.publish_lines(_lines(events))}
+        rejected = {(e.code, e.field, index) for index, e in publisher.publish_lines(lines(events))}
         worker = Worker(build_config(CONFIG), client, worker_id="w", shards=3, tick_ms=0, lease_ms=2000, drain=True)
         worker.run()
         actions, dead, _ = fleet_output(client)

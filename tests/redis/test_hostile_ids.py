@@ -19,9 +19,9 @@ from cluster_risk.keys import index_pair, index_value, shard_of
 from cluster_risk.remote import RemoteEngine, replay_batched
 from cluster_risk.replay import replay_lines
 from cluster_risk.state.redis import RedisStore
+from tests.helpers import T0, lines
 from tests.redis.servers import RedisServer
 
-T = 1_795_000_000_000_000_000
 CAP10 = {"rules": [{"type": "AccountVolumeLimitRule", "daily_cap": 10}]}
 BY_CONTRACT = {
     "contract_to_product": {"X17": "P{1}", "\x1f": "\ud800"},
@@ -65,10 +65,6 @@ def _fill(tid: int, oid: int, volume: int, t: int, **ids: str) -> dict[str, Any]
     return {"type": "trade", "tid": tid, "oid": oid, "price": 1, "volume": volume, "timestamp": t, **ids}
 
 
-def _lines(events: list[dict[str, Any]]) -> list[str]:
-    return [json.dumps(e) for e in events]  # ensure_ascii: a lone surrogate is a \ud800 escape
-
-
 @pytest.fixture
 def store(standalone: RedisServer) -> Iterator[RedisStore]:
     standalone.client().flushall()
@@ -88,12 +84,12 @@ def test_an_account_holding_u001f_does_not_charge_another_account(store: RedisSt
     """Issue 15 item 1: the order index joined ``account\\x1fcontract`` and split at the first
     U+001F, so fills of ``VICTIM\\x1fX17``'s order (8) were charged to ``VICTIM`` (8 + 5 > 10)."""
     events = [
-        _order(1, "VICTIM\x1fX17", "C", T),
-        _fill(1, 1, 8, T + 1),
-        _order(2, "VICTIM", "C", T + 2),
-        _fill(2, 2, 5, T + 3),
+        _order(1, "VICTIM\x1fX17", "C", T0),
+        _fill(1, 1, 8, T0 + 1),
+        _order(2, "VICTIM", "C", T0 + 2),
+        _fill(2, 2, 5, T0 + 3),
     ]
-    want, got = _both(CAP10, _lines(events), store, batch_size=1)
+    want, got = _both(CAP10, lines(events), store, batch_size=1)
     assert want == [] and got == want
 
 
@@ -114,8 +110,8 @@ def test_one_shard_function_that_takes_every_id(store: RedisStore) -> None:
 
 def test_a_lone_surrogate_id_gives_the_in_process_answer(store: RedisStore) -> None:
     """Issue 15 item 2: ``"\\ud800"`` is valid JSON; replay --redis-url died in shard_of."""
-    events = [_order(1, "\ud800", "\udc00", T), _fill(1, 1, 18, T + 1), _fill(2, 1, 1, T + 2)]
-    want, got = _both(CAP10, _lines(events), store, batch_size=1)
+    events = [_order(1, "\ud800", "\udc00", T0), _fill(1, 1, 18, T0 + 1), _fill(2, 1, 1, T0 + 2)]
+    want, got = _both(CAP10, lines(events), store, batch_size=1)
     assert [a["scope"] for a in want] == [{"account": "\ud800"}]
     assert got == want
 
@@ -125,7 +121,7 @@ def test_hostile_ids_give_the_in_process_answer(store: RedisStore, batch_size: i
     events: list[dict[str, Any]] = []
     contracts = ["X17", "\x1f", "C{1}", "\ud800"]
     oid = tid = 0
-    t = T
+    t = T0
     for round_ in range(3):
         for i, account in enumerate(HOSTILE):
             contract = contracts[(i + round_) % len(contracts)]
@@ -138,7 +134,7 @@ def test_hostile_ids_give_the_in_process_answer(store: RedisStore, batch_size: i
             events.append(_fill(tid, oid, 1, t + 2, account_id=account, contract_id=contract))
     events.append({"type": "reset_daily", "timestamp": t + 10})
     events.append({"type": "tick", "timestamp": t + 10 * (1 << 20)})
-    want, got = _both(BY_CONTRACT, _lines(events), store, batch_size)
+    want, got = _both(BY_CONTRACT, lines(events), store, batch_size)
     assert any(a["scope"]["account"] == "\ud800" for a in want)
     assert got == want
     for record in got:  # every output record is valid JSON, and says what in-process says
@@ -156,16 +152,16 @@ def test_replay_redis_url_prints_what_the_in_process_replay_prints(
     notional = {"type": "AccountVolumeLimitRule", "name": "n", "metric": "notional", "daily_cap": 10}
     config.write_text(json.dumps({**BY_CONTRACT, "rules": [*BY_CONTRACT["rules"], notional]}), encoding="utf-8")
     events = [
-        _order(1, "VICTIM\x1fX17", "C", T),
-        _fill(1, 1, 8, T + 1),
-        _order(2, "VICTIM", "C", T + 2),
-        _fill(2, 2, 5, T + 3),
+        _order(1, "VICTIM\x1fX17", "C", T0),
+        _fill(1, 1, 8, T0 + 1),
+        _order(2, "VICTIM", "C", T0 + 2),
+        _fill(2, 2, 5, T0 + 3),
     ]
     for n, account in enumerate(HOSTILE):
-        events += [_order(10 + n, account, "\x1f", T + 10 + n), _fill(10 + n, 10 + n, 11, T + 30 + n)]
-    events.append(_fill(99, 99, 100, T + 50, account_id="N", contract_id="C") | {"price": 1e308})
+        events += [_order(10 + n, account, "\x1f", T0 + 10 + n), _fill(10 + n, 10 + n, 11, T0 + 30 + n)]
+    events.append(_fill(99, 99, 100, T0 + 50, account_id="N", contract_id="C") | {"price": 1e308})
     path = tmp_path / "events.jsonl"
-    path.write_text("".join(line + "\n" for line in _lines(events)), encoding="utf-8")
+    path.write_text("".join(line + "\n" for line in lines(events)), encoding="utf-8")
     command = [sys.executable, "-m", "cluster_risk.cli", "replay", "-q", "--config", str(config), str(path)]
     local = subprocess.run(command, capture_output=True, timeout=120, check=False)
     remote = subprocess.run(

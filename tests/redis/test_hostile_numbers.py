@@ -17,9 +17,9 @@ from cluster_risk.remote import RemoteEngine, replay_batched
 from cluster_risk.replay import replay_lines
 from cluster_risk.rules.base import DailyCapParams, DailyCapRule, RuleParams, register_rule
 from cluster_risk.state.redis import RedisStore
+from tests.helpers import T0, lines
 from tests.redis.servers import RedisServer
 
-T = 1_795_000_000_000_000_000
 FLOAT_MAX = 1.7976931348623157e308
 SATURATED_SUM = (1 << 53) + 2  # cluster_risk.state.memory.SATURATED_SUM
 
@@ -42,7 +42,7 @@ def _fill(tid: int, volume: int, price: float = 1, account: str = "A") -> dict[s
         "oid": tid,
         "price": price,
         "volume": volume,
-        "timestamp": T + tid,
+        "timestamp": T0 + tid,
         "account_id": account,
         "contract_id": "C",
     }
@@ -58,9 +58,9 @@ def store(standalone: RedisServer) -> Iterator[RedisStore]:
 
 def _both(config: dict[str, Any], events: list[dict[str, Any]], store: RedisStore) -> tuple[list[Any], list[Any]]:
     built = build_config(config)
-    lines = [json.dumps(e) for e in events]
-    want = list(replay_lines(RiskEngine.from_config(built), lines))
-    got = list(replay_batched(RemoteEngine.from_config(built, store), lines, 1))
+    text = lines(events)
+    want = list(replay_lines(RiskEngine.from_config(built), text))
+    got = list(replay_batched(RemoteEngine.from_config(built, store), text, 1))
     return want, got
 
 

@@ -166,50 +166,6 @@ def test_window_hit_raw_equals_decode_hit_encode(run_lua: Callable[..., Any], se
     assert 0 < raw < hits  # both paths ran: the fast one and the table one it falls back to
 
 
-OLD_FORMAT_HARNESS = (
-    CHUNKS
-    + """
--- the value as the format before 2026-12-04 wrote it: "<n>|", a 35-byte header, the hot body
-local function old_format(s)
-  local w = window.decode(s)
-  return w.n .. '|' .. struct.pack('<BI7I4I7I4I4I4I4', w.p, w.hb, w.lc, w.fb, w.hc, w.cf, w.cn, w.co)
-    .. string.sub(w.body, w.head) .. w.tail
-end
-local p = cjson.decode(ARGV[1])
-local K, threshold, resume = p[1], p[2], p[3]
-local s, out, fast, current = nil, {}, 0, 0
-for _, op in ipairs(p[4]) do
-  if s then s = old_format(s) end
-  if op[1] == 1 then
-    if s and window.hit_raw(s, op[2], K, threshold, resume) then fast = fast + 1 end
-    local w = window.decode(s)
-    local code = window.hit(w, op[2], K, threshold, resume)
-    s = window.encode(w)
-    if s and string.byte(s, -1) == 2 then current = current + 1 end
-    out[#out + 1] = {code, w.n}
-  else
-    local w = window.decode(s)
-    out[#out + 1] = {0, count_at(w, op[2], K)}
-  end
-end
-return cjson.encode({out, fast, current})
-"""
-)
-
-
-@pytest.mark.parametrize("seed", range(3))
-def test_window_values_of_the_earlier_format_are_read_and_rewritten(run_lua: Callable[..., Any], seed: int) -> None:
-    """A value written before the format changed (2026-12-04) decodes to the same window; the
-    value-to-value hit leaves it to the table path, and it is written back in the new format."""
-    rnd = random.Random(300 + seed)
-    k = rnd.choice([2, 10, 300])
-    case, expected = _window_case(rnd, k, [0, 1, 3, 3, 6, 9 * k], [0, 0, 1, k // 2, 2 * k], 600)
-    answers, fast, current = run_lua(["window.lua"], OLD_FORMAT_HARNESS, json.dumps(case))
-    assert answers == expected
-    assert fast == 0
-    assert current == sum(1 for op in case[3] if op[0] == 1)
-
-
 def test_trading_day_keys_name_the_date(run_lua: Callable[..., Any]) -> None:
     days = [1, 59, 60, 366, 719163, 730119, 738886, 739000, 767011, 3652059]
     days += random.Random(1).sample(range(1, 3652059), 300)

@@ -5,7 +5,6 @@ trades, ticks and whole resets decide exactly as the in-memory engine."""
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -14,8 +13,8 @@ from cluster_risk import EventError, RiskEngine
 from cluster_risk.remote import RemoteEngine, replay_batched
 from cluster_risk.replay import replay_events
 from cluster_risk.wire import decode_event
+from tests.helpers import DAY, EngineFactory
 from tests.redis import streams
-from tests.redis.conftest import Engine
 
 
 def with_account_resets(seed: int) -> list[dict[str, Any]]:
@@ -25,17 +24,17 @@ def with_account_resets(seed: int) -> list[dict[str, Any]]:
     for event in streams.stream(seed, n=600):
         out.append(event)
         if isinstance(event, dict) and event.get("type") in ("order", "trade") and rnd.random() < 0.06:
-            reset = {"type": "reset_account", "timestamp": event["timestamp"] + rnd.choice([0, 1, streams.DAY])}
+            reset = {"type": "reset_account", "timestamp": event["timestamp"] + rnd.choice([0, 1, DAY])}
             out.append(reset | {"account_id": rnd.choice(names)})
     return out
 
 
 @pytest.mark.parametrize("backend", ["fakeredis", "redis", "cluster"], indirect=True)
 @pytest.mark.parametrize("seed", range(4))
-def test_account_resets_print_what_memory_prints(make_engine: Callable[..., Engine], seed: int) -> None:
+def test_account_resets_print_what_memory_prints(backend_engine: EngineFactory, seed: int) -> None:
     rules = streams.rules(seed)
     memory = RiskEngine(rules, streams.CONTRACTS)
-    probe = make_engine({"rules": []}, num_shards=1 + seed % 4)
+    probe = backend_engine(num_shards=1 + seed % 4)
     assert isinstance(probe, RemoteEngine)
     remote = RemoteEngine(rules, streams.CONTRACTS, store=probe.store)
     events = with_account_resets(seed)

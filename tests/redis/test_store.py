@@ -3,7 +3,6 @@ loss, a restart, the key layout with its TTLs, the three topologies."""
 
 from __future__ import annotations
 
-import json
 import re
 import shlex
 import subprocess
@@ -21,19 +20,12 @@ from cluster_risk.benchmark import SEED_CONFIG, make_workload
 from cluster_risk.events import Order, Tick, Trade
 from cluster_risk.remote import RemoteEngine, replay_batched
 from cluster_risk.state.redis import RedisStore, StoreError
-from tests.helpers import views
-from tests.redis.conftest import Engine
+from tests.helpers import DAY, T0, EngineFactory, load_case, views
 from tests.redis.proxy import CuttingProxy
 from tests.redis.servers import RedisCluster3, RedisSentinel, RedisServer
 
-CASES = Path(__file__).parents[1] / "conformance" / "cases"
 README = Path(__file__).parents[2] / "README.md"
 REMOTE = ["fakeredis", "redis", "cluster"]
-
-
-def case(n: int) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((CASES / f"case-{n}.json").read_text(encoding="utf-8"))
-    return data
 
 
 def run(engine: RemoteEngine, events: list[Any], batch_size: int = 100, start: int = 0) -> list[dict[str, Any]]:
@@ -63,11 +55,9 @@ def snapshot(store: RedisStore) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("backend", REMOTE, indirect=True)
-def test_a_batch_applied_twice_changes_nothing(
-    make_engine: Callable[..., Engine], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    data = case(3)
-    engine = make_engine(data["config"])
+def test_a_batch_applied_twice_changes_nothing(backend_engine: EngineFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = load_case(3)
+    engine = backend_engine(**data["config"])
     assert isinstance(engine, RemoteEngine)
     calls: list[tuple[Any, Any]] = []
     apply, send = engine.store.apply, engine.store.send_apply
@@ -98,7 +88,7 @@ def test_a_batch_applied_twice_changes_nothing(
 def test_lost_replies_are_retried_without_double_counting(standalone: RedisServer, hang: bool) -> None:
     """A proxy swallows replies after Redis ran the script; redis-py retries the pipeline; the
     script sees the same batch number and digest and returns the stored result."""
-    data = case(13)
+    data = load_case(13)
     config = build_config(data["config"])
     events = data["events"]
     standalone.client().flushall()
@@ -135,9 +125,9 @@ def _flush_scripts(store: RedisStore, nodes: RedisCluster3 | None) -> None:
 
 
 @pytest.mark.parametrize("backend", REMOTE, indirect=True)
-def test_script_cache_loss_is_transparent(make_engine: Callable[..., Engine], request: pytest.FixtureRequest) -> None:
-    data = case(5)
-    engine = make_engine(data["config"])
+def test_script_cache_loss_is_transparent(backend_engine: EngineFactory, request: pytest.FixtureRequest) -> None:
+    data = load_case(5)
+    engine = backend_engine(**data["config"])
     assert isinstance(engine, RemoteEngine)
     nodes = request.getfixturevalue("cluster") if engine.store.is_cluster else None
     events, got = data["events"], []
@@ -155,7 +145,7 @@ def test_apply_runs_as_a_function_and_a_flush_is_what_happened(standalone: Redis
     standalone.client().flushall()
     standalone.client().function_flush()
     standalone.client().config_resetstat()
-    data = case(1)
+    data = load_case(1)
     store = RedisStore.from_url(standalone.url, num_shards=2)
     engine = RemoteEngine.from_config(build_config(data["config"]), store)
     got = run(engine, data["events"][:10])
@@ -188,7 +178,7 @@ def test_without_function_load_permission_apply_falls_back_to_evalsha(standalone
     )
     try:
         url = standalone.url.replace("redis://", "redis://nofunc:nofunc-pw@")
-        data = case(1)
+        data = load_case(1)
         store = RedisStore.from_url(url, num_shards=2)
         engine = RemoteEngine.from_config(build_config(data["config"]), store)
         assert run(engine, data["events"]) == data["expected"]
@@ -202,7 +192,7 @@ def test_without_function_load_permission_apply_falls_back_to_evalsha(standalone
 def test_restart_with_aof_keeps_state_and_reloads_scripts(redis_binaries: Any, tmp_path: Path) -> None:
     server = RedisServer(tmp_path, "--appendonly", "yes", "--appendfsync", "always")
     try:
-        data = case(7)
+        data = load_case(7)
         store = RedisStore.from_url(server.url, num_shards=4)
         engine = RemoteEngine.from_config(build_config(data["config"]), store)
         half = len(data["events"]) // 2
@@ -221,9 +211,9 @@ KEY = re.compile(
 
 
 @pytest.mark.parametrize("backend", ["redis", "cluster"], indirect=True)
-def test_key_layout_is_documented_and_everything_expires(make_engine: Callable[..., Engine]) -> None:
-    data = case(6)
-    engine = make_engine(data["config"])
+def test_key_layout_is_documented_and_everything_expires(backend_engine: EngineFactory) -> None:
+    data = load_case(6)
+    engine = backend_engine(**data["config"])
     assert isinstance(engine, RemoteEngine)
     run(engine, data["events"])
     store, ttl_ms = engine.store, (engine.id_retention_days + 1) * 86_400_000
@@ -262,7 +252,7 @@ def test_a_cluster_refuses_a_script_touching_another_slot(cluster: RedisCluster3
 def test_sentinel_topology(redis_binaries: Any, tmp_path: Path) -> None:
     sentinel = RedisSentinel(tmp_path)
     try:
-        data = case(2)
+        data = load_case(2)
         store = RedisStore.from_url(sentinel.url, num_shards=2)
         assert not store.is_cluster
         assert run(RemoteEngine.from_config(build_config(data["config"]), store), data["events"]) == data["expected"]
@@ -356,14 +346,14 @@ def test_the_readmes_window_count_command_works_as_printed(standalone: RedisServ
 
 
 @pytest.mark.parametrize("backend", ["fakeredis", "redis"], indirect=True)
-def test_ids_live_in_blocks_that_go_with_their_day(make_engine: Callable[..., Engine]) -> None:
+def test_ids_live_in_blocks_that_go_with_their_day(backend_engine: EngineFactory) -> None:
     """A day's ids are kept in hashes of 1,000 (o1 holds o1000..o1999) listed in a set, a
     batch's ids split among their blocks whether they ascend or not; when the day leaves id
     retention, all of them go."""
     config = {"rules": [{"type": "AccountVolumeLimitRule", "daily_cap": 10_000}], "id_retention_days": 1}
-    engine = make_engine(config, num_shards=1)
+    engine = backend_engine(**config, num_shards=1)
     assert isinstance(engine, RemoteEngine)
-    t0, day_ns = 1_795_000_000_000_000_000, 86_400_000_000_000
+    t0, day_ns = T0, DAY
 
     def orders(*oids: int) -> list[Order]:
         return [Order(oid, "A", "C", "BID", 1.0, 1, t0 + oid) for oid in oids]
@@ -397,43 +387,17 @@ def test_ids_live_in_blocks_that_go_with_their_day(make_engine: Callable[..., En
 
 
 @pytest.mark.parametrize("backend", ["fakeredis", "redis"], indirect=True)
-def test_ids_of_the_one_hash_layout_are_still_read_then_deleted(make_engine: Callable[..., Engine]) -> None:
-    """A shard written by a version up to a129656 keeps a day's ids in one hash,
-    ids:<day>. Its ids stay seen (duplicates, the order index for enrichment) while the day is
-    in retention; the hash goes with the day."""
-    config = {"rules": [{"type": "AccountVolumeLimitRule", "daily_cap": 3}], "id_retention_days": 1}
-    engine = make_engine(config, num_shards=1)
-    assert isinstance(engine, RemoteEngine)
-    t0, day_ns = 1_795_000_000_000_000_000, 86_400_000_000_000
-    d = engine.calendar.day_range(t0)[0]
-    old = f"risk:{{s0}}:ids:{date.fromordinal(d).isoformat()}"
-    client = engine.store.client
-    client.hset(old, mapping={"o50": "1:AC", "t7": "1"})  # ids.index_value("A", "C")
-    client.hset("risk:{s0}:meta", mapping={"latest": d, "gens": str(d), "maxo": "o50", "maxt": "t7"})
-    fill = Trade(8, 50, 1.0, 5, t0 + 2)  # no account: enriched from the old hash, then over the cap
-    actions = engine.process_batch([fill])
-    assert [(a.type.value, a.scope) for a in actions] == [("PAUSE_ORDER", {"account": "A"})]
-    assert engine.process_batch([Trade(7, 50, 1.0, 5, t0 + 3)]) == []  # a seen tid: counts nothing
-    assert engine.process_batch([Order(50, "A", "C", "BID", 1.0, 1, t0 + 4)]) == []  # a seen oid
-    assert client.hget(f"risk:{{s0}}:day:{date.fromordinal(d).isoformat()}:AccountVolumeLimitRule", "A") == b"5"
-    assert client.hkeys(f"{old}:o") == []  # the old order was not added again
-    assert client.hget("risk:{s0}:meta", "blocks") == f"{d} - {date.fromordinal(d).isoformat()}:t ".encode()
-    engine.process_batch([Order(51, "B", "C", "BID", 1.0, 1, t0 + 2 * day_ns)])
-    assert not client.exists(old)
-
-
-@pytest.mark.parametrize("backend", ["fakeredis", "redis"], indirect=True)
 def test_every_id_block_is_listed_and_expires_though_only_its_first_write_says_so(
-    make_engine: Callable[..., Engine],
+    backend_engine: EngineFactory,
 ) -> None:
     """A block is listed in its day's set and given its TTL by the call that writes it first
     (the meta field blocks remembers it), not by every call: blocks written in later calls,
     left and written again (an id below the maximum), or shared by both kinds' calls all end
     up listed, with a TTL, and all go with their day."""
     config = {"rules": [{"type": "AccountVolumeLimitRule", "daily_cap": 1000}], "id_retention_days": 1}
-    engine = make_engine(config, num_shards=1)
+    engine = backend_engine(**config, num_shards=1)
     assert isinstance(engine, RemoteEngine)
-    t0, day_ns = 1_795_000_000_000_000_000, 86_400_000_000_000
+    t0, day_ns = T0, DAY
     batches = [
         [Order(998, "A", "C", "BID", 1.0, 1, t0 + 1)],  # block o, first write
         [Order(999, "A", "C", "BID", 1.0, 1, t0 + 2), Trade(3, 999, 1.0, 1, t0 + 3)],  # o again; t

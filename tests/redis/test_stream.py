@@ -3,9 +3,7 @@ outcomes as batch by batch, through aborts, lost replies and script cache loss."
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,13 +14,10 @@ from cluster_risk.events import Event, Order, Trade
 from cluster_risk.remote import RemoteEngine, replay_batched
 from cluster_risk.replay import replay_events
 from cluster_risk.state.redis import RedisStore
-from tests.helpers import views
+from tests.helpers import DAY, T0, EngineFactory, load_case, views
 from tests.redis import streams
-from tests.redis.conftest import Engine
 from tests.redis.proxy import CuttingProxy
 from tests.redis.servers import RedisCluster3, RedisServer
-
-CASE = Path(__file__).parents[1] / "conformance" / "cases" / "case-16.json"
 
 
 def every(events: list[Any], n: int, action: Callable[[], object]) -> Iterator[Any]:
@@ -34,9 +29,9 @@ def every(events: list[Any], n: int, action: Callable[[], object]) -> Iterator[A
 
 
 @pytest.mark.parametrize("backend", ["fakeredis", "redis", "cluster"], indirect=True)
-def test_script_cache_lost_mid_stream(make_engine: Callable[..., Engine], request: pytest.FixtureRequest) -> None:
-    data = json.loads(CASE.read_text(encoding="utf-8"))
-    engine = make_engine(data["config"])
+def test_script_cache_lost_mid_stream(backend_engine: EngineFactory, request: pytest.FixtureRequest) -> None:
+    data = load_case(16)
+    engine = backend_engine(**data["config"])
     assert isinstance(engine, RemoteEngine)
     if engine.store.is_cluster:
         nodes: RedisCluster3 = request.getfixturevalue("cluster")
@@ -54,7 +49,7 @@ def test_script_cache_lost_mid_stream(make_engine: Callable[..., Engine], reques
 
 @pytest.mark.parametrize("hang", [False, True], ids=["cut", "timeout"])
 def test_lost_replies_mid_stream(standalone: RedisServer, hang: bool) -> None:
-    data = json.loads(CASE.read_text(encoding="utf-8"))
+    data = load_case(16)
     standalone.client().flushall()
     proxy = CuttingProxy(standalone.port)
     store = RedisStore.from_url(f"redis://127.0.0.1:{proxy.port}/0", num_shards=3, socket_timeout=0.5)
@@ -67,13 +62,13 @@ def test_lost_replies_mid_stream(standalone: RedisServer, hang: bool) -> None:
 
 
 @pytest.mark.parametrize("backend", ["fakeredis", "redis", "cluster"], indirect=True)
-def test_an_abort_while_the_next_batch_is_in_flight(make_engine: Callable[..., Engine]) -> None:
+def test_an_abort_while_the_next_batch_is_in_flight(backend_engine: EngineFactory) -> None:
     """Batch 2 aborts (oid 1 expires inside it); batch 3, already sent to the same shard, is
     refused as stale and sent again once batch 2 is settled."""
     config = {"rules": [{"type": "AccountVolumeLimitRule", "daily_cap": 3}], "id_retention_days": 1}
-    engine = make_engine(config, num_shards=1)
+    engine = backend_engine(**config, num_shards=1)
     assert isinstance(engine, RemoteEngine)
-    day, t0 = streams.DAY, streams.T0
+    day, t0 = DAY, T0
     events: list[Event] = [
         Order(1, "A", "C", "BID", 1.0, 1, t0),
         Order(99, "D", "C", "BID", 1.0, 1, t0 + 1),

@@ -6,7 +6,6 @@ ACL user also works on a 3-master Redis Cluster (the cluster client's own comman
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import time
@@ -24,11 +23,10 @@ from cluster_risk.remote import RemoteEngine, replay_batched
 from cluster_risk.replay import replay_events
 from cluster_risk.settings import load_settings
 from cluster_risk.state.redis import RedisStore, StoreError
-from tests.helpers import views
+from tests.helpers import load_case, views
 from tests.redis.servers import RedisServer, binaries, free_port, has_functions, server_version
 
 PASSWORD = "tls-Acl-pa55-QX7"  # a throwaway for a throwaway server
-CASE = Path(__file__).parents[1] / "conformance" / "cases" / "case-3.json"
 
 # What a worker needs and no more (deploy/REDIS.md documents the same line): its own keys
 # and channels, reads, writes, scripts and streams; nothing dangerous (FLUSHALL, KEYS,
@@ -157,7 +155,7 @@ def test_conformance_vector_over_tls_as_acl_user(tls_server: TlsServer) -> None:
     store = RedisStore.from_url(settings.redis_url.get_secret_value(), num_shards=settings.num_shards)
     try:
         assert store.client.connection_pool.connection_class is redis.SSLConnection
-        case = json.loads(CASE.read_text(encoding="utf-8"))
+        case = load_case(3)
         config = build_config(case["config"])
         remote = list(replay_batched(RemoteEngine.from_config(config, store), case["events"], 100, decoded=True))
         local = list(replay_events(RiskEngine.from_config(config), case["events"]))
@@ -237,7 +235,7 @@ def test_acl_user_on_a_redis_cluster(redis_binaries: tuple[str, str], tmp_path: 
         store = RedisStore.from_url(url, num_shards=4)
         try:
             assert store.is_cluster
-            case = json.loads(CASE.read_text(encoding="utf-8"))
+            case = load_case(3)
             config = build_config(case["config"])
             remote = replay_batched(RemoteEngine.from_config(config, store), case["events"], 100, decoded=True)
             assert views(remote) == case["expected"]

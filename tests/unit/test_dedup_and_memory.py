@@ -18,7 +18,7 @@ def test_duplicate_oid_is_not_counted() -> None:
     engine.process_order(order(1, T0))
     engine.process_order(order(2, T0 + MS))
     assert engine.process_order(order(2, T0 + 2 * MS)) == []
-    assert engine.process_order(order(1, T0 + 3 * MS, "B", "C2", volume=5)) == []
+    assert engine.process_order(order(1, T0 + 3 * MS, account="B", contract="C2", volume=5)) == []
     assert engine.window_count("OrderRateLimitRule", A) == 2
     assert engine.window_count("OrderRateLimitRule", {"account": "B"}) == 0
     assert len(engine.process_order(order(3, T0 + 4 * MS))) == 1  # the third distinct order
@@ -67,7 +67,7 @@ def run_days(engine: RiskEngine, days: range, per_day: int) -> list[dict[str, in
     for day in days:
         for i in range(per_day):
             n = day * per_day + i
-            engine.process_order(order(n, T0 + day * DAY + i * MS, f"ACC{i % 5}"))
+            engine.process_order(order(n, T0 + day * DAY + i * MS, account=f"ACC{i % 5}"))
             engine.process_trade(trade(n, T0 + day * DAY + i * MS + 1, oid=n, account=None, contract=None))
         sizes.append(engine.memory_entries())
     return sizes
@@ -81,7 +81,7 @@ def test_ids_are_kept_for_the_retention_days(retention: int) -> None:
     for day in range(1, retention + 1):
         # Still known on every day up to day + retention: duplicates are ignored.
         engine.tick(T0 + day * DAY)
-        assert engine.process_order(order(1, T0 + day * DAY, "B")) == []
+        assert engine.process_order(order(1, T0 + day * DAY, account="B")) == []
         assert engine.process_trade(trade(1, T0 + day * DAY, 50, account="B")) == []
     assert engine.daily_sum("AccountVolumeLimitRule", {"account": "B"}) == 0
     # One day more and they are forgotten: the same ids count as new.
@@ -89,7 +89,7 @@ def test_ids_are_kept_for_the_retention_days(retention: int) -> None:
     engine.tick(later)
     assert engine.memory_entries()["orders"] == 0
     assert engine.memory_entries()["trades"] == 0
-    engine.process_order(order(1, later, "B"))
+    engine.process_order(order(1, later, account="B"))
     engine.process_trade(trade(1, later, 50, account="B"))
     assert engine.window_count("OrderRateLimitRule", {"account": "B"}) == 1
     assert engine.daily_sum("AccountVolumeLimitRule", {"account": "B"}) == 50

@@ -21,9 +21,9 @@ from cluster_risk.errors import EventError
 from cluster_risk.events import Event
 from cluster_risk.replay import replay_lines
 from cluster_risk.wire import decode_entries, decode_line
+from tests.helpers import DAY, T0
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-T = 1_795_000_000_000_000_000
 
 # ids: anything a JSON string can hold, weighted towards what breaks separators and encoders
 HOSTILE_TEXT = st.one_of(
@@ -48,7 +48,7 @@ def _value(good: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
 
 
 def _event() -> st.SearchStrategy[dict[str, Any]]:
-    ts = _value(st.integers(min_value=T, max_value=T + 3 * 86_400_000_000_000))
+    ts = _value(st.integers(min_value=T0, max_value=T0 + 3 * DAY))
     order = st.fixed_dictionaries(
         {
             "type": st.just("order"),
@@ -138,7 +138,7 @@ def test_the_worker_reads_any_field_list(fields: list[bytes]) -> None:
             "oid": 1,
             "price": 1e308,
             "volume": 100,
-            "timestamp": T,
+            "timestamp": T0,
             "account_id": "A",
             "contract_id": "C",
         }

@@ -17,12 +17,11 @@ from cluster_risk.state.redis import RedisStore
 
 KEYS_LUA = Path(__file__).parents[2] / "lua" / "keys.lua"
 SHARD = 3
-DAY = date(2026, 12, 7)
+ON = date(2026, 12, 7)  # a trading day for the day-named keys
 RULE = scope_key(["Order:Rate%Limit"])  # a rule name as the scripts get it: a scope key
 
-# keys.lua's functions that name no key of their own: the base of a meta key, the day format,
-# and the one-hash-a-day id key only read (never written) by the scripts
-NOT_KEYS = {"base", "iso_day", "ids"}
+# keys.lua's functions that name no key of their own: the base of a meta key, the day format
+NOT_KEYS = {"base", "iso_day"}
 
 
 def _lua_keys() -> Any:
@@ -33,7 +32,7 @@ def _lua_keys() -> Any:
 
 def _python(keys: Keys) -> dict[str, tuple[tuple[Any, ...], str]]:
     """keys.lua's function -> (its arguments after the base, the key cluster_risk.keys names)."""
-    iso, ordinal = DAY.isoformat(), DAY.toordinal()
+    iso, ordinal = ON.isoformat(), ON.toordinal()
     return {
         "acct": ((), keys.acct(SHARD)),
         "win": ((RULE,), keys.window(SHARD, RULE)),
@@ -60,7 +59,7 @@ def test_every_key_keys_lua_builds_is_the_one_cluster_risk_keys_names() -> None:
 
 def test_the_day_keys_lua_writes_is_the_iso_date_for_every_ordinal() -> None:
     lua = _lua_keys()
-    for day in (date(1, 1, 1), date(1970, 1, 1), date(2000, 2, 29), DAY, date(9999, 12, 31)):
+    for day in (date(1, 1, 1), date(1970, 1, 1), date(2000, 2, 29), ON, date(9999, 12, 31)):
         assert lua.iso_day(day.toordinal()) == day.isoformat()
 
 

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from cluster_risk import EventError, Order, ResetDaily, RiskEngine, Tick, Trade
+from cluster_risk import EventError, Order, ResetDaily, Tick, Trade
 from cluster_risk.replay import replay_events
 from cluster_risk.wire import decode_event, decode_line
-from tests.helpers import DAY, T0, make_engine, order, trade, views
+from tests.helpers import DAY, T0, Engine, EngineFactory, make_engine, order, state_of, trade, views
 
 MISSING = object()  # "delete this key"
 
@@ -95,23 +95,23 @@ def to_event(obj: dict[str, Any]) -> Order | Trade:
     return Trade(*(obj.get(k) for k in ("tid", "oid", "price", "volume", "timestamp", "account_id", "contract_id")))
 
 
-def fresh() -> RiskEngine:
-    return make_engine(
+def fresh(make: EngineFactory = make_engine) -> Engine:
+    return make(
         {"type": "OrderRateLimitRule", "threshold": 1},
         {"type": "AccountVolumeLimitRule", "daily_cap": 10},
         {"type": "AccountVolumeLimitRule", "name": "notional", "metric": "notional", "daily_cap": 1e9},
     )
 
 
-def engine() -> RiskEngine:
+def engine(make: EngineFactory = make_engine) -> Engine:
     """An engine that already knows order 1 of (A, C1) on day 1, so that bad events meet the
     warm paths (known account, contract and oid), not only the first-sight ones."""
-    e = fresh()
+    e = fresh(make)
     assert e.process_order(order(1, T0)) == []
     return e
 
 
-def follow_up(e: RiskEngine) -> list[dict[str, Any]]:
+def follow_up(e: Engine) -> list[dict[str, Any]]:
     """Day-1 events reusing oid 2 / tid 1: a rate pause and a daily pause, unless a rejected
     event left a trace (a seen id, or A moved to day 2)."""
     events = [order(2, T0 + 11), trade(1, T0 + 12, 11, oid=1, account=None, contract=None)]
@@ -138,37 +138,41 @@ def test_wire_rejects(base: dict[str, Any], key: str, value: Any, code: str, fie
 
 
 @pytest.mark.parametrize(("base", "key", "value", "code", "field"), [c for c in CASES if c.values[1] != "type"])
-def test_api_rejects(base: dict[str, Any], key: str, value: Any, code: str, field: str) -> None:
+def test_api_rejects(
+    base: dict[str, Any], key: str, value: Any, code: str, field: str, backend_engine: EngineFactory
+) -> None:
     with pytest.raises(EventError) as info:
-        engine().process(to_event(mutate(base, key, value)))
+        engine(backend_engine).process(to_event(mutate(base, key, value)))
     expect_error(info, code, field)
 
 
 @pytest.mark.parametrize(("base", "key", "value", "code", "field"), [c for c in CASES if c.values[1] != "type"])
-def test_rejected_event_changes_no_state(base: dict[str, Any], key: str, value: Any, code: str, field: str) -> None:
-    expected = follow_up(engine())
+def test_rejected_event_changes_no_state(
+    base: dict[str, Any], key: str, value: Any, code: str, field: str, backend_engine: EngineFactory
+) -> None:
+    expected = follow_up(engine(backend_engine))
     assert [a["type"] for a in expected] == ["PAUSE_ORDER", "PAUSE_ORDER"]
-    e = engine()
-    before = e.memory_entries()
+    e = engine(backend_engine)
+    before = state_of(e)
     with pytest.raises(EventError):
         e.process(to_event(mutate(base, key, value)))
-    assert e.memory_entries() == before
+    assert state_of(e) == before
     assert follow_up(e) == expected
 
 
 @pytest.mark.parametrize("kind", ["tick", "reset_daily"])
 @pytest.mark.parametrize("value", [-1, 2**63, 1.5, "1", True, None, MISSING])
-def test_bad_clock_events(kind: str, value: Any) -> None:
+def test_bad_clock_events(kind: str, value: Any, backend_engine: EngineFactory) -> None:
     with pytest.raises(EventError) as info:
         decode_line(json.dumps(mutate({"type": kind, "timestamp": 0}, "timestamp", value)))
     expect_error(info, "invalid_field", "timestamp")
     if value in (None, MISSING):
         return
-    e = engine()
+    e = engine(backend_engine)
     with pytest.raises(EventError) as info:
         e.tick(value) if kind == "tick" else e.reset_daily(value)
     expect_error(info, "invalid_field", "timestamp")
-    assert follow_up(e) == follow_up(engine())
+    assert follow_up(e) == follow_up(engine(backend_engine))
 
 
 @pytest.mark.parametrize(
@@ -202,9 +206,9 @@ def test_missing_type_names_the_field() -> None:
     expect_error(info, "invalid_field", "type")
 
 
-def test_process_refuses_a_non_event() -> None:
+def test_process_refuses_a_non_event(backend_engine: EngineFactory) -> None:
     with pytest.raises(EventError) as info:
-        engine().process({"type": "order"})  # type: ignore[arg-type]
+        engine(backend_engine).process({"type": "order"})  # type: ignore[arg-type]
     expect_error(info, "unknown_type", "type")
 
 
@@ -222,16 +226,16 @@ def test_process_refuses_a_non_event() -> None:
     ],
     ids=["volume-max", "oid-max", "ts-0", "ts-max", "extra", "tid-max", "tick", "reset"],
 )
-def test_edges_that_are_valid(obj: dict[str, Any]) -> None:
+def test_edges_that_are_valid(obj: dict[str, Any], backend_engine: EngineFactory) -> None:
     event = decode_line(json.dumps(obj))
     assert isinstance(event, Order | Trade | Tick | ResetDaily)
-    engine().process(event)
+    engine(backend_engine).process(event)
 
 
-def test_ids_near_2_64_stay_exact() -> None:
+def test_ids_near_2_64_stay_exact(backend_engine: EngineFactory) -> None:
     # As doubles, 2**64 - 1 and 2**64 - 2 are the same number; as ids they must not be.
     big, bigger = 2**64 - 2, 2**64 - 1
-    e = make_engine({"type": "AccountVolumeLimitRule", "daily_cap": 10, "dimensions": ["account", "contract"]})
+    e = backend_engine({"type": "AccountVolumeLimitRule", "daily_cap": 10, "dimensions": ["account", "contract"]})
     lines = [
         json.dumps({**ORDER, "oid": bigger, "account_id": "A", "timestamp": T0}),
         json.dumps({**ORDER, "oid": big, "account_id": "B", "contract_id": "C2", "timestamp": T0 + 1}),
@@ -244,7 +248,7 @@ def test_ids_near_2_64_stay_exact() -> None:
     assert out == [{"account": "B", "contract": "C2"}, {"account": "A", "contract": "C1"}]
 
 
-def test_stream_dead_letters_and_goes_on() -> None:
+def test_stream_dead_letters_and_goes_on(backend_engine: EngineFactory) -> None:
     events = [
         {**ORDER, "timestamp": T0},
         {**ORDER, "oid": 2, "volume": 0},
@@ -252,7 +256,7 @@ def test_stream_dead_letters_and_goes_on() -> None:
         "not an object",
         {**ORDER, "oid": 3, "timestamp": T0 + 1},
     ]
-    got = views(replay_events(fresh(), events))
+    got = views(replay_events(fresh(backend_engine), events))
     assert got == [
         {"error": "invalid_field", "field": "volume", "index": 1},
         {"error": "unknown_type", "field": "type", "index": 2},
