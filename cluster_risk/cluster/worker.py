@@ -77,6 +77,10 @@ from cluster_risk.wire import decode_entries
 __all__ = ["Durability", "Retention", "ShardLost", "Worker", "WorkerStats"]
 
 log = logging.getLogger("cluster_risk.cluster.worker")
+# How a Lua error at run time reads: Redis 7 and Valkey (a script or a function), and Redis 6.2
+# ("Error running script (call to f_<sha>): @user_script:..."); a refusal the script returns is
+# a reply, not an error.
+_SCRIPT_FAILED = ("user_script:", "user_function:", "Error running script ")
 
 _ACCOUNT = re.compile(r'"account_id"\s*:\s*"([^"\\]*)"')  # a dead letter's account, when it names one
 # b"XREAD", not "XREAD": redis-py looks its reply callback up by the command's name, and the
@@ -615,7 +619,7 @@ class Worker:
         would fail it again and again, and the shard would stall.  Its entries are applied one
         at a time from now on; an entry that fails alone is dead-lettered (``script_error``)."""
         message = str(exc)
-        if not message.startswith(("user_script:", "user_function:")) or not job.batch.entries:
+        if not message.startswith(_SCRIPT_FAILED) or not job.batch.entries:
             return
         shard, batch = job.shard, job.batch
         if batch.entries > 1:
