@@ -1,5 +1,5 @@
-"""Every error this package raises derives from one root, :class:`RiskError`, and every one is
-defined here.
+"""Every error this package raises derives from one root, :class:`RiskError`, and every one but
+``ShardLost`` is defined here.
 
 ::
 
@@ -17,15 +17,15 @@ defined here.
 ``ConfigError`` and ``EventError`` are also ``ValueError`` so that callers who only know the
 standard library still catch them.  A rejected event never changes engine state.
 ``StoreError`` is raised by :mod:`cluster_risk.state.redis`, ``DeploymentError`` and
-``ConfigDrift`` by :mod:`cluster_risk.cluster.shards`, ``ShardLost`` by
-:mod:`cluster_risk.cluster.worker` (those modules re-export them).
+``ConfigDrift`` by :mod:`cluster_risk.cluster.shards` (those modules re-export them).
+``ShardLost`` is defined and raised in :mod:`cluster_risk.cluster.worker`: it is also a
+``redis.RedisError``, and this module imports nothing of redis-py, so that ``import
+cluster_risk`` (the in-process engine) does not load the Redis client.
 """
 
 from __future__ import annotations
 
 from typing import Any, TypeVar
-
-from redis.exceptions import RedisError
 
 __all__ = [
     "BatchError",
@@ -34,7 +34,6 @@ __all__ = [
     "DeploymentError",
     "EventError",
     "RiskError",
-    "ShardLost",
     "StoreError",
 ]
 
@@ -116,15 +115,3 @@ class DeploymentError(RiskError):
 
 class ConfigDrift(DeploymentError):
     """This process's engine config is not the one the deployment stored at its first start."""
-
-
-class ShardLost(RiskError, RedisError):
-    """The apply script refused a batch (``lost``, ``fenced``, ``gap``, ``stale``, ``conflict``).
-
-    Also a :class:`redis.RedisError`: the worker's loop handles it where it handles Redis
-    failures (the shard is released and retried)."""
-
-    def __init__(self, shard: int, status: str, detail: str) -> None:
-        super().__init__(f"shard {shard}: batch refused ({status}, {detail})")
-        self.shard = shard
-        self.status = status

@@ -66,7 +66,7 @@ from cluster_risk.cluster.render import DeadLetter, Renderer, dead_letter
 from cluster_risk.cluster.shards import Client, Deployment, DeploymentError, Keys, Scripts, check_eviction, text
 from cluster_risk.cluster.status import total_lag
 from cluster_risk.config import EngineConfig
-from cluster_risk.errors import INTERNAL_ERROR, EventError, ShardLost
+from cluster_risk.errors import INTERNAL_ERROR, EventError, RiskError
 from cluster_risk.events import Event, Tick
 from cluster_risk.observability import WorkerMetrics
 from cluster_risk.remote import KnownIds, RemoteEngine, ShardBatch
@@ -81,6 +81,19 @@ log = logging.getLogger("cluster_risk.cluster.worker")
 # ("Error running script (call to f_<sha>): @user_script:..."); a refusal the script returns is
 # a reply, not an error.
 _SCRIPT_FAILED = ("user_script:", "user_function:", "Error running script ")
+
+
+class ShardLost(RiskError, RedisError):
+    """The apply script refused a batch (``lost``, ``fenced``, ``gap``, ``stale``, ``conflict``).
+
+    Also a :class:`redis.RedisError`: the worker's loop handles it where it handles Redis
+    failures (the shard is released and retried)."""
+
+    def __init__(self, shard: int, status: str, detail: str) -> None:
+        super().__init__(f"shard {shard}: batch refused ({status}, {detail})")
+        self.shard = shard
+        self.status = status
+
 
 _ACCOUNT = re.compile(r'"account_id"\s*:\s*"([^"\\]*)"')  # a dead letter's account, when it names one
 # b"XREAD", not "XREAD": redis-py looks its reply callback up by the command's name, and the
