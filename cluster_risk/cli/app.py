@@ -150,7 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    if given[:1] == ["bench"] and given[1:2] not in (["-h"], ["--help"]):
+        # Every later argument is the benchmark's: argparse's REMAINDER does not take a first
+        # argument that looks like an option (`bench --orders 1000` would be refused).
+        return _bench(argparse.Namespace(bench_args=given[1:]))
+    args = build_parser().parse_args(given)
     try:
         if getattr(args, "runtime_settings", False):
             apply_runtime_settings(args)

@@ -304,3 +304,18 @@ def test_up_requires_a_config() -> None:
             up.terminate()
             up.communicate(timeout=60)
     assert up.returncode == 2 and "--config" in err.decode()
+
+
+def test_bench_passes_every_argument_to_the_benchmark() -> None:
+    """`cluster-risk bench --orders N ...` is `python -m cluster_risk.benchmark --orders N ...`
+    (argparse alone refused a first argument that looks like an option)."""
+    command = [sys.executable, "-m", "cluster_risk.cli", "bench", "--orders", "300", "--trades", "60"]
+    out = subprocess.run(
+        [*command, "--accounts", "5", "--repeat", "1", "--json"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["workload"]["orders"] == 300
