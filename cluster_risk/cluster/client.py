@@ -253,8 +253,10 @@ class RiskClient:
             if owner and int(expires or 0) > now:
                 self._unowned_since.pop(shard, None)
             elif self.owner_grace_s is not None:
-                since = self._unowned_since.setdefault(shard, mono)
-                if first or mono - since >= self.owner_grace_s:  # from the start: at once
+                # Unowned when this gateway first looked: past its grace already (closed at once,
+                # and not reopened by the next check); unowned later: closed once the grace ends.
+                since = self._unowned_since.setdefault(shard, mono - self.owner_grace_s if first else mono)
+                if mono - since >= self.owner_grace_s:
                     unowned.add(shard)
             bound = self.stale_after_s
             if oldest and bound is not None and now - int(oldest.split("-", 1)[0]) > bound * 1000:

@@ -90,6 +90,17 @@ def test_an_owner_that_does_not_apply_closes_its_shard_only(server: RedisProcess
         assert not client.is_paused(other)  # its shard has nothing waiting
 
 
+def test_shards_unowned_at_start_stay_closed_through_the_grace(server: RedisProcess) -> None:
+    """The follower's next check comes before the owner grace has passed: a shard nobody held
+    when the gateway first looked must stay closed (it was not reopened for the grace)."""
+    Publisher(connect(server.url), shards=SHARDS)
+    with gateway(server.url, owner_grace_s=30, health_s=60) as c:
+        assert c.unhealthy.shards(NO_OWNER) == set(range(SHARDS))
+        c.check_health()  # as the follower would, well inside the 30 s grace
+        assert c.unhealthy.shards(NO_OWNER) == set(range(SHARDS))
+        assert c.is_paused("A")
+
+
 def test_failing_open_reports_without_refusing(server: RedisProcess, caplog: pytest.LogCaptureFixture) -> None:
     Publisher(connect(server.url), shards=SHARDS)
     with (
