@@ -184,7 +184,12 @@ def test_a_gateway_and_the_ops_commands_take_hostile_ids(server: RedisProcess) -
     client = connect(server.url)
     publisher = Publisher(client, shards=2)
     accounts = ["\ud800", "VICTIM\x1fX17", "{s1}:%", "\x00"]
-    with RiskClient(connect(server.url), config=build_config(CONFIG), poll_s=0.05, fail_after_s=60) as gateway:
+    # burst workers (run, then leave): the gateway's nobody-applies checks off, so that
+    # is_paused says what the pauses are (tests/cluster/test_gates.py covers those checks)
+    checks_off = {"owner_grace_s": None, "stale_after_s": None}
+    with RiskClient(
+        connect(server.url), config=build_config(CONFIG), poll_s=0.05, fail_after_s=60, **checks_off
+    ) as gateway:
         events = [_order(n + 1, a, "X17", T0 + n) for n, a in enumerate(accounts)]
         events += [_fill(n + 1, n + 1, 11, T0 + 10 + n) for n in range(len(accounts))]
         publisher.publish([(None, e) for e in map(decode_event, events)])
