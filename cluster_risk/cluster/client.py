@@ -45,6 +45,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -253,9 +254,10 @@ class RiskClient:
             if owner and int(expires or 0) > now:
                 self._unowned_since.pop(shard, None)
             elif self.owner_grace_s is not None:
-                # Unowned when this gateway first looked: past its grace already (closed at once,
-                # and not reopened by the next check); unowned later: closed once the grace ends.
-                since = self._unowned_since.setdefault(shard, mono - self.owner_grace_s if first else mono)
+                # Unowned when this gateway first looked: unowned since ever (-inf, exact: no float
+                # rounding), closed at once and not reopened by the next check; unowned later:
+                # closed once the grace ends.
+                since = self._unowned_since.setdefault(shard, -math.inf if first else mono)
                 if mono - since >= self.owner_grace_s:
                     unowned.add(shard)
             bound = self.stale_after_s
