@@ -101,6 +101,17 @@ def test_shards_unowned_at_start_stay_closed_through_the_grace(server: RedisProc
         assert c.is_paused("A")
 
 
+def test_shards_unowned_at_start_are_closed_whatever_the_clock_reads(
+    server: RedisProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At this clock reading ``now - (now - 0.3) >= 0.3`` is False: the grace of a shard unowned
+    before the first look must not be computed by subtraction."""
+    Publisher(connect(server.url), shards=SHARDS)
+    monkeypatch.setattr(time, "monotonic", lambda: 12345.678901234)
+    with gateway(server.url, owner_grace_s=0.3, health_s=60) as c:
+        assert c.unhealthy.shards(NO_OWNER) == set(range(SHARDS))
+
+
 def test_failing_open_reports_without_refusing(server: RedisProcess, caplog: pytest.LogCaptureFixture) -> None:
     Publisher(connect(server.url), shards=SHARDS)
     with (
