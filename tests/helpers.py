@@ -134,3 +134,22 @@ def act(kind: str, rule: str, scope: dict[str, str], timestamp: int, value: floa
 
 def kinds(actions: Iterable[Action]) -> list[str]:
     return [a.type.value for a in actions]
+
+
+def wire_order(oid: int, account: str, contract: str, t: int, volume: int = 1) -> dict[str, Any]:
+    """An order as a JSON Lines object (ids of any kind, for the hostile-input tests)."""
+    return {
+        "type": "order",
+        "oid": oid,
+        "account_id": account,
+        "contract_id": contract,
+        "direction": "BID",
+        "price": 1,
+        "volume": volume,
+        "timestamp": t,
+    }
+
+
+def wire_fill(tid: int, oid: int, volume: int, t: int, **ids: str) -> dict[str, Any]:
+    """A trade as a JSON Lines object; ``ids``: an explicit account_id / contract_id."""
+    return {"type": "trade", "tid": tid, "oid": oid, "price": 1, "volume": volume, "timestamp": t, **ids}

@@ -28,6 +28,8 @@ from tests.cluster.conform import by_scope, expected, fleet_output
 from tests.cluster.conftest import connect
 from tests.cluster.fleet import Fleet, final, fleet_fixture, wait_for
 from tests.helpers import DAY, MS, T0
+from tests.helpers import wire_fill as _fill
+from tests.helpers import wire_order as _order
 
 CONFIG: dict[str, Any] = {
     "contract_to_product": {"X17": "P{1}", "\x1f": "\ud800"},
@@ -49,23 +51,6 @@ HOSTILE = [
     "\u2028é😀",
     "x" * 65_536,
 ]
-
-
-def _order(oid: int, account: str, contract: str, t: int) -> dict[str, Any]:
-    return {
-        "type": "order",
-        "oid": oid,
-        "account_id": account,
-        "contract_id": contract,
-        "direction": "BID",
-        "price": 1,
-        "volume": 1,
-        "timestamp": t,
-    }
-
-
-def _fill(tid: int, oid: int, volume: int, t: int, **ids: str) -> dict[str, Any]:
-    return {"type": "trade", "tid": tid, "oid": oid, "price": 1, "volume": volume, "timestamp": t, **ids}
 
 
 def hostile_events() -> list[dict[str, Any]]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,8 @@ from cluster_risk.remote import RemoteEngine, replay_batched
 from cluster_risk.replay import replay_lines
 from cluster_risk.state.redis import RedisStore
 from tests.helpers import T0, lines
+from tests.helpers import wire_fill as _fill
+from tests.helpers import wire_order as _order
 from tests.redis.servers import RedisServer
 
 CAP10 = {"rules": [{"type": "AccountVolumeLimitRule", "daily_cap": 10}]}
@@ -48,29 +49,9 @@ HOSTILE = [
 ]
 
 
-def _order(oid: int, account: str, contract: str, t: int, volume: int = 1) -> dict[str, Any]:
-    return {
-        "type": "order",
-        "oid": oid,
-        "account_id": account,
-        "contract_id": contract,
-        "direction": "BID",
-        "price": 1,
-        "volume": volume,
-        "timestamp": t,
-    }
-
-
-def _fill(tid: int, oid: int, volume: int, t: int, **ids: str) -> dict[str, Any]:
-    return {"type": "trade", "tid": tid, "oid": oid, "price": 1, "volume": volume, "timestamp": t, **ids}
-
-
 @pytest.fixture
-def store(standalone: RedisServer) -> Iterator[RedisStore]:
-    standalone.client().flushall()
-    got = RedisStore.from_url(standalone.url, num_shards=4)
-    yield got
-    got.close()
+def store(redis_store: RedisStore) -> RedisStore:
+    return redis_store  # tests/conftest.py: 4 shards on the session's server, flushed
 
 
 def _both(config: dict[str, Any], lines: list[str], store: RedisStore, batch_size: int) -> tuple[list[Any], list[Any]]:
